@@ -1,0 +1,194 @@
+"""The ``crackscope`` command line: a thin layer that builds a config and calls one library function.
+
+Example:
+    $ crackscope demo
+    $ crackscope train --data ../shared/datasets/ozgenel-concrete --out runs/concrete --epochs 3
+    $ crackscope evaluate --checkpoint runs/concrete/model.pt --data DIR --out runs/concrete/eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from crackscope import __version__
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _parser(subparsers, name: str, summary: str, example: str) -> argparse.ArgumentParser:
+    return subparsers.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+# --- train ----------------------------------------------------------------------------------------------------------
+
+
+def _add_train(subparsers) -> None:
+    p = _parser(
+        subparsers,
+        "train",
+        "Fine-tune a pretrained CNN on crack / no-crack patches (head first, then the whole network).",
+        "crackscope train --data ../shared/datasets/ozgenel-concrete --out runs/concrete --epochs 3",
+    )
+    p.add_argument("--data", help="dataset folder: class folders (crack/, ok/, ambiguous/) or images + masks")
+    p.add_argument("--val-data", help="validation folder (default: a grouped split of --data)")
+    p.add_argument("--out", help="run folder for model.pt, config.yaml, metrics.json (default runs/train)")
+    p.add_argument("--config", help="YAML file of defaults; flags given here override it")
+    p.add_argument("--backbone", help="tf_efficientnet_lite0 (default), resnet18, mobilenet_v3_large, efficientnet_b0")
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_const", const=False, help="random init")
+    p.add_argument("--input-size", type=int, help="model input side in pixels (default: the backbone's, 224)")
+    p.add_argument("--epochs", type=int, help="total epochs, both stages (default 8)")
+    p.add_argument("--head-epochs", type=int, help="stage-1 epochs on a frozen backbone (default 1)")
+    p.add_argument("--batch-size", type=int, help="per process (default 32)")
+    p.add_argument("--lr", type=float, help="head learning rate (default 1e-3); backbone gets lr x 0.1")
+    p.add_argument("--augment", choices=["none", "light", "heavy"], help="augmentation preset (default heavy)")
+    p.add_argument("--ambiguous", choices=["soft", "exclude"], help="train on ambiguous items as soft targets, or not")
+    p.add_argument("--data-mode", choices=["auto", "folder", "mask"], help="how --data is laid out (default auto)")
+    p.add_argument("--patch-size", type=int, help="patch side for mask datasets (default 128)")
+    p.add_argument("--val-fraction", type=float, help="share of source images held out (default 0.2)")
+    p.add_argument("--steps-per-epoch", type=int, help="cap on batches per epoch, for quick runs")
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 3)")
+    p.add_argument("--workers", type=int, help="data-loading processes (default 2)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from crackscope.config import ConfigError, read_yaml, resolve
+    from crackscope.training.train import TrainConfig, train
+
+    flags = {
+        "data": args.data,
+        "val_data": args.val_data,
+        "out": args.out,
+        "backbone": args.backbone,
+        "pretrained": args.pretrained,
+        "input_size": args.input_size,
+        "epochs": args.epochs,
+        "head_epochs": args.head_epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "augment": args.augment,
+        "val_fraction": args.val_fraction,
+        "steps_per_epoch": args.steps_per_epoch,
+        "patience": args.patience,
+        "workers": args.workers,
+        "device": args.device,
+        "seed": args.seed,
+        "data_config": {
+            "ambiguous": args.ambiguous,
+            "mode": args.data_mode,
+            "masks": {"patch_size": args.patch_size, "stride": args.patch_size},
+        },
+    }
+    config = resolve(TrainConfig, read_yaml(args.config) if args.config else None, flags)
+    if not config.data:
+        raise ConfigError("no training data: pass --data DIR (or set 'data' in --config)")
+    train(config)
+    return 0
+
+
+# --- evaluate -------------------------------------------------------------------------------------------------------
+
+
+def _add_evaluate(subparsers) -> None:
+    p = _parser(
+        subparsers,
+        "evaluate",
+        "Score a checkpoint on a dataset; write metrics.json (clear and ambiguous items apart) and PR/ROC curves.",
+        "crackscope evaluate --checkpoint runs/concrete/model.pt --data DIR --out runs/concrete/eval",
+    )
+    p.add_argument("--checkpoint", required=True, help="model.pt written by crackscope train")
+    p.add_argument("--data", required=True, help="dataset folder (same layouts as train)")
+    p.add_argument("--out", help="folder for metrics.json and curves (default: <checkpoint dir>/eval)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from crackscope.training.evaluate import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(
+        args.checkpoint, args.data, args.out, batch_size=args.batch_size, workers=args.workers, device=args.device
+    )
+    shown = {k: metrics[k] for k in ("n", "accuracy", "precision", "recall", "f1", "roc_auc", "average_precision")}
+    print(json.dumps({**shown, "confusion_matrix": metrics["confusion_matrix"], "ambiguous": metrics["ambiguous"]}))
+    return 0
+
+
+# --- demo -----------------------------------------------------------------------------------------------------------
+
+
+def _add_demo(subparsers) -> None:
+    p = _parser(
+        subparsers,
+        "demo",
+        "Run the whole job on generated data: synthesise cracks, fine-tune (about 2 minutes on CPU), evaluate.",
+        "crackscope demo --out demo-out",
+    )
+    p.add_argument("--out", default="demo-out", help="folder for data, run and evaluation (default demo-out)")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from crackscope.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out=args.out, epochs=args.epochs, seed=args.seed))
+    return 0
+
+
+# --- entry point ----------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crackscope",
+        description="Industrial crack detection: train, evaluate, export and inspect.",
+        epilog="example:\n  crackscope demo\n  crackscope train --data DIR --out runs/x\n\n"
+        "Run 'crackscope COMMAND --help' for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"crackscope {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_train, _add_evaluate, _add_demo):
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        # Known failure modes (bad data, bad config, missing weights) end with one clear line, not a traceback.
+        if args.verbose:
+            raise
+        print(f"crackscope {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

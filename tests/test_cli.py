@@ -1,0 +1,81 @@
+"""The command line: every command documents itself with an example; errors are one clear line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from crackscope.cli import build_parser, main
+
+
+def _subcommands():
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return action.choices
+
+
+def test_top_level_help_lists_commands_and_an_example(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "example:" in out
+    for name in ("train", "evaluate", "demo"):
+        assert name in out
+
+
+@pytest.mark.parametrize("name", sorted(_subcommands()))
+def test_every_command_has_help_text_with_an_example(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([name, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "example:" in out and f"crackscope {name}" in out
+
+
+def test_train_on_a_missing_folder_fails_with_one_clear_line(tmp_path, capsys):
+    code = main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "missing: data path does not exist" in err and "Traceback" not in err
+
+
+def test_train_without_data_says_how_to_give_it(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "run")]) == 2
+    assert "--data" in capsys.readouterr().err
+
+
+def test_train_reads_a_yaml_config_and_flags_override_it(tmp_path, patch_data):
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        f"data: {patch_data}\nepochs: 5\ninput_size: 64\nworkers: 0\nprogress: false\naugment: none\n"
+        "data_config:\n  ambiguous: exclude\n"
+    )
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--epochs", "1", "--out", str(out), "--batch-size", "32"]) == 0
+    saved = (out / "config.yaml").read_text()
+    assert "epochs: 1" in saved and "ambiguous: exclude" in saved and "batch_size: 32" in saved
+
+
+@pytest.mark.slow
+def test_evaluate_writes_metrics_for_clear_and_ambiguous_items_and_curves(tiny_run, patch_data, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert (
+        main(["evaluate", "--checkpoint", str(tiny_run.checkpoint), "--data", str(patch_data), "--out", str(out)]) == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "confusion_matrix"):
+        assert key in metrics and key in metrics["clear"]
+    assert metrics["ambiguous"]["n"] == 10 and metrics["n"] == 120
+    assert sum(map(sum, metrics["confusion_matrix"])) == 120
+    assert (out / "pr_curve.png").stat().st_size > 1000 and (out / "roc_curve.png").stat().st_size > 1000
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["accuracy"] == metrics["accuracy"]
+
+
+def test_evaluate_rejects_a_file_that_is_not_a_checkpoint(tmp_path, patch_data, capsys):
+    bogus = tmp_path / "model.pt"
+    bogus.write_bytes(b"not a checkpoint")
+    assert main(["evaluate", "--checkpoint", str(bogus), "--data", str(patch_data)]) == 2
+    assert "model.pt" in capsys.readouterr().err

@@ -1,0 +1,37 @@
+"""The repo root is the package root; the standard library must stay reachable from it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_standard_inspect_module_is_not_shadowed_from_the_repo_root():
+    code = "import dataclasses, inspect; inspect.signature; print(inspect.__file__)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert not Path(result.stdout.strip()).resolve().is_relative_to(REPO_ROOT)
+    assert not (REPO_ROOT / "inspect" / "__init__.py").exists()
+
+
+def test_pytest_collects_from_the_repo_root_without_importing_it_as_a_package():
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "tests/test_layout.py"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_inspect_subpackage_imports_as_part_of_crackscope():
+    from crackscope.inspect import images
+
+    assert images.__name__ == "crackscope.inspect.images"
+
+
+def test_no_top_level_module_shadows_the_standard_library():
+    top_level = {p.stem for p in REPO_ROOT.glob("*.py")} | {p.name for p in REPO_ROOT.iterdir() if p.is_dir()}
+    assert not (top_level & set(sys.stdlib_module_names) - {"inspect"})

@@ -1,0 +1,199 @@
+"""Evaluate a checkpoint on a dataset: metrics for clear and ambiguous items, PR and ROC curves.
+
+Clear items are scored with the usual binary metrics at a 0.5 probability threshold. Ambiguous items are reported
+apart: experts disagree on them, so what matters is where their scores fall (a calibrated model should put them
+near the middle, which is what later routes them to human review), not whether they are "right".
+
+Example:
+    $ crackscope evaluate --checkpoint runs/demo/model.pt --data data/val --out runs/demo/eval
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from crackscope.training.augment import eval_transform
+from crackscope.training.backbones import CrackNet, build_model
+from crackscope.training.data import Clarity, DataConfig, Sample, load_samples
+from crackscope.training.dataset import PatchDataset, collate
+
+CHECKPOINT_FORMAT = "crackscope-checkpoint/1"
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Model scores for a list of samples, in the same order."""
+
+    samples: tuple[Sample, ...]
+    logits: np.ndarray
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.logits))
+
+    def subset(self, clarity: Clarity) -> tuple[np.ndarray, np.ndarray]:
+        """(soft targets, probabilities) of the samples with this clarity."""
+        keep = np.array([s.clarity is clarity for s in self.samples], dtype=bool)
+        targets = np.array([s.target for s in self.samples], dtype=np.float64)
+        return targets[keep], self.probabilities[keep]
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[CrackNet, dict]:
+    """The model of a ``model.pt`` written by ``crackscope train`` (in eval mode) and its metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint does not exist")
+    try:
+        # weights_only=False: the checkpoint holds plain metadata dicts next to the tensors; load only files you trust
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises pickle, zip and runtime errors alike for a foreign file
+        raise ValueError(f"{path}: not a crackscope checkpoint ({type(error).__name__}: {error})") from error
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a crackscope checkpoint (expected format {CHECKPOINT_FORMAT})")
+    model = build_model(
+        checkpoint["backbone"], pretrained=False, dropout=checkpoint["dropout"], input_size=checkpoint["input_size"]
+    )
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(device).eval(), checkpoint
+
+
+@torch.inference_mode()
+def predict(
+    model: CrackNet,
+    samples: Sequence[Sample],
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Predictions:
+    """Logits of ``model`` for ``samples`` with the evaluation transform."""
+    model.eval()
+    dataset = PatchDataset(samples, eval_transform(model.spec.input_size))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    logits = []
+    for batch in tqdm(loader, desc="predicting", leave=False, disable=not progress):
+        logits.append(model(batch.images.to(device)).float().cpu())
+    values = torch.cat(logits).numpy() if logits else np.zeros(0, dtype=np.float32)
+    return Predictions(tuple(samples), values)
+
+
+def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> dict[str, object]:
+    """accuracy, precision, recall, f1, roc_auc, average_precision and the confusion matrix.
+
+    ``confusion_matrix`` is ``[[tn, fp], [fn, tp]]`` (rows: true ok, true crack). Scores that need both classes
+    (ROC-AUC, average precision) are ``None`` when one class is absent.
+    """
+    from sklearn import metrics
+
+    labels = np.asarray(labels).astype(int)
+    predicted = (np.asarray(probabilities) >= threshold).astype(int)
+    both = len(np.unique(labels)) == 2
+    return {
+        "n": len(labels),
+        "accuracy": float(metrics.accuracy_score(labels, predicted)) if len(labels) else None,
+        "precision": float(metrics.precision_score(labels, predicted, zero_division=0)),
+        "recall": float(metrics.recall_score(labels, predicted, zero_division=0)),
+        "f1": float(metrics.f1_score(labels, predicted, zero_division=0)),
+        "roc_auc": float(metrics.roc_auc_score(labels, probabilities)) if both else None,
+        "average_precision": float(metrics.average_precision_score(labels, probabilities)) if both else None,
+        "confusion_matrix": metrics.confusion_matrix(labels, predicted, labels=[0, 1]).tolist(),
+        "threshold": threshold,
+    }
+
+
+def ambiguous_report(targets: np.ndarray, probabilities: np.ndarray) -> dict[str, object]:
+    """Where ambiguous items' scores fall, plus binary metrics against their majority vote where one exists."""
+    if len(targets) == 0:
+        return {"n": 0}
+    decided = targets != 0.5
+    report: dict[str, object] = binary_metrics(targets[decided] > 0.5, probabilities[decided]) if decided.any() else {}
+    report.update(
+        n=len(targets),
+        mean_probability=float(probabilities.mean()),
+        share_predicted_crack=float((probabilities >= 0.5).mean()),
+        share_between_0_2_and_0_8=float(((probabilities > 0.2) & (probabilities < 0.8)).mean()),
+        brier_vs_soft_target=float(np.mean((probabilities - targets) ** 2)),
+    )
+    return report
+
+
+def metrics_for(predictions: Predictions) -> dict[str, object]:
+    """Metrics of clear items at the top level (and under ``clear``), ambiguous items under ``ambiguous``."""
+    clear_targets, clear_probs = predictions.subset(Clarity.CLEAR)
+    clear = binary_metrics(clear_targets >= 0.5, clear_probs)
+    ambiguous = ambiguous_report(*predictions.subset(Clarity.AMBIGUOUS))
+    return {**clear, "clear": clear, "ambiguous": ambiguous}
+
+
+def plot_curves(labels: np.ndarray, probabilities: np.ndarray, out_dir: Path, title: str = "") -> list[Path]:
+    """Write ``pr_curve.png`` and ``roc_curve.png`` for clear items; nothing when one class is absent."""
+    if len(np.unique(labels)) < 2:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn import metrics
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    precision, recall, _ = metrics.precision_recall_curve(labels, probabilities)
+    fpr, tpr, _ = metrics.roc_curve(labels, probabilities)
+    curves = (
+        ("pr_curve.png", recall, precision, "recall", "precision", metrics.average_precision_score, "AP"),
+        ("roc_curve.png", fpr, tpr, "false positive rate", "true positive rate", metrics.roc_auc_score, "AUC"),
+    )
+    for name, x, y, xlabel, ylabel, score_fn, score_name in curves:
+        figure, axis = plt.subplots(figsize=(5, 4.5), dpi=100)
+        score = score_fn(labels, probabilities)
+        axis.plot(x, y, lw=2, label=f"{score_name} = {score:.4f}")
+        axis.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02), title=f"{title} {name[:-10].upper()}")
+        axis.grid(alpha=0.3)
+        axis.legend(loc="lower right" if name.startswith("roc") else "lower left")
+        figure.tight_layout()
+        figure.savefig(out_dir / name)
+        plt.close(figure)
+        written.append(out_dir / name)
+    return written
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    data_config: DataConfig | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str = "cpu",
+) -> dict[str, object]:
+    """Score ``data`` with the checkpoint; write ``metrics.json`` and curves to ``out`` (default: beside it)."""
+    model, meta = load_checkpoint(checkpoint, device)
+    config = data_config or saved_data_config(meta)
+    dataset = load_samples(data, config)
+    predictions = predict(model, dataset.samples, batch_size=batch_size, workers=workers, device=device)
+    result = {**metrics_for(predictions), "data": dataset.summary(), "checkpoint": str(checkpoint)}
+    out_dir = Path(out) if out else Path(checkpoint).parent / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clear_targets, clear_probs = predictions.subset(Clarity.CLEAR)
+    result["curves"] = [str(p) for p in plot_curves(clear_targets >= 0.5, clear_probs, out_dir, Path(data).name)]
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
+
+
+def saved_data_config(meta: dict) -> DataConfig:
+    """How the checkpoint's training data was read (layout, class map, mask thresholds), to read test data alike."""
+    from crackscope.config import from_dict
+
+    saved = meta.get("config", {}).get("data_config", {})
+    return from_dict(DataConfig, {k: v for k, v in saved.items() if k in ("mode", "class_map", "masks")})

@@ -1,0 +1,497 @@
+"""Transfer-learning trainer: new head on a frozen backbone, then fine-tune everything.
+
+Stage 1 trains only the new one-logit head while the pretrained feature extractor stays frozen (its BatchNorm
+statistics too), so the random head cannot wreck the ImageNet features with large early gradients. Stage 2
+unfreezes the backbone and fine-tunes it with a learning rate several times lower than the head's. Both stages use
+AdamW with linear warmup then cosine decay and BCE-with-logits on soft targets (ambiguous items and split votes
+give targets between 0 and 1), with ``pos_weight`` balancing rare cracks. The best epoch on the validation set is
+kept; training stops early when validation stops improving.
+
+The same code runs on one CPU, one GPU (AMP, channels_last) or many processes under ``torchrun``
+(DistributedDataParallel; only rank 0 writes files).
+
+Example:
+    $ crackscope train --data ../shared/datasets/ozgenel-concrete --out runs/concrete --epochs 3
+    $ torchrun --nproc_per_node=2 -m crackscope.cli train --data DIR --out runs/ddp
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+import crackscope
+from crackscope.config import to_dict, write_yaml
+from crackscope.training.augment import PRESETS, build_transform, eval_transform
+from crackscope.training.backbones import CrackNet, build_model, get_spec
+from crackscope.training.data import (
+    CLASS_NAMES,
+    Clarity,
+    DataConfig,
+    Dataset,
+    Sample,
+    describe,
+    load_samples,
+    split_by_group,
+    training_view,
+)
+from crackscope.training.dataset import PatchDataset, collate
+from crackscope.training.evaluate import CHECKPOINT_FORMAT, Predictions, metrics_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; saved as ``config.yaml`` in the run folder."""
+
+    data: str = ""
+    out: str = "runs/train"
+    val_data: str | None = None
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: bool = True
+    input_size: int | None = None  # default: the backbone's
+    dropout: float = 0.2
+    augment: str = "heavy"
+    epochs: int = 8  # total, both stages
+    head_epochs: int = 1  # stage 1: frozen backbone
+    batch_size: int = 32
+    lr: float = 1e-3  # head learning rate; the backbone gets lr * backbone_lr_scale in stage 2
+    backbone_lr_scale: float = 0.1
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.1  # share of each stage's steps spent warming up
+    patience: int = 3  # epochs without validation improvement before stopping
+    steps_per_epoch: int | None = None  # cap on batches per epoch (quick runs); None = the whole set
+    val_fraction: float = 0.2
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    progress: bool = True
+    data_config: DataConfig = field(default_factory=DataConfig)
+
+    def resolved_input_size(self) -> int:
+        return self.input_size or get_spec(self.backbone).input_size
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    epochs: int
+    train_backbone: bool
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process runs: device, distributed rank and world size."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    stage: str
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float | None
+    val_roc_auc: float | None
+    seconds: float
+    images_per_second: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    metrics: dict
+    history: tuple[EpochRecord, ...]
+
+
+# --- set-up ---------------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def distributed_runtime(device: str) -> Iterator[Runtime]:
+    """A :class:`Runtime`; joins the process group when started by ``torchrun`` (WORLD_SIZE > 1)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda":
+        device = f"cuda:{local_rank}"
+    torch_device = torch.device(device)
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but PyTorch sees no CUDA device; use --device cpu")
+    if world_size > 1:
+        torch_dist.init_process_group("nccl" if torch_device.type == "cuda" else "gloo")
+        if torch_device.type == "cuda":
+            torch.cuda.set_device(torch_device)
+    try:
+        yield Runtime(torch_device, rank, world_size)
+    finally:
+        if world_size > 1:
+            torch_dist.destroy_process_group()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _worker_seed(worker_id: int) -> None:
+    # Each DataLoader worker gets its own augmentation stream, derived from torch's per-worker seed.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def load_split(config: TrainConfig, emit) -> tuple[list[Sample], list[Sample], dict]:
+    """Train and validation samples (a grouped split of ``data`` unless ``val_data`` is given) and a summary."""
+    train_set = load_samples(config.data, config.data_config)
+    describe(train_set, emit)
+    if config.val_data:
+        val_set = load_samples(config.val_data, config.data_config)
+        describe(val_set, emit)
+        train, val = list(train_set.samples), list(val_set.samples)
+        skipped = len(train_set.skipped) + len(val_set.skipped)
+    else:
+        train, val = split_by_group(train_set.samples, config.val_fraction, config.seed)
+        skipped = len(train_set.skipped)
+        emit(f"split by source image (seed {config.seed}): {len(train)} train, {len(val)} validation items")
+    train = training_view(train, config.data_config)
+    summary = {
+        "train": _counts(train),
+        "val": _counts(val),
+        "skipped_unreadable": skipped,
+        "fingerprint": data_fingerprint(train_set),
+    }
+    return train, val, summary
+
+
+def _counts(samples: list[Sample]) -> dict[str, int]:
+    return Dataset(Path("."), tuple(samples)).counts()
+
+
+def data_fingerprint(dataset: Dataset) -> str:
+    """sha256 over the sample list (paths relative to the root, boxes, targets): same data, same fingerprint."""
+    digest = hashlib.sha256()
+    for sample in sorted(dataset.samples, key=lambda s: s.key):
+        relative = sample.path.relative_to(dataset.root)
+        digest.update(f"{relative}|{sample.box}|{sample.target:.4f}\n".encode())
+    return digest.hexdigest()
+
+
+def make_loader(
+    samples: list[Sample], config: TrainConfig, runtime: Runtime, *, train: bool
+) -> tuple[DataLoader, DistributedSampler | None]:
+    size = config.resolved_input_size()
+    transform = build_transform(config.augment, size) if train else eval_transform(size)
+    dataset = PatchDataset(samples, transform)
+    sampler = None
+    if runtime.distributed:
+        sampler = DistributedSampler(
+            dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=train, seed=config.seed
+        )
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=config.workers,
+        collate_fn=collate,
+        drop_last=train and len(dataset) > config.batch_size,
+        pin_memory=runtime.device.type == "cuda",
+        worker_init_fn=_worker_seed,
+        persistent_workers=config.workers > 0,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    return loader, sampler
+
+
+def positive_weight(samples: list[Sample]) -> float:
+    """``n_ok / n_crack`` over clear training items, so each class weighs the same in the loss."""
+    clear = [s.label for s in samples if s.clarity is Clarity.CLEAR]
+    positives = sum(clear)
+    return (len(clear) - positives) / positives if positives else 1.0
+
+
+def stages(config: TrainConfig) -> list[Stage]:
+    head = min(config.head_epochs, config.epochs)
+    plan = [Stage("head", head, train_backbone=False), Stage("finetune", config.epochs - head, train_backbone=True)]
+    return [stage for stage in plan if stage.epochs > 0]
+
+
+def set_backbone_trainable(model: CrackNet, trainable: bool) -> None:
+    for parameter in model.backbone_parameters():
+        parameter.requires_grad_(trainable)
+
+
+def set_train_mode(model: CrackNet, train_backbone: bool) -> None:
+    """Head in train mode; a frozen backbone stays in eval mode so its BatchNorm statistics do not drift."""
+    model.train()
+    if not train_backbone:
+        model.features.eval()
+
+
+def make_optimizer(model: CrackNet, config: TrainConfig, stage: Stage) -> torch.optim.Optimizer:
+    groups = [{"params": model.head_parameters(), "lr": config.lr}]
+    if stage.train_backbone:
+        groups.append({"params": model.backbone_parameters(), "lr": config.lr * config.backbone_lr_scale})
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float):
+    """Linear warmup from 1% then cosine decay to 1% of each group's learning rate."""
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.01 + 0.99 * step / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast_for(runtime: Runtime, enabled: bool):
+    if runtime.device.type != "cuda" or not enabled:
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+# --- the loop -------------------------------------------------------------------------------------------------------
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    loss_fn: nn.Module,
+    scaler: torch.amp.GradScaler,
+    runtime: Runtime,
+    config: TrainConfig,
+    description: str,
+) -> tuple[float, int]:
+    """One pass over the training loader; returns (mean loss, images seen by this process)."""
+    total_loss, seen = 0.0, 0
+    limit = config.steps_per_epoch or len(loader)
+    bar = tqdm(
+        total=min(limit, len(loader)), desc=description, leave=False, disable=not (config.progress and runtime.is_main)
+    )
+    for step, batch in enumerate(loader):
+        if step >= limit:
+            break
+        images = batch.images.to(runtime.device, non_blocking=True)
+        targets = batch.targets.to(runtime.device, non_blocking=True)
+        with autocast_for(runtime, config.amp):
+            logits = model(images)
+        loss = loss_fn(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total_loss += loss.item() * len(targets)
+        seen += len(targets)
+        bar.update(1)
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+    bar.close()
+    return total_loss / max(1, seen), seen
+
+
+@torch.inference_mode()
+def validate(model: CrackNet, loader: DataLoader, samples: list[Sample], runtime: Runtime, config: TrainConfig):
+    """Validation metrics (clear items at the top level, ambiguous apart) and the clear-item BCE loss.
+
+    Under DDP every rank scores its shard and the logits are gathered so every rank sees the same metrics
+    (and so takes the same early-stopping decision).
+    """
+    model.eval()
+    indices, logits = [], []
+    for batch in tqdm(loader, desc="validating", leave=False, disable=not (config.progress and runtime.is_main)):
+        with autocast_for(runtime, config.amp):
+            logits.append(model(batch.images.to(runtime.device, non_blocking=True)).float())
+        indices.append(batch.indices.to(runtime.device))
+    local_logits = torch.cat(logits) if logits else torch.zeros(0, device=runtime.device)
+    local_indices = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.int64, device=runtime.device)
+    all_logits, all_indices = _gather(local_logits, local_indices, runtime)
+    values = np.zeros(len(samples), dtype=np.float32)
+    values[all_indices.cpu().numpy()] = all_logits.cpu().numpy()
+    predictions = Predictions(tuple(samples), values)
+    metrics = metrics_for(predictions)
+    targets, _ = predictions.subset(Clarity.CLEAR)
+    clear = np.array([s.clarity is Clarity.CLEAR for s in samples])
+    loss = nn.functional.binary_cross_entropy_with_logits(
+        torch.from_numpy(values[clear]), torch.from_numpy(targets).float()
+    )
+    return metrics, float(loss)
+
+
+def _gather(logits: torch.Tensor, indices: torch.Tensor, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    if not runtime.distributed:
+        return logits, indices
+    sizes = [torch.zeros(1, dtype=torch.int64, device=logits.device) for _ in range(runtime.world_size)]
+    torch_dist.all_gather(sizes, torch.tensor([len(logits)], device=logits.device))
+    longest = int(max(s.item() for s in sizes))
+    padded_logits = torch.zeros(longest, device=logits.device)
+    padded_indices = torch.zeros(longest, dtype=torch.int64, device=logits.device)
+    padded_logits[: len(logits)], padded_indices[: len(indices)] = logits, indices
+    gathered_logits = [torch.zeros_like(padded_logits) for _ in range(runtime.world_size)]
+    gathered_indices = [torch.zeros_like(padded_indices) for _ in range(runtime.world_size)]
+    torch_dist.all_gather(gathered_logits, padded_logits)
+    torch_dist.all_gather(gathered_indices, padded_indices)
+    keep = [slice(0, int(s.item())) for s in sizes]
+    return (
+        torch.cat([g[k] for g, k in zip(gathered_logits, keep, strict=True)]),
+        torch.cat([g[k] for g, k in zip(gathered_indices, keep, strict=True)]),
+    )
+
+
+def save_checkpoint(model: CrackNet, config: TrainConfig, path: Path, *, metrics: dict, data: dict, epoch: int) -> None:
+    spec = model.spec
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "crackscope_version": crackscope.__version__,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "backbone": spec.name,
+            "input_size": spec.input_size,
+            "dropout": config.dropout,
+            "preprocessing": {"input": "uint8 BGR [N,H,W,3]", "resize": "area", "mean": spec.mean, "std": spec.std},
+            "class_names": list(CLASS_NAMES),
+            "config": to_dict(config),
+            "metrics": metrics,
+            "data": data,
+            "epoch": epoch,
+        },
+        path,
+    )
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run both stages; write ``model.pt`` (best epoch), ``config.yaml`` and ``metrics.json`` to ``config.out``."""
+    if config.augment not in PRESETS:
+        raise ValueError(f"unknown augmentation preset {config.augment!r}; choose one of: {', '.join(PRESETS)}")
+    with distributed_runtime(config.device) as runtime:
+        return _train(config, runtime)
+
+
+def _train(config: TrainConfig, runtime: Runtime) -> TrainResult:
+    emit = print if runtime.is_main else (lambda _message: None)
+    seed_everything(config.seed)
+    run_dir = Path(config.out)
+    if runtime.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_yaml(config, run_dir / "config.yaml")
+    train_samples, val_samples, data_summary = load_split(config, emit)
+    model = build_model(
+        config.backbone, pretrained=config.pretrained, dropout=config.dropout, input_size=config.input_size
+    ).to(runtime.device, memory_format=torch.channels_last)
+    emit(
+        f"model: {config.backbone} ({'ImageNet weights' if config.pretrained else 'random init'}), "
+        f"input {model.spec.input_size}px, device {runtime.device}, {runtime.world_size} process(es)"
+    )
+    train_loader, train_sampler = make_loader(train_samples, config, runtime, train=True)
+    val_loader, _ = make_loader(val_samples, config, runtime, train=False)
+    pos_weight = torch.tensor(positive_weight(train_samples), device=runtime.device)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    scaler = torch.amp.GradScaler("cuda", enabled=runtime.device.type == "cuda" and config.amp)
+    checkpoint = run_dir / "model.pt"
+    history: list[EpochRecord] = []
+    best_loss, best_metrics, stale, epoch = math.inf, {}, 0, 0
+    for stage in stages(config):
+        set_backbone_trainable(model, stage.train_backbone)
+        wrapped = DistributedDataParallel(model) if runtime.distributed else model
+        optimizer = make_optimizer(model, config, stage)
+        steps = min(config.steps_per_epoch or len(train_loader), len(train_loader)) * stage.epochs
+        scheduler = warmup_cosine(optimizer, steps, config.warmup_fraction)
+        for stage_epoch in range(stage.epochs):
+            epoch += 1
+            if train_sampler is not None:
+                train_sampler.set_epoch(epoch)
+            set_train_mode(model, stage.train_backbone)
+            started = time.perf_counter()
+            description = f"epoch {epoch}/{config.epochs} {stage.name}"
+            train_loss, seen = train_one_epoch(
+                wrapped, train_loader, optimizer, scheduler, loss_fn, scaler, runtime, config, description
+            )
+            seconds = time.perf_counter() - started
+            metrics, val_loss = validate(model, val_loader, val_samples, runtime, config)
+            record = EpochRecord(
+                stage.name,
+                epoch,
+                train_loss,
+                val_loss,
+                metrics["accuracy"],
+                metrics["roc_auc"],
+                seconds,
+                seen * runtime.world_size / seconds,
+            )
+            history.append(record)
+            improved = val_loss < best_loss
+            emit(_epoch_line(record, improved))
+            if improved:
+                best_loss, best_metrics, stale = val_loss, metrics, 0
+                if runtime.is_main:
+                    save_checkpoint(model, config, checkpoint, metrics=metrics, data=data_summary, epoch=epoch)
+            else:
+                stale += 1
+            if stage.train_backbone and stale >= config.patience and stage_epoch < stage.epochs - 1:
+                emit(f"early stop: validation loss has not improved for {stale} epochs")
+                break
+    result_metrics = {
+        **best_metrics,
+        "best_epoch": next((r.epoch for r in history if r.val_loss == best_loss), None),
+        "best_val_loss": best_loss,
+        "history": [r.__dict__ for r in history],
+        "data": data_summary,
+    }
+    if runtime.is_main:
+        (run_dir / "metrics.json").write_text(json.dumps(result_metrics, indent=2), encoding="utf-8")
+        emit(
+            f"best epoch {result_metrics['best_epoch']}: wrote {checkpoint}, {run_dir / 'metrics.json'}, "
+            f"{run_dir / 'config.yaml'}"
+        )
+    return TrainResult(run_dir, checkpoint, result_metrics, tuple(history))
+
+
+def _epoch_line(record: EpochRecord, improved: bool) -> str:
+    accuracy = "n/a" if record.val_accuracy is None else f"{record.val_accuracy:.4f}"
+    auc = "n/a" if record.val_roc_auc is None else f"{record.val_roc_auc:.4f}"
+    return (
+        f"epoch {record.epoch} [{record.stage}] train loss {record.train_loss:.4f} | val loss {record.val_loss:.4f} "
+        f"acc {accuracy} auc {auc} | {record.seconds:.0f}s, {record.images_per_second:.1f} img/s"
+        + (" *" if improved else "")
+    )
