@@ -51,3 +51,26 @@ def tiny_run(patch_data, tmp_path_factory):
         seed=1,
     )
     return train(config)
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_run, patch_data, tmp_path_factory):
+    """The tiny run exported to fp32, int8 and fp16 ONNX, all through their parity gates.
+
+    The tiny model is barely trained (logits near 0), so int8 flips more decisions than a real model would: its
+    agreement gate is lowered here to 80%; a test below checks that the default gate does refuse such a model.
+    """
+    from crackscope.deploy.export import ExportConfig, export
+
+    out = tmp_path_factory.mktemp("export") / "model.onnx"
+    config = ExportConfig(
+        checkpoint=str(tiny_run.checkpoint),
+        out=str(out),
+        int8=True,
+        fp16=True,
+        calib_data=str(patch_data),
+        calib_tiles=64,
+        verify_tiles=16,
+        int8_min_agreement=0.8,
+    )
+    return export(config)

@@ -400,22 +400,38 @@ def save_checkpoint(model: CrackNet, config: TrainConfig, path: Path, *, metrics
     )
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Run both stages; write ``model.pt`` (best epoch), ``config.yaml`` and ``metrics.json`` to ``config.out``."""
+@dataclass(frozen=True)
+class Split:
+    """Samples to train and validate on, for callers that split data themselves (benchmarks, cross-validation)."""
+
+    train: tuple[Sample, ...]
+    val: tuple[Sample, ...]
+    summary: dict
+
+
+def train(config: TrainConfig, split: Split | None = None) -> TrainResult:
+    """Run both stages; write ``model.pt`` (best epoch), ``config.yaml`` and ``metrics.json`` to ``config.out``.
+
+    The data comes from ``config.data`` / ``config.val_data`` unless an explicit ``split`` is given.
+    """
     if config.augment not in PRESETS:
         raise ValueError(f"unknown augmentation preset {config.augment!r}; choose one of: {', '.join(PRESETS)}")
     with distributed_runtime(config.device) as runtime:
-        return _train(config, runtime)
+        return _train(config, runtime, split)
 
 
-def _train(config: TrainConfig, runtime: Runtime) -> TrainResult:
+def _train(config: TrainConfig, runtime: Runtime, split: Split | None) -> TrainResult:
     emit = print if runtime.is_main else (lambda _message: None)
     seed_everything(config.seed)
     run_dir = Path(config.out)
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_yaml(config, run_dir / "config.yaml")
-    train_samples, val_samples, data_summary = load_split(config, emit)
+    if split is None:
+        train_samples, val_samples, data_summary = load_split(config, emit)
+    else:
+        train_samples = training_view(split.train, config.data_config)
+        val_samples, data_summary = list(split.val), split.summary
     model = build_model(
         config.backbone, pretrained=config.pretrained, dropout=config.dropout, input_size=config.input_size
     ).to(runtime.device, memory_format=torch.channels_last)

@@ -1,0 +1,160 @@
+"""Accuracy of crackscope's trainer on the real shared datasets, and training time per epoch on this machine.
+
+Trains the default backbone (EfficientNet-Lite0, ImageNet weights) on each set, evaluates on a held-out test split
+that the trainer never sees (not even for early stopping), and prints one table. Also scores the concrete model on
+DeepCrack patches it was not trained on (cross-dataset), since a random split of Özgenel patches mixes patches of
+one photo into train and test.
+
+Run:
+    python benchmarks/accuracy.py                     # all sets, ~30 min on 2 CPU cores
+    python benchmarks/accuracy.py --only magnetic-tile --epochs 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crackscope.training.data import Clarity, DataConfig, load_samples, split_by_group
+from crackscope.training.evaluate import load_checkpoint, metrics_for, predict
+from crackscope.training.train import Split, TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    folder: str
+    split_note: str
+    input_size: int
+    epochs: int
+    data_config: DataConfig = field(default_factory=DataConfig)
+    cross: tuple[tuple[str, str, DataConfig], ...] = ()  # (label, folder, config) evaluated with this job's model
+
+
+JOBS = (
+    Job(
+        "ozgenel-concrete",
+        "ozgenel-concrete",
+        "random (group-free: source photos unknown)",
+        input_size=160,
+        epochs=4,
+        cross=(("DeepCrack 128px patches (cross-dataset)", "deepcrack-train", DataConfig()),),
+    ),
+    Job("magnetic-tile", "magnetic-tile", "grouped by image", input_size=224, epochs=10),
+)
+
+
+def run(job: Job, data_root: Path, out_root: Path, seed: int, epochs: int | None, workers: int) -> list[dict]:
+    dataset = load_samples(data_root / job.folder, job.data_config)
+    rest, test = split_by_group(dataset.samples, 0.2, seed)
+    train_part, val_part = split_by_group(rest, 0.125, seed + 1)
+    summary = {"train": len(train_part), "val": len(val_part), "test": len(test), **dataset.summary()}
+    config = TrainConfig(
+        data=str(data_root / job.folder),
+        out=str(out_root / job.name),
+        input_size=job.input_size,
+        epochs=epochs or job.epochs,
+        head_epochs=1,
+        batch_size=32,
+        lr=1e-3,
+        augment="heavy",
+        seed=seed,
+        workers=workers,
+        patience=3,
+        data_config=job.data_config,
+    )
+    print(
+        f"\n=== {job.name}: {len(train_part)} train / {len(val_part)} val / {len(test)} test, "
+        f"{config.input_size}px, {config.epochs} epochs ===",
+        flush=True,
+    )
+    result = train(config, Split(tuple(train_part), tuple(val_part), summary))
+    model, _ = load_checkpoint(result.checkpoint)
+    finetune = [h for h in result.history if h.stage == "finetune"] or list(result.history)
+    timing = {
+        "sec_per_epoch": float(np.mean([h.seconds for h in finetune])),
+        "train_img_per_s": float(np.mean([h.images_per_second for h in finetune])),
+        "epochs_run": len(result.history),
+    }
+    rows = [_row(job.name, job.split_note, len(train_part), model, test, config, timing, workers)]
+    for label, folder, data_config in job.cross:
+        cross = load_samples(data_root / folder, data_config)
+        rows.append(_row(label, f"trained on {job.name}", 0, model, list(cross.samples), config, {}, workers))
+    return rows
+
+
+def _row(name, split_note, n_train, model, samples, config, timing, workers) -> dict:
+    predictions = predict(model, samples, batch_size=64, workers=workers)
+    metrics = metrics_for(predictions)
+    n_clear = sum(s.clarity is Clarity.CLEAR for s in samples)
+    return {
+        "dataset": name,
+        "split": split_note,
+        "train_items": n_train,
+        "test_items": n_clear,
+        "input_px": config.input_size,
+        "epochs": timing.get("epochs_run", ""),
+        **{k: metrics[k] for k in ("accuracy", "f1", "roc_auc", "average_precision")},
+        "confusion_matrix": metrics["confusion_matrix"],
+        **timing,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        "| dataset | split | train | test (clear) | input | epochs | accuracy | F1 | ROC-AUC | AP "
+        "| s/epoch (fine-tune) | train img/s |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        sec = f"{r['sec_per_epoch']:.0f}" if "sec_per_epoch" in r else ""
+        ips = f"{r['train_img_per_s']:.1f}" if "train_img_per_s" in r else ""
+        lines.append(
+            f"| {r['dataset']} | {r['split']} | {r['train_items'] or ''} | {r['test_items']} | {r['input_px']} "
+            f"| {r['epochs']} | {r['accuracy']:.4f} | {r['f1']:.4f} | {r['roc_auc']:.4f} "
+            f"| {r['average_precision']:.4f} | {sec} | {ips} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.environ.get("CRACKSCOPE_DATA", str(REPO.parent / "shared" / "datasets")))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "accuracy"))
+    parser.add_argument("--only", choices=[j.name for j in JOBS], action="append")
+    parser.add_argument("--epochs", type=int, help="override every job's epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    data_root, out_root = Path(args.data), Path(args.out)
+    if not data_root.is_dir():
+        print(f"datasets not found at {data_root} (set CRACKSCOPE_DATA)", file=sys.stderr)
+        return 2
+    started = time.time()
+    rows = []
+    for job in JOBS:
+        if args.only and job.name not in args.only:
+            continue
+        rows += run(job, data_root, out_root, args.seed, args.epochs, args.workers)
+    print(f"\n{table(rows)}\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
+        f"total {time.time() - started:.0f}s"
+    )
+    out_root.mkdir(parents=True, exist_ok=True)
+    (out_root / "results.json").write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

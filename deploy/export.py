@@ -1,0 +1,288 @@
+"""Export a trained checkpoint to the one deployable ONNX file, verified before it is written.
+
+The graph takes uint8 BGR tiles ``[N, H, W, 3]`` (dynamic N) and returns ``logit [N]`` and ``cam [N, h, w]``.
+Cast, BGR->RGB, scaling and mean/std are nodes of the graph, and the CAM is computed in the graph from the head's
+weights (``sum_c w_c * A_c / (h*w)``, equal to Grad-CAM at the last feature map for this head), so neither
+preprocessing nor heatmaps need PyTorch at run time. The model card (:mod:`crackscope.deploy.card`) goes into the
+file's metadata.
+
+Nothing is written unless ONNX Runtime matches PyTorch on real (``--calib-data``) or synthetic tiles at two batch
+sizes; int8 and fp16 variants pass the same gate against fp32 with their own tolerances.
+
+Example:
+    $ crackscope export --checkpoint runs/demo/model.pt --out model.onnx --int8 --calib-data data/val
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+import crackscope
+from crackscope.deploy.card import INPUT_NAME, OUTPUT_NAMES, Calibration, ModelCard
+from crackscope.deploy.quantize import convert_fp16, quantize_int8
+from crackscope.deploy.verify import ParityReport, onnx_parity, torch_parity
+from crackscope.inspect.images import fit_to_input
+from crackscope.training.backbones import CrackNet
+from crackscope.training.data import Clarity, load_samples, read_patch
+from crackscope.training.evaluate import load_checkpoint, saved_data_config
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What ``crackscope export`` does; tolerances are the parity gate's."""
+
+    checkpoint: str = ""
+    out: str = "model.onnx"
+    int8: bool = False
+    fp16: bool = False
+    calib_data: str | None = None  # real tiles for int8 calibration and for every parity check
+    calib_tiles: int = 256
+    verify_tiles: int = 64  # tiles for the parity checks (synthetic when no calib_data)
+    batch_sizes: tuple[int, ...] = (1, 8)
+    fp32_atol: float = 1e-3
+    int8_min_agreement: float = 0.99
+    fp16_atol: float = 0.05
+    fp16_rtol: float = 0.05
+    fp16_min_agreement: float = 0.99
+    opset: int = 17
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    path: Path
+    precision: str
+    parity: ParityReport
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    models: tuple[ExportedModel, ...] = field(default_factory=tuple)
+
+    def describe(self) -> str:
+        return "\n".join(
+            f"{m.precision:>4}  {m.path}  ({m.size_bytes / 1e6:.1f} MB)\n      {m.parity.describe()}"
+            for m in self.models
+        )
+
+
+class CamModel(nn.Module):
+    """The exported graph: uint8 tiles -> (logit, cam)."""
+
+    def __init__(self, model: CrackNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_cam(image)
+
+
+def to_onnx_bytes(model: CrackNet, opset: int = 17) -> bytes:
+    """Trace the model to ONNX (dynamic batch) and return the serialised graph."""
+    # The wrapper must be in eval mode itself: export restores the top module's mode afterwards, and a
+    # train-mode wrapper would switch the wrapped model (and its BatchNorm) back to training.
+    wrapper = CamModel(model).eval()
+    size = model.spec.input_size
+    example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic in TF-'same' padding
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            buffer,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={INPUT_NAME: {0: "batch"}, "logit": {0: "batch"}, "cam": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+    return buffer.getvalue()
+
+
+def feature_size(model: CrackNet) -> int:
+    with torch.inference_mode():
+        size = model.spec.input_size
+        return int(model.feature_map(torch.zeros(1, size, size, 3, dtype=torch.uint8)).shape[-1])
+
+
+def card_for(model: CrackNet, checkpoint: dict, precision: str) -> ModelCard:
+    metrics = checkpoint.get("metrics", {})
+    config = checkpoint.get("config", {})
+    return ModelCard(
+        backbone=model.spec.name,
+        input_size=model.spec.input_size,
+        feature_size=feature_size(model),
+        class_names=tuple(checkpoint.get("class_names", ("ok", "crack"))),
+        normalisation={"mean": list(model.spec.mean), "std": list(model.spec.std), "applied": "in-graph"},
+        calibration=Calibration(),
+        precision=precision,
+        training={
+            "data_fingerprint": checkpoint.get("data", {}).get("fingerprint"),
+            "data": {k: v for k, v in checkpoint.get("data", {}).items() if k != "fingerprint"},
+            "best_epoch": checkpoint.get("epoch"),
+            "validation": {k: metrics.get(k) for k in ("accuracy", "f1", "roc_auc", "average_precision")},
+            "augment": config.get("augment"),
+            "epochs": config.get("epochs"),
+            "trained_with": checkpoint.get("crackscope_version"),
+        },
+        crackscope_version=crackscope.__version__,
+    )
+
+
+def with_card(model_bytes: bytes | onnx.ModelProto, card: ModelCard) -> onnx.ModelProto:
+    """The model with its ``metadata_props`` replaced by the card (other metadata kept)."""
+    proto = model_bytes if isinstance(model_bytes, onnx.ModelProto) else onnx.load_from_string(model_bytes)
+    kept = {p.key: p.value for p in proto.metadata_props if not p.key.startswith("crackscope.")}
+    del proto.metadata_props[:]
+    for key, value in {**kept, **card.to_metadata()}.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name, proto.producer_version = "crackscope", crackscope.__version__
+    return proto
+
+
+def read_card(path: str | os.PathLike) -> ModelCard:
+    proto = onnx.load(str(path), load_external_data=False)
+    return ModelCard.from_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
+
+
+def write_calibration(path: str | os.PathLike, calibration: Calibration) -> ModelCard:
+    """Rewrite only the calibration in a model's card; weights and graph are untouched."""
+    proto = onnx.load(str(path))
+    card = ModelCard.from_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
+    updated = card.with_calibration(calibration)
+    _save_atomically(with_card(proto, updated), Path(path))
+    return updated
+
+
+def _save_atomically(proto: onnx.ModelProto, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    onnx.save(proto, str(partial))
+    os.replace(partial, path)
+
+
+def load_tiles(
+    data: str | None, checkpoint: dict, size: int, count: int, seed: int
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Up to ``count`` uint8 tiles at the input size, class-balanced, with labels; synthetic when no data."""
+    rng = np.random.default_rng(seed)
+    if data is None:
+        from crackscope.training import synthetic
+
+        labels = np.array([i % 2 for i in range(count)], dtype=np.float32)
+        tiles = np.stack([fit_to_input(synthetic.make_patch(size, "crack" if y else "ok", rng), size) for y in labels])
+        return tiles, labels, f"{count} synthetic tiles"
+    dataset = load_samples(data, saved_data_config(checkpoint))
+    clear = [s for s in dataset.samples if s.clarity is Clarity.CLEAR]
+    by_class = [[s for s in clear if s.label == c] for c in (0, 1)]
+    chosen = []
+    for members in by_class:
+        order = rng.permutation(len(members))[: count // 2]
+        chosen += [members[i] for i in order]
+    tiles = np.stack([fit_to_input(read_patch(s), size) for s in chosen])
+    return tiles, np.array([s.target for s in chosen], dtype=np.float32), f"{len(chosen)} tiles from {data}"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _finish(proto: onnx.ModelProto, card: ModelCard, report: ParityReport, path: Path) -> ExportedModel:
+    verified = replace(card, verification={**report.summary(), "tiles_source": card.verification.get("tiles_source")})
+    _save_atomically(with_card(proto, verified), path)
+    return ExportedModel(path, card.precision, report, sha256_of(path), path.stat().st_size)
+
+
+def variant_path(out: Path, precision: str) -> Path:
+    """``model.onnx`` -> ``model.int8.onnx`` / ``model.fp16.onnx``."""
+    return out.with_name(f"{out.stem}.{precision}{out.suffix or '.onnx'}")
+
+
+def export(config: ExportConfig) -> ExportResult:
+    """Export fp32 (always) and the requested variants; each is written only after passing its parity gate."""
+    if config.int8 and not config.calib_data:
+        raise ValueError("--int8 needs --calib-data DIR: int8 ranges are calibrated on real tiles")
+    model, checkpoint = load_checkpoint(config.checkpoint)
+    out = Path(config.out)
+    size = model.spec.input_size
+    verify_tiles, verify_labels, source = load_tiles(
+        config.calib_data, checkpoint, size, config.verify_tiles, config.seed
+    )
+    fp32_bytes = to_onnx_bytes(model, config.opset)
+    fp32_report = torch_parity(
+        model, fp32_bytes, verify_tiles, batch_sizes=config.batch_sizes, atol=config.fp32_atol, labels=verify_labels
+    )
+    fp32_report.raise_if_failed(str(out))
+    base_card = replace(card_for(model, checkpoint, "fp32"), verification={"tiles_source": source})
+    exported = [_finish(onnx.load_from_string(fp32_bytes), base_card, fp32_report, out)]
+    if config.int8:
+        calib_tiles, calib_labels, calib_source = load_tiles(
+            config.calib_data, checkpoint, size, config.calib_tiles, config.seed + 1
+        )
+        exported.append(_int8(out, config, calib_tiles, calib_labels, calib_source, base_card))
+    if config.fp16:
+        exported.append(_fp16(out, config, verify_tiles, verify_labels, base_card))
+    return ExportResult(tuple(exported))
+
+
+def _int8(out, config, tiles, labels, source, base_card) -> ExportedModel:
+    path = variant_path(out, "int8")
+    staged = path.with_name(path.name + ".staged")
+    try:
+        quantize_int8(out, staged, tiles)
+        report = onnx_parity(
+            str(out),
+            str(staged),
+            tiles,
+            candidate="onnx-int8",
+            batch_sizes=config.batch_sizes,
+            atol=float("inf"),
+            min_agreement=config.int8_min_agreement,
+            labels=labels,
+        )
+        report.raise_if_failed(str(path))
+        card = replace(base_card, precision="int8", verification={"tiles_source": source})
+        return _finish(onnx.load(str(staged)), card, report, path)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _fp16(out, config, tiles, labels, base_card) -> ExportedModel:
+    path = variant_path(out, "fp16")
+    staged = path.with_name(path.name + ".staged")
+    try:
+        convert_fp16(out, staged)
+        report = onnx_parity(
+            str(out),
+            str(staged),
+            tiles,
+            candidate="onnx-fp16",
+            batch_sizes=config.batch_sizes,
+            atol=config.fp16_atol,
+            rtol=config.fp16_rtol,
+            min_agreement=config.fp16_min_agreement,
+            labels=labels,
+        )
+        report.raise_if_failed(str(path))
+        card = replace(base_card, precision="fp16")
+        return _finish(onnx.load(str(staged)), card, report, path)
+    finally:
+        staged.unlink(missing_ok=True)

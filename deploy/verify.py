@@ -1,0 +1,205 @@
+"""The parity gate: an exported model must give the trained model's answers before it is written.
+
+fp32 is compared with PyTorch (logits and CAM, element-wise, at two batch sizes, so batch-dependent bugs such as
+a constant-folded batch dimension cannot hide). int8 and fp16 are compared with the verified fp32 ONNX model on
+the same tiles with their own, looser tolerances: what must not change is the decision.
+
+Example:
+    >>> report = torch_parity(model, "model.onnx", tiles, batch_sizes=(1, 8), atol=1e-3)   # doctest: +SKIP
+    >>> report.raise_if_failed("model.onnx")                                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from crackscope.training.backbones import CrackNet
+
+
+class ParityError(RuntimeError):
+    """An exported model that differs from its reference beyond tolerance; nothing was written."""
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """What a parity check measured, and whether it passed."""
+
+    reference: str  # "pytorch" or "onnx-fp32"
+    candidate: str  # "onnx-fp32", "onnx-int8", "onnx-fp16"
+    tiles: int
+    batch_sizes: tuple[int, ...]
+    max_abs_logit_diff: float
+    max_abs_cam_diff: float
+    decision_agreement: float  # share of tiles with the same side of logit 0
+    logit_tolerance: float  # absolute part: |diff| <= logit_tolerance + logit_rtol * |reference|
+    min_agreement: float
+    cam_tolerance: float = float("inf")
+    logit_rtol: float = 0.0
+    tolerance_used: float = 0.0  # max over tiles of |diff| / (atol + rtol * |reference|); <= 1 passes
+    cam_correlation: float = 1.0  # mean per-tile Pearson correlation of the heatmaps (1 = same shape of heat)
+    reference_accuracy: float | None = None  # against labels, when the tiles have them
+    candidate_accuracy: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.tolerance_used <= 1.0
+            and self.max_abs_cam_diff <= self.cam_tolerance
+            and self.decision_agreement >= self.min_agreement
+        )
+
+    @property
+    def accuracy_drop(self) -> float | None:
+        if self.reference_accuracy is None or self.candidate_accuracy is None:
+            return None
+        return self.reference_accuracy - self.candidate_accuracy
+
+    def summary(self) -> dict[str, object]:
+        return {**asdict(self), "passed": self.passed, "accuracy_drop": self.accuracy_drop}
+
+    def describe(self) -> str:
+        tolerance = (
+            "not gated"
+            if self.logit_tolerance == float("inf")
+            else f"{self.tolerance_used:.0%} of tolerance {self.logit_tolerance:.0e} + {self.logit_rtol:.0e}*|logit|"
+        )
+        text = (
+            f"{self.candidate} vs {self.reference} on {self.tiles} tiles, batch sizes {list(self.batch_sizes)}: "
+            f"max |logit diff| {self.max_abs_logit_diff:.2e} ({tolerance}), "
+            f"max |cam diff| {self.max_abs_cam_diff:.2e} (heatmap correlation {self.cam_correlation:.3f}), "
+            f"decisions agree {self.decision_agreement:.2%} "
+            f"(minimum {self.min_agreement:.0%})"
+        )
+        if self.accuracy_drop is not None:
+            text += (
+                f", accuracy {self.reference_accuracy:.4f} -> {self.candidate_accuracy:.4f} "
+                f"(drop {self.accuracy_drop:+.4f})"
+            )
+        return text
+
+    def raise_if_failed(self, what: str) -> None:
+        if not self.passed:
+            raise ParityError(f"{what} failed the parity gate, so it was not written: {self.describe()}")
+
+
+def cpu_session(model: str | bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _batched(tiles: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    return [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
+
+
+def run_session(session: ort.InferenceSession, tiles: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    outputs = [session.run(["logit", "cam"], {"image": batch}) for batch in _batched(tiles, batch_size)]
+    return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
+
+
+@torch.inference_mode()
+def run_torch(model: CrackNet, tiles: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    outputs = [model.forward_with_cam(torch.from_numpy(batch)) for batch in _batched(tiles, batch_size)]
+    return torch.cat([o[0] for o in outputs]).numpy(), torch.cat([o[1] for o in outputs]).numpy()
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
+    return None if labels is None else float(((logits >= 0) == (labels >= 0.5)).mean())
+
+
+def _compare(
+    reference: Sequence[tuple[np.ndarray, np.ndarray]],
+    candidate: Sequence[tuple[np.ndarray, np.ndarray]],
+    labels: np.ndarray | None,
+    atol: float,
+    rtol: float,
+) -> dict[str, object]:
+    used = max(
+        float((np.abs(r[0] - c[0]) / (atol + rtol * np.abs(r[0]))).max())
+        for r, c in zip(reference, candidate, strict=True)
+    )
+    logit_diff = max(float(np.abs(r[0] - c[0]).max()) for r, c in zip(reference, candidate, strict=True))
+    cam_diff = max(float(np.abs(r[1] - c[1]).max()) for r, c in zip(reference, candidate, strict=True))
+    agreement = min(float(((r[0] >= 0) == (c[0] >= 0)).mean()) for r, c in zip(reference, candidate, strict=True))
+    return {
+        "cam_correlation": _mean_correlation(reference[0][1], candidate[0][1]),
+        "max_abs_logit_diff": logit_diff,
+        "tolerance_used": used,
+        "max_abs_cam_diff": cam_diff,
+        "decision_agreement": agreement,
+        "reference_accuracy": _accuracy(reference[0][0], labels),
+        "candidate_accuracy": _accuracy(candidate[0][0], labels),
+    }
+
+
+def _mean_correlation(reference: np.ndarray, candidate: np.ndarray) -> float:
+    a = reference.reshape(len(reference), -1).astype(np.float64)
+    b = candidate.reshape(len(candidate), -1).astype(np.float64)
+    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    denominator = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    valid = denominator > 0
+    return float(((a * b).sum(1)[valid] / denominator[valid]).mean()) if valid.any() else 1.0
+
+
+def torch_parity(
+    model: CrackNet,
+    onnx_model: str | bytes,
+    tiles: np.ndarray,
+    *,
+    batch_sizes: tuple[int, ...] = (1, 8),
+    atol: float = 1e-3,
+    labels: np.ndarray | None = None,
+) -> ParityReport:
+    """ONNX Runtime (CPU) against PyTorch eager on the same uint8 tiles, at each batch size."""
+    session = cpu_session(onnx_model)
+    reference = [run_torch(model, tiles, b) for b in batch_sizes]
+    candidate = [run_session(session, tiles, b) for b in batch_sizes]
+    measured = _compare(reference, candidate, labels, atol, 0.0)
+    # fp32 is gated element-wise on logits and CAM; a decision may flip only for a logit within atol of 0,
+    # so agreement is reported, not gated.
+    return ParityReport(
+        "pytorch",
+        "onnx-fp32",
+        len(tiles),
+        batch_sizes,
+        logit_tolerance=atol,
+        min_agreement=0.0,
+        cam_tolerance=atol,
+        **measured,
+    )
+
+
+def onnx_parity(
+    reference_model: str | bytes,
+    candidate_model: str | bytes,
+    tiles: np.ndarray,
+    *,
+    candidate: str,
+    batch_sizes: tuple[int, ...] = (1, 8),
+    atol: float,
+    rtol: float = 0.0,
+    min_agreement: float,
+    labels: np.ndarray | None = None,
+    session_factory=cpu_session,
+) -> ParityReport:
+    """A reduced-precision ONNX model against the verified fp32 one."""
+    reference_session, candidate_session = cpu_session(reference_model), session_factory(candidate_model)
+    reference = [run_session(reference_session, tiles, b) for b in batch_sizes]
+    candidates = [run_session(candidate_session, tiles, b) for b in batch_sizes]
+    measured = _compare(reference, candidates, labels, atol, rtol)
+    return ParityReport(
+        "onnx-fp32",
+        candidate,
+        len(tiles),
+        batch_sizes,
+        logit_tolerance=atol,
+        logit_rtol=rtol,
+        min_agreement=min_agreement,
+        **measured,
+    )

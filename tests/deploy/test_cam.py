@@ -1,0 +1,70 @@
+"""The CAM output is Grad-CAM: proven against pytorch-grad-cam on the torch model at the same layer."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from pytorch_grad_cam import GradCAM
+from torch import nn
+
+from crackscope.deploy.export import to_onnx_bytes
+from crackscope.training.backbones import build_model
+from crackscope.training.synthetic import make_patch
+
+pytestmark = pytest.mark.slow
+
+
+class Head(nn.Module):
+    """The classifier from the normalised NCHW tensor on: what GradCAM needs to hook the feature map."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.fc(self.model.features(x).mean((2, 3)))  # [N, 1]
+
+
+def _gradcam_style(cam: np.ndarray, size: int) -> np.ndarray:
+    """What pytorch-grad-cam does to its map: ReLU, resize to the input, min-max normalise per image."""
+    out = []
+    for item in np.maximum(cam, 0):
+        item = cv2.resize(item, (size, size))
+        item = item - item.min()
+        out.append(item / (1e-7 + item.max()))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def model_and_tiles():
+    torch.manual_seed(0)
+    model = build_model("tf_efficientnet_lite0", pretrained=True).eval()
+    rng = np.random.default_rng(0)
+    tiles = np.stack([make_patch(224, label, rng) for label in ("crack", "ok", "crack", "ok")])
+    return model, tiles
+
+
+def test_exported_cam_equals_pytorch_grad_cam_at_the_last_feature_map(model_and_tiles):
+    model, tiles = model_and_tiles
+    session = ort.InferenceSession(to_onnx_bytes(model), providers=["CPUExecutionProvider"])
+    _, onnx_cams = session.run(None, {"image": tiles})
+    with torch.no_grad():
+        normalised = model.preprocess(torch.from_numpy(tiles))
+    head = Head(model).eval()
+    with GradCAM(model=head, target_layers=[model.features]) as grad_cam:
+        reference = grad_cam(input_tensor=normalised, targets=[lambda output: output[0]] * len(tiles))
+    assert onnx_cams.shape == (4, 7, 7)
+    ours = _gradcam_style(onnx_cams, 224)
+    assert reference.shape == ours.shape
+    np.testing.assert_allclose(ours, reference, atol=2e-3)
+    assert all(reference[i].max() > 0.99 for i in range(len(tiles)))  # not a trivially empty map
+
+
+def test_cam_costs_no_gradients_and_sums_to_the_logit(model_and_tiles):
+    model, tiles = model_and_tiles
+    with torch.inference_mode():  # no autograd at all
+        logit, cam = model.forward_with_cam(torch.from_numpy(tiles))
+    torch.testing.assert_close(cam.sum((1, 2)) + model.fc.bias, logit, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,144 @@
+"""Export writes one self-describing ONNX file, and only after it matches PyTorch."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from crackscope.deploy import export as export_module
+from crackscope.deploy.card import Calibration, ModelCard
+from crackscope.deploy.export import ExportConfig, export, read_card, write_calibration
+from crackscope.deploy.verify import ParityError
+from crackscope.training.evaluate import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+def _by_precision(result, precision):
+    return next(m for m in result.models if m.precision == precision)
+
+
+def test_graph_takes_uint8_bgr_tiles_with_dynamic_batch_and_returns_logit_and_cam(exported):
+    graph = onnx.load(str(_by_precision(exported, "fp32").path)).graph
+    (image,) = graph.input
+    assert image.name == "image"
+    assert image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim]
+    assert dims == ["batch", 64, 64, 3]
+    assert [o.name for o in graph.output] == ["logit", "cam"]
+
+
+def test_preprocessing_is_inside_the_graph(exported):
+    ops = {node.op_type for node in onnx.load(str(_by_precision(exported, "fp32").path)).graph.node}
+    assert {"Cast", "Mul", "Add", "Transpose"} <= ops
+
+
+def test_onnx_matches_pytorch_on_batch_sizes_not_used_at_export(exported, tiny_run):
+    model, _ = load_checkpoint(tiny_run.checkpoint)
+    tiles = np.random.default_rng(5).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    session = ort.InferenceSession(str(_by_precision(exported, "fp32").path), providers=["CPUExecutionProvider"])
+    logits, cams = session.run(None, {"image": tiles})
+    with torch.inference_mode():
+        torch_logits, torch_cams = model.forward_with_cam(torch.from_numpy(tiles))
+    np.testing.assert_allclose(logits, torch_logits.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(cams, torch_cams.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_metadata_card_carries_everything_the_runtime_needs(exported):
+    card = read_card(_by_precision(exported, "fp32").path)
+    assert card.backbone == "tf_efficientnet_lite0" and card.input_size == 64 and card.feature_size == 2
+    assert card.class_names == ("ok", "crack") and card.channel_order == "BGR"
+    assert card.normalisation["mean"] == [0.5, 0.5, 0.5]
+    assert card.calibration == Calibration()  # identity until calibrated
+    assert card.training["data_fingerprint"] and card.training["validation"]["roc_auc"] is not None
+    assert card.verification["passed"] is True and card.verification["batch_sizes"] == [1, 8]
+    assert card.verification["max_abs_logit_diff"] <= 1e-3
+
+
+def test_int8_variant_is_static_qdq_and_reports_agreement_and_accuracy_drop(exported):
+    int8 = _by_precision(exported, "int8")
+    assert int8.path.name == "model.int8.onnx"
+    ops = {node.op_type for node in onnx.load(str(int8.path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert int8.parity.decision_agreement >= 0.8 and int8.parity.min_agreement == 0.8
+    assert int8.parity.accuracy_drop is not None
+    assert read_card(int8.path).precision == "int8"
+    assert int8.size_bytes < _by_precision(exported, "fp32").size_bytes / 2
+
+
+def test_fp16_variant_passes_its_own_gate(exported):
+    fp16 = _by_precision(exported, "fp16")
+    assert fp16.parity.passed and read_card(fp16.path).precision == "fp16"
+    session = ort.InferenceSession(str(fp16.path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(uint8)"
+    assert session.get_outputs()[0].type == "tensor(float)"
+
+
+def test_export_refuses_to_write_a_model_that_differs_from_pytorch(tiny_run, tmp_path, monkeypatch):
+    honest = export_module.to_onnx_bytes
+
+    def broken(model, opset=17):
+        drifted = copy.deepcopy(model)
+        with torch.no_grad():
+            drifted.fc.bias += 0.5
+        return honest(drifted, opset)
+
+    monkeypatch.setattr(export_module, "to_onnx_bytes", broken)
+    out = tmp_path / "model.onnx"
+    with pytest.raises(ParityError, match=r"max \|logit diff\| 5\.0+e-01"):
+        export(ExportConfig(checkpoint=str(tiny_run.checkpoint), out=str(out), verify_tiles=8))
+    assert not out.exists()
+
+
+def test_int8_that_flips_too_many_decisions_is_not_written(tiny_run, patch_data, tmp_path):
+    out = tmp_path / "model.onnx"
+    config = ExportConfig(
+        checkpoint=str(tiny_run.checkpoint),
+        out=str(out),
+        int8=True,
+        calib_data=str(patch_data),
+        calib_tiles=32,
+        verify_tiles=8,
+        int8_min_agreement=1.01,  # no model can agree on more than 100%
+    )
+    with pytest.raises(ParityError, match=r"model\.int8\.onnx failed the parity gate.*minimum 101%"):
+        export(config)
+    assert out.exists()  # the verified fp32 model is kept
+    assert not (tmp_path / "model.int8.onnx").exists()
+    assert not list(tmp_path.glob("*.staged"))
+
+
+def test_int8_without_calibration_data_is_a_clear_error(tiny_run, tmp_path):
+    with pytest.raises(ValueError, match="--calib-data"):
+        export(ExportConfig(checkpoint=str(tiny_run.checkpoint), out=str(tmp_path / "m.onnx"), int8=True))
+
+
+def test_calibration_is_rewritten_without_touching_the_weights(exported, tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(_by_precision(exported, "fp32").path.read_bytes())
+    before = onnx.load(str(path)).graph
+    calibration = Calibration(temperature=1.7, ok_below=0.2, defect_at_or_above=0.8, method="test")
+    write_calibration(path, calibration)
+    after = onnx.load(str(path)).graph
+    assert read_card(path).calibration == calibration
+    assert after.SerializeToString() == before.SerializeToString()
+
+
+def test_card_round_trips_and_rejects_foreign_or_future_metadata():
+    card = ModelCard(backbone="resnet18", input_size=224, feature_size=7)
+    assert ModelCard.from_metadata(card.to_metadata()) == card
+    with pytest.raises(ValueError, match="not a crackscope model"):
+        ModelCard.from_metadata({"author": "someone"}, "foreign.onnx")
+    future = {**card.to_metadata(), "crackscope.format_version": "99"}
+    with pytest.raises(ValueError, match="version 99"):
+        ModelCard.from_metadata(future, "future.onnx")
+
+
+def test_calibration_rejects_thresholds_out_of_order():
+    with pytest.raises(ValueError, match="ok_below <= defect_at_or_above"):
+        Calibration(ok_below=0.8, defect_at_or_above=0.2)
