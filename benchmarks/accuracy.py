@@ -23,8 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crackscope.training.data import Clarity, DataConfig, load_samples, split_by_group
-from crackscope.training.evaluate import load_checkpoint, metrics_for, predict
+from crackscope.training.data import (
+    CRACK,
+    Clarity,
+    DataConfig,
+    MaskLabelling,
+    Sample,
+    classify_folder,
+    load_samples,
+    split_by_group,
+)
+from crackscope.training.evaluate import Predictions, binary_metrics, load_checkpoint, metrics_for, predict
 from crackscope.training.train import Split, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,9 +47,12 @@ class Job:
     input_size: int
     epochs: int
     data_config: DataConfig = field(default_factory=DataConfig)
+    ok_per_crack: float | None = None  # subsample clear ok training items to this many per clear crack
+    image_level: bool = False  # score each image by its highest tile (how the tiling runtime decides)
     cross: tuple[tuple[str, str, DataConfig], ...] = ()  # (label, folder, config) evaluated with this job's model
 
 
+MT_TILES = DataConfig(mode="mask", masks=MaskLabelling(patch_size=96, stride=64))
 JOBS = (
     Job(
         "ozgenel-concrete",
@@ -50,7 +62,17 @@ JOBS = (
         epochs=4,
         cross=(("DeepCrack 128px patches (cross-dataset)", "deepcrack-train", DataConfig()),),
     ),
-    Job("magnetic-tile", "magnetic-tile", "grouped by image", input_size=224, epochs=10),
+    Job("magnetic-tile", "magnetic-tile", "grouped by image; whole image resized", input_size=224, epochs=10),
+    Job(
+        "magnetic-tile-tiles",
+        "magnetic-tile",
+        "grouped by image; 96px tiles from masks, image = max tile",
+        input_size=96,
+        epochs=8,
+        data_config=MT_TILES,
+        ok_per_crack=3.0,
+        image_level=True,
+    ),
 )
 
 
@@ -58,6 +80,8 @@ def run(job: Job, data_root: Path, out_root: Path, seed: int, epochs: int | None
     dataset = load_samples(data_root / job.folder, job.data_config)
     rest, test = split_by_group(dataset.samples, 0.2, seed)
     train_part, val_part = split_by_group(rest, 0.125, seed + 1)
+    if job.ok_per_crack:
+        train_part = subsample_ok(train_part, job.ok_per_crack, seed)
     summary = {"train": len(train_part), "val": len(val_part), "test": len(test), **dataset.summary()}
     config = TrainConfig(
         data=str(data_root / job.folder),
@@ -86,27 +110,45 @@ def run(job: Job, data_root: Path, out_root: Path, seed: int, epochs: int | None
         "train_img_per_s": float(np.mean([h.images_per_second for h in finetune])),
         "epochs_run": len(result.history),
     }
-    rows = [_row(job.name, job.split_note, len(train_part), model, test, config, timing, workers)]
+    predictions = predict(model, test, batch_size=64, workers=workers)
+    base = {"train_items": len(train_part), "input_px": config.input_size, **timing}
+    rows = [_row(job.name, job.split_note, metrics_for(predictions), base)]
+    if job.image_level:
+        labels, scores = image_scores(predictions)
+        rows.append(_row(f"{job.name} (image level)", job.split_note, binary_metrics(labels, scores), base))
     for label, folder, data_config in job.cross:
-        cross = load_samples(data_root / folder, data_config)
-        rows.append(_row(label, f"trained on {job.name}", 0, model, list(cross.samples), config, {}, workers))
+        cross = predict(model, load_samples(data_root / folder, data_config).samples, batch_size=64, workers=workers)
+        rows.append(_row(label, f"trained on {job.name}", metrics_for(cross), {"input_px": config.input_size}))
     return rows
 
 
-def _row(name, split_note, n_train, model, samples, config, timing, workers) -> dict:
-    predictions = predict(model, samples, batch_size=64, workers=workers)
-    metrics = metrics_for(predictions)
-    n_clear = sum(s.clarity is Clarity.CLEAR for s in samples)
+def subsample_ok(samples: list[Sample], ok_per_crack: float, seed: int) -> list[Sample]:
+    """All crack and ambiguous items plus a seeded random share of clear ok items (tiles are mostly ok)."""
+    clear_ok = [s for s in samples if s.clarity is Clarity.CLEAR and s.target == 0.0]
+    others = [s for s in samples if not (s.clarity is Clarity.CLEAR and s.target == 0.0)]
+    cracks = sum(s.clarity is Clarity.CLEAR and s.label == 1 for s in samples)
+    keep = np.random.default_rng(seed).permutation(len(clear_ok))[: int(cracks * ok_per_crack)]
+    return others + [clear_ok[i] for i in sorted(keep)]
+
+
+def image_scores(predictions: Predictions) -> tuple[np.ndarray, np.ndarray]:
+    """Per source image: label from its class folder, score = probability of its most crack-like tile."""
+    best: dict[str, float] = {}
+    for sample, probability in zip(predictions.samples, predictions.probabilities, strict=True):
+        best[sample.group] = max(best.get(sample.group, 0.0), float(probability))
+    groups = sorted(best)
+    labels = np.array([classify_folder(Path(g).parts[0], {}) == CRACK for g in groups], dtype=int)
+    return labels, np.array([best[g] for g in groups])
+
+
+def _row(name: str, split_note: str, metrics: dict, extra: dict) -> dict:
     return {
         "dataset": name,
         "split": split_note,
-        "train_items": n_train,
-        "test_items": n_clear,
-        "input_px": config.input_size,
-        "epochs": timing.get("epochs_run", ""),
+        "test_items": metrics["n"],
         **{k: metrics[k] for k in ("accuracy", "f1", "roc_auc", "average_precision")},
         "confusion_matrix": metrics["confusion_matrix"],
-        **timing,
+        **extra,
     }
 
 
@@ -120,8 +162,8 @@ def table(rows: list[dict]) -> str:
         sec = f"{r['sec_per_epoch']:.0f}" if "sec_per_epoch" in r else ""
         ips = f"{r['train_img_per_s']:.1f}" if "train_img_per_s" in r else ""
         lines.append(
-            f"| {r['dataset']} | {r['split']} | {r['train_items'] or ''} | {r['test_items']} | {r['input_px']} "
-            f"| {r['epochs']} | {r['accuracy']:.4f} | {r['f1']:.4f} | {r['roc_auc']:.4f} "
+            f"| {r['dataset']} | {r['split']} | {r.get('train_items', '')} | {r['test_items']} | {r['input_px']} "
+            f"| {r.get('epochs_run', '')} | {r['accuracy']:.4f} | {r['f1']:.4f} | {r['roc_auc']:.4f} "
             f"| {r['average_precision']:.4f} | {sec} | {ips} |"
         )
     return "\n".join(lines)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import os
 import platform
@@ -39,7 +38,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -196,39 +194,6 @@ def batch_of(tiles: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(tiles[np.arange(size) % len(tiles)])
 
 
-class LogitOnly(nn.Module):
-    """The model without its CAM output: uint8 tiles -> logit ``[N]``."""
-
-    def __init__(self, model: CrackNet) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model(image)
-
-
-def logit_only_onnx_bytes(model: CrackNet, opset: int = OPSET) -> bytes:
-    """The model exported like :func:`crackscope.deploy.export.to_onnx_bytes`, but with the logit output only."""
-    wrapper = LogitOnly(model).eval()  # a train-mode wrapper would put the model back in training after export
-    size = model.spec.input_size
-    example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic in TF-'same' padding
-        torch.onnx.export(
-            wrapper,
-            (example,),
-            buffer,
-            input_names=[INPUT_NAME],
-            output_names=["logit"],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, "logit": {0: "batch"}},
-            opset_version=opset,
-            dynamo=False,
-            do_constant_folding=True,
-        )
-    return buffer.getvalue()
-
-
 @dataclass(frozen=True)
 class ModelFiles:
     fp32: Path  # logit + cam, as crackscope export writes it
@@ -240,7 +205,7 @@ def export_models(model: CrackNet, calibration: np.ndarray, folder: Path) -> Mod
     """Write the fp32, logit-only fp32 and int8 graphs to ``folder``."""
     files = ModelFiles(folder / "model.onnx", folder / "model.logit-only.onnx", folder / "model.int8.onnx")
     files.fp32.write_bytes(to_onnx_bytes(model, OPSET))
-    files.fp32_logit_only.write_bytes(logit_only_onnx_bytes(model, OPSET))
+    files.fp32_logit_only.write_bytes(to_onnx_bytes(model, OPSET, with_cam=False))
     quantize_int8(files.fp32, files.int8, calibration)
     return files
 

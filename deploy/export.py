@@ -79,21 +79,23 @@ class ExportResult:
 
 
 class CamModel(nn.Module):
-    """The exported graph: uint8 tiles -> (logit, cam)."""
+    """The exported graph: uint8 tiles -> (logit, cam), or the logit alone (for measuring what the CAM costs)."""
 
-    def __init__(self, model: CrackNet) -> None:
+    def __init__(self, model: CrackNet, with_cam: bool = True) -> None:
         super().__init__()
         self.model = model
+        self.with_cam = with_cam
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.forward_with_cam(image)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.model.forward_with_cam(image) if self.with_cam else (self.model(image),)
 
 
-def to_onnx_bytes(model: CrackNet, opset: int = 17) -> bytes:
+def to_onnx_bytes(model: CrackNet, opset: int = 17, *, with_cam: bool = True) -> bytes:
     """Trace the model to ONNX (dynamic batch) and return the serialised graph."""
     # The wrapper must be in eval mode itself: export restores the top module's mode afterwards, and a
     # train-mode wrapper would switch the wrapped model (and its BatchNorm) back to training.
-    wrapper = CamModel(model).eval()
+    wrapper = CamModel(model, with_cam).eval()
+    outputs = list(OUTPUT_NAMES if with_cam else OUTPUT_NAMES[:1])
     size = model.spec.input_size
     example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     buffer = io.BytesIO()
@@ -104,8 +106,8 @@ def to_onnx_bytes(model: CrackNet, opset: int = 17) -> bytes:
             (example,),
             buffer,
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes={INPUT_NAME: {0: "batch"}, "logit": {0: "batch"}, "cam": {0: "batch"}},
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *outputs)},
             opset_version=opset,
             dynamo=False,
             do_constant_folding=True,
