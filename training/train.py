@@ -24,9 +24,9 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -420,6 +420,34 @@ def train(config: TrainConfig, split: Split | None = None) -> TrainResult:
         return _train(config, runtime, split)
 
 
+@dataclass(frozen=True)
+class Fit:
+    """Everything one training run's epochs share."""
+
+    config: TrainConfig
+    runtime: Runtime
+    model: CrackNet
+    train_loader: DataLoader
+    train_sampler: DistributedSampler | None
+    val_loader: DataLoader
+    val_samples: list[Sample]
+    loss_fn: nn.Module
+    scaler: torch.amp.GradScaler
+    checkpoint: Path
+    data_summary: dict
+    emit: Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Best:
+    """The best epoch so far (lowest validation loss on clear items) and how long ago it was."""
+
+    val_loss: float = math.inf
+    metrics: dict = field(default_factory=dict)
+    epoch: int | None = None
+    stale: int = 0
+
+
 def _train(config: TrainConfig, runtime: Runtime, split: Split | None) -> TrainResult:
     emit = print if runtime.is_main else (lambda _message: None)
     seed_everything(config.seed)
@@ -427,6 +455,27 @@ def _train(config: TrainConfig, runtime: Runtime, split: Split | None) -> TrainR
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_yaml(config, run_dir / "config.yaml")
+    fit = _prepare(config, runtime, split, run_dir / "model.pt", emit)
+    history: list[EpochRecord] = []
+    best = Best()
+    for stage in stages(config):
+        records, best = _run_stage(fit, stage, len(history), best)
+        history += records
+    metrics = {
+        **best.metrics,
+        "best_epoch": best.epoch,
+        "best_val_loss": best.val_loss,
+        "history": [r.__dict__ for r in history],
+        "data": fit.data_summary,
+    }
+    if runtime.is_main:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        emit(f"best epoch {best.epoch}: wrote {fit.checkpoint}, {run_dir / 'metrics.json'}, {run_dir / 'config.yaml'}")
+    return TrainResult(run_dir, fit.checkpoint, metrics, tuple(history))
+
+
+def _prepare(config: TrainConfig, runtime: Runtime, split: Split | None, checkpoint: Path, emit) -> Fit:
+    """Data, model, loaders and loss for a run."""
     if split is None:
         train_samples, val_samples, data_summary = load_split(config, emit)
     else:
@@ -442,65 +491,73 @@ def _train(config: TrainConfig, runtime: Runtime, split: Split | None) -> TrainR
     train_loader, train_sampler = make_loader(train_samples, config, runtime, train=True)
     val_loader, _ = make_loader(val_samples, config, runtime, train=False)
     pos_weight = torch.tensor(positive_weight(train_samples), device=runtime.device)
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    scaler = torch.amp.GradScaler("cuda", enabled=runtime.device.type == "cuda" and config.amp)
-    checkpoint = run_dir / "model.pt"
-    history: list[EpochRecord] = []
-    best_loss, best_metrics, stale, epoch = math.inf, {}, 0, 0
-    for stage in stages(config):
-        set_backbone_trainable(model, stage.train_backbone)
-        wrapped = DistributedDataParallel(model) if runtime.distributed else model
-        optimizer = make_optimizer(model, config, stage)
-        steps = min(config.steps_per_epoch or len(train_loader), len(train_loader)) * stage.epochs
-        scheduler = warmup_cosine(optimizer, steps, config.warmup_fraction)
-        for stage_epoch in range(stage.epochs):
-            epoch += 1
-            if train_sampler is not None:
-                train_sampler.set_epoch(epoch)
-            set_train_mode(model, stage.train_backbone)
-            started = time.perf_counter()
-            description = f"epoch {epoch}/{config.epochs} {stage.name}"
-            train_loss, seen = train_one_epoch(
-                wrapped, train_loader, optimizer, scheduler, loss_fn, scaler, runtime, config, description
-            )
-            seconds = time.perf_counter() - started
-            metrics, val_loss = validate(model, val_loader, val_samples, runtime, config)
-            record = EpochRecord(
-                stage.name,
-                epoch,
-                train_loss,
-                val_loss,
-                metrics["accuracy"],
-                metrics["roc_auc"],
-                seconds,
-                seen * runtime.world_size / seconds,
-            )
-            history.append(record)
-            improved = val_loss < best_loss
-            emit(_epoch_line(record, improved))
-            if improved:
-                best_loss, best_metrics, stale = val_loss, metrics, 0
-                if runtime.is_main:
-                    save_checkpoint(model, config, checkpoint, metrics=metrics, data=data_summary, epoch=epoch)
-            else:
-                stale += 1
-            if stage.train_backbone and stale >= config.patience and stage_epoch < stage.epochs - 1:
-                emit(f"early stop: validation loss has not improved for {stale} epochs")
-                break
-    result_metrics = {
-        **best_metrics,
-        "best_epoch": next((r.epoch for r in history if r.val_loss == best_loss), None),
-        "best_val_loss": best_loss,
-        "history": [r.__dict__ for r in history],
-        "data": data_summary,
-    }
-    if runtime.is_main:
-        (run_dir / "metrics.json").write_text(json.dumps(result_metrics, indent=2), encoding="utf-8")
-        emit(
-            f"best epoch {result_metrics['best_epoch']}: wrote {checkpoint}, {run_dir / 'metrics.json'}, "
-            f"{run_dir / 'config.yaml'}"
+    return Fit(
+        config=config,
+        runtime=runtime,
+        model=model,
+        train_loader=train_loader,
+        train_sampler=train_sampler,
+        val_loader=val_loader,
+        val_samples=val_samples,
+        loss_fn=nn.BCEWithLogitsLoss(pos_weight=pos_weight),
+        scaler=torch.amp.GradScaler("cuda", enabled=runtime.device.type == "cuda" and config.amp),
+        checkpoint=checkpoint,
+        data_summary=data_summary,
+        emit=emit,
+    )
+
+
+def _run_stage(fit: Fit, stage: Stage, epochs_done: int, best: Best) -> tuple[list[EpochRecord], Best]:
+    """The epochs of one stage, with its own optimizer and schedule; stops early once fine-tuning stalls."""
+    config, runtime, model = fit.config, fit.runtime, fit.model
+    set_backbone_trainable(model, stage.train_backbone)
+    wrapped = DistributedDataParallel(model) if runtime.distributed else model
+    optimizer = make_optimizer(model, config, stage)
+    steps = min(config.steps_per_epoch or len(fit.train_loader), len(fit.train_loader)) * stage.epochs
+    scheduler = warmup_cosine(optimizer, steps, config.warmup_fraction)
+    records = []
+    for stage_epoch in range(stage.epochs):
+        epoch = epochs_done + stage_epoch + 1
+        if fit.train_sampler is not None:
+            fit.train_sampler.set_epoch(epoch)
+        set_train_mode(model, stage.train_backbone)
+        started = time.perf_counter()
+        train_loss, seen = train_one_epoch(
+            wrapped,
+            fit.train_loader,
+            optimizer,
+            scheduler,
+            fit.loss_fn,
+            fit.scaler,
+            runtime,
+            config,
+            f"epoch {epoch}/{config.epochs} {stage.name}",
         )
-    return TrainResult(run_dir, checkpoint, result_metrics, tuple(history))
+        seconds = time.perf_counter() - started
+        metrics, val_loss = validate(model, fit.val_loader, fit.val_samples, runtime, config)
+        record = EpochRecord(
+            stage.name,
+            epoch,
+            train_loss,
+            val_loss,
+            metrics["accuracy"],
+            metrics["roc_auc"],
+            seconds,
+            seen * runtime.world_size / seconds,
+        )
+        records.append(record)
+        improved = val_loss < best.val_loss
+        fit.emit(_epoch_line(record, improved))
+        if improved:
+            best = Best(val_loss, metrics, epoch, 0)
+            if runtime.is_main:
+                save_checkpoint(model, config, fit.checkpoint, metrics=metrics, data=fit.data_summary, epoch=epoch)
+        else:
+            best = replace(best, stale=best.stale + 1)
+        if stage.train_backbone and best.stale >= config.patience and stage_epoch < stage.epochs - 1:
+            fit.emit(f"early stop: validation loss has not improved for {best.stale} epochs")
+            break
+    return records, best
 
 
 def _epoch_line(record: EpochRecord, improved: bool) -> str:
