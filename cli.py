@@ -198,7 +198,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crackscope",
-        description="Industrial crack detection: train, evaluate, export and inspect.",
+        description="Industrial crack detection: train a crack classifier, evaluate it, export a verified ONNX model.",
         epilog="example:\n  crackscope demo\n  crackscope train --data DIR --out runs/x\n\n"
         "Run 'crackscope COMMAND --help' for a command's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import warnings
@@ -32,6 +31,7 @@ from crackscope.deploy.card import INPUT_NAME, OUTPUT_NAMES, Calibration, ModelC
 from crackscope.deploy.quantize import convert_fp16, quantize_int8
 from crackscope.deploy.verify import ParityReport, onnx_parity, torch_parity
 from crackscope.inspect.images import fit_to_input
+from crackscope.inspect.model import file_sha256
 from crackscope.training.backbones import CrackNet
 from crackscope.training.data import Clarity, load_samples, read_patch
 from crackscope.training.evaluate import load_checkpoint, saved_data_config
@@ -199,18 +199,10 @@ def load_tiles(
     return tiles, np.array([s.target for s in chosen], dtype=np.float32), f"{len(chosen)} tiles from {data}"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _finish(proto: onnx.ModelProto, card: ModelCard, report: ParityReport, path: Path) -> ExportedModel:
     verified = replace(card, verification={**report.summary(), "tiles_source": card.verification.get("tiles_source")})
     _save_atomically(with_card(proto, verified), path)
-    return ExportedModel(path, card.precision, report, sha256_of(path), path.stat().st_size)
+    return ExportedModel(path, card.precision, report, file_sha256(path), path.stat().st_size)
 
 
 def variant_path(out: Path, precision: str) -> Path:
@@ -225,66 +217,77 @@ def export(config: ExportConfig) -> ExportResult:
     model, checkpoint = load_checkpoint(config.checkpoint)
     out = Path(config.out)
     size = model.spec.input_size
-    verify_tiles, verify_labels, source = load_tiles(
-        config.calib_data, checkpoint, size, config.verify_tiles, config.seed
-    )
+    verify = Tiles(*load_tiles(config.calib_data, checkpoint, size, config.verify_tiles, config.seed))
     fp32_bytes = to_onnx_bytes(model, config.opset)
     fp32_report = torch_parity(
-        model, fp32_bytes, verify_tiles, batch_sizes=config.batch_sizes, atol=config.fp32_atol, labels=verify_labels
+        model, fp32_bytes, verify.images, batch_sizes=config.batch_sizes, atol=config.fp32_atol, labels=verify.labels
     )
     fp32_report.raise_if_failed(str(out))
-    base_card = replace(card_for(model, checkpoint, "fp32"), verification={"tiles_source": source})
+    base_card = replace(card_for(model, checkpoint, "fp32"), verification={"tiles_source": verify.source})
     exported = [_finish(onnx.load_from_string(fp32_bytes), base_card, fp32_report, out)]
     if config.int8:
-        calib_tiles, calib_labels, calib_source = load_tiles(
-            config.calib_data, checkpoint, size, config.calib_tiles, config.seed + 1
-        )
-        exported.append(_int8(out, config, calib_tiles, calib_labels, calib_source, base_card))
+        calibration = Tiles(*load_tiles(config.calib_data, checkpoint, size, config.calib_tiles, config.seed + 1))
+        exported.append(_int8(out, config, calibration, base_card))
     if config.fp16:
-        exported.append(_fp16(out, config, verify_tiles, verify_labels, base_card))
+        exported.append(_fp16(out, config, verify, base_card))
     return ExportResult(tuple(exported))
 
 
-def _int8(out, config, tiles, labels, source, base_card) -> ExportedModel:
-    path = variant_path(out, "int8")
+@dataclass(frozen=True)
+class Tiles:
+    images: np.ndarray  # uint8 [N, S, S, 3]
+    labels: np.ndarray | None
+    source: str
+
+
+def _int8(out: Path, config: ExportConfig, tiles: Tiles, base_card: ModelCard) -> ExportedModel:
+    # Gated on decisions, not logit distance: int8 moves logits, what must hold is the verdict.
+    return _variant(
+        out,
+        "int8",
+        lambda staged: quantize_int8(out, staged, tiles.images),
+        tiles,
+        base_card,
+        config,
+        atol=float("inf"),
+        rtol=0.0,
+        min_agreement=config.int8_min_agreement,
+    )
+
+
+def _fp16(out: Path, config: ExportConfig, tiles: Tiles, base_card: ModelCard) -> ExportedModel:
+    return _variant(
+        out,
+        "fp16",
+        lambda staged: convert_fp16(out, staged),
+        tiles,
+        base_card,
+        config,
+        atol=config.fp16_atol,
+        rtol=config.fp16_rtol,
+        min_agreement=config.fp16_min_agreement,
+    )
+
+
+def _variant(
+    out: Path, precision: str, convert, tiles: Tiles, base_card: ModelCard, config: ExportConfig, **gate
+) -> ExportedModel:
+    """Convert the verified fp32 model into a staged file, gate it against fp32, then move it into place."""
+    path = variant_path(out, precision)
     staged = path.with_name(path.name + ".staged")
     try:
-        quantize_int8(out, staged, tiles)
+        convert(staged)
         report = onnx_parity(
             str(out),
             str(staged),
-            tiles,
-            candidate="onnx-int8",
+            tiles.images,
+            candidate=f"onnx-{precision}",
             batch_sizes=config.batch_sizes,
-            atol=float("inf"),
-            min_agreement=config.int8_min_agreement,
-            labels=labels,
+            labels=tiles.labels,
+            **gate,
         )
         report.raise_if_failed(str(path))
-        card = replace(base_card, precision="int8", verification={"tiles_source": source})
-        return _finish(onnx.load(str(staged)), card, report, path)
-    finally:
-        staged.unlink(missing_ok=True)
-
-
-def _fp16(out, config, tiles, labels, base_card) -> ExportedModel:
-    path = variant_path(out, "fp16")
-    staged = path.with_name(path.name + ".staged")
-    try:
-        convert_fp16(out, staged)
-        report = onnx_parity(
-            str(out),
-            str(staged),
-            tiles,
-            candidate="onnx-fp16",
-            batch_sizes=config.batch_sizes,
-            atol=config.fp16_atol,
-            rtol=config.fp16_rtol,
-            min_agreement=config.fp16_min_agreement,
-            labels=labels,
-        )
-        report.raise_if_failed(str(path))
-        card = replace(base_card, precision="fp16")
+        card = replace(base_card, precision=precision, verification={"tiles_source": tiles.source})
         return _finish(onnx.load(str(staged)), card, report, path)
     finally:
         staged.unlink(missing_ok=True)
