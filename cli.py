@@ -165,7 +165,7 @@ def _run_export(args: argparse.Namespace) -> int:
     }
     result = export(resolve(ExportConfig, None, flags))
     print(result.describe())
-    return 0
+    return 1 if result.refused else 0
 
 
 # --- demo -----------------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """``crackscope demo``: the whole job on a fresh machine with no data.
 
 Generates a synthetic crack / no-crack patch set (with a few ambiguous items and one corrupt file, so the
-robustness paths are exercised too), fine-tunes the pretrained default backbone for about two minutes on CPU,
+robustness paths are exercised too), fine-tunes the pretrained default backbone for a minute or two on CPU,
 evaluates on a held-out synthetic set, exports fp32 and int8 ONNX models (each verified against the trained model
 before it is written) and prints where everything is.
 

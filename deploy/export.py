@@ -7,7 +7,8 @@ preprocessing nor heatmaps need PyTorch at run time. The model card (:mod:`crack
 file's metadata.
 
 Nothing is written unless ONNX Runtime matches PyTorch on real (``--calib-data``) or synthetic tiles at two batch
-sizes; int8 and fp16 variants pass the same gate against fp32 with their own tolerances.
+sizes; int8 and fp16 variants pass the same gate against fp32 with their own tolerances (a refused variant is
+reported in :attr:`ExportResult.refused` and not written).
 
 Example:
     $ crackscope export --checkpoint runs/demo/model.pt --out model.onnx --int8 --calib-data data/val
@@ -29,11 +30,11 @@ from torch import nn
 import crackscope
 from crackscope.deploy.card import INPUT_NAME, OUTPUT_NAMES, Calibration, ModelCard
 from crackscope.deploy.quantize import convert_fp16, quantize_int8
-from crackscope.deploy.verify import ParityReport, onnx_parity, torch_parity
+from crackscope.deploy.verify import ParityError, ParityReport, onnx_parity, torch_parity
 from crackscope.inspect.images import fit_to_input
 from crackscope.inspect.model import file_sha256
 from crackscope.training.backbones import CrackNet
-from crackscope.training.data import Clarity, load_samples, read_patch
+from crackscope.training.data import Clarity, Dataset, load_samples, read_patch
 from crackscope.training.evaluate import load_checkpoint, saved_data_config
 
 
@@ -69,13 +70,17 @@ class ExportedModel:
 
 @dataclass(frozen=True)
 class ExportResult:
+    """The models written, and the variants their gate refused (the verified fp32 model is kept regardless)."""
+
     models: tuple[ExportedModel, ...] = field(default_factory=tuple)
+    refused: tuple[str, ...] = ()
 
     def describe(self) -> str:
-        return "\n".join(
+        lines = [
             f"{m.precision:>4}  {m.path}  ({m.size_bytes / 1e6:.1f} MB)\n      {m.parity.describe()}"
             for m in self.models
-        )
+        ]
+        return "\n".join(lines + [f"REFUSED  {reason}" for reason in self.refused])
 
 
 class CamModel(nn.Module):
@@ -177,26 +182,29 @@ def _save_atomically(proto: onnx.ModelProto, path: Path) -> None:
     os.replace(partial, path)
 
 
-def load_tiles(
-    data: str | None, checkpoint: dict, size: int, count: int, seed: int
-) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Up to ``count`` uint8 tiles at the input size, class-balanced, with labels; synthetic when no data."""
+@dataclass(frozen=True)
+class Tiles:
+    images: np.ndarray  # uint8 [N, S, S, 3]
+    labels: np.ndarray | None
+    source: str
+
+
+def load_tiles(dataset: Dataset | None, size: int, count: int, seed: int) -> Tiles:
+    """Up to ``count`` class-balanced uint8 tiles at the input size, with labels; synthetic when no dataset."""
     rng = np.random.default_rng(seed)
-    if data is None:
+    if dataset is None:
         from crackscope.training import synthetic
 
         labels = np.array([i % 2 for i in range(count)], dtype=np.float32)
         tiles = np.stack([fit_to_input(synthetic.make_patch(size, "crack" if y else "ok", rng), size) for y in labels])
-        return tiles, labels, f"{count} synthetic tiles"
-    dataset = load_samples(data, saved_data_config(checkpoint))
+        return Tiles(tiles, labels, f"{count} synthetic tiles")
     clear = [s for s in dataset.samples if s.clarity is Clarity.CLEAR]
-    by_class = [[s for s in clear if s.label == c] for c in (0, 1)]
     chosen = []
-    for members in by_class:
-        order = rng.permutation(len(members))[: count // 2]
-        chosen += [members[i] for i in order]
+    for members in ([s for s in clear if s.label == c] for c in (0, 1)):
+        chosen += [members[i] for i in rng.permutation(len(members))[: count // 2]]
     tiles = np.stack([fit_to_input(read_patch(s), size) for s in chosen])
-    return tiles, np.array([s.target for s in chosen], dtype=np.float32), f"{len(chosen)} tiles from {data}"
+    labels = np.array([s.target for s in chosen], dtype=np.float32)
+    return Tiles(tiles, labels, f"{len(chosen)} tiles from {dataset.root}")
 
 
 def _finish(proto: onnx.ModelProto, card: ModelCard, report: ParityReport, path: Path) -> ExportedModel:
@@ -217,7 +225,8 @@ def export(config: ExportConfig) -> ExportResult:
     model, checkpoint = load_checkpoint(config.checkpoint)
     out = Path(config.out)
     size = model.spec.input_size
-    verify = Tiles(*load_tiles(config.calib_data, checkpoint, size, config.verify_tiles, config.seed))
+    dataset = load_samples(config.calib_data, saved_data_config(checkpoint)) if config.calib_data else None
+    verify = load_tiles(dataset, size, config.verify_tiles, config.seed)
     fp32_bytes = to_onnx_bytes(model, config.opset)
     fp32_report = torch_parity(
         model, fp32_bytes, verify.images, batch_sizes=config.batch_sizes, atol=config.fp32_atol, labels=verify.labels
@@ -225,19 +234,19 @@ def export(config: ExportConfig) -> ExportResult:
     fp32_report.raise_if_failed(str(out))
     base_card = replace(card_for(model, checkpoint, "fp32"), verification={"tiles_source": verify.source})
     exported = [_finish(onnx.load_from_string(fp32_bytes), base_card, fp32_report, out)]
+    variants = []
     if config.int8:
-        calibration = Tiles(*load_tiles(config.calib_data, checkpoint, size, config.calib_tiles, config.seed + 1))
-        exported.append(_int8(out, config, calibration, base_card))
+        calibration = load_tiles(dataset, size, config.calib_tiles, config.seed + 1)
+        variants.append(lambda: _int8(out, config, calibration, base_card))
     if config.fp16:
-        exported.append(_fp16(out, config, verify, base_card))
-    return ExportResult(tuple(exported))
-
-
-@dataclass(frozen=True)
-class Tiles:
-    images: np.ndarray  # uint8 [N, S, S, 3]
-    labels: np.ndarray | None
-    source: str
+        variants.append(lambda: _fp16(out, config, verify, base_card))
+    refused = []
+    for make_variant in variants:
+        try:
+            exported.append(make_variant())
+        except ParityError as error:  # a refused variant is not written; the others still are
+            refused.append(str(error))
+    return ExportResult(tuple(exported), tuple(refused))
 
 
 def _int8(out: Path, config: ExportConfig, tiles: Tiles, base_card: ModelCard) -> ExportedModel:

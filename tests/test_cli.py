@@ -79,3 +79,17 @@ def test_evaluate_rejects_a_file_that_is_not_a_checkpoint(tmp_path, patch_data, 
     bogus.write_bytes(b"not a checkpoint")
     assert main(["evaluate", "--checkpoint", str(bogus), "--data", str(patch_data)]) == 2
     assert "model.pt" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_writes_a_verified_model_and_prints_its_parity(tiny_run, patch_data, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    code = main(["export", "--checkpoint", str(tiny_run.checkpoint), "--out", str(out), "--verify-tiles", "8"])
+    assert code == 0 and out.is_file()
+    printed = capsys.readouterr().out
+    assert "fp32" in printed and "onnx-fp32 vs pytorch on 8 tiles" in printed
+
+
+def test_export_int8_without_calibration_data_fails_with_one_clear_line(tiny_run, tmp_path, capsys):
+    code = main(["export", "--checkpoint", str(tiny_run.checkpoint), "--out", str(tmp_path / "m.onnx"), "--int8"])
+    assert code == 2 and "--int8 needs --calib-data" in capsys.readouterr().err
