@@ -175,7 +175,7 @@ def _add_demo(subparsers) -> None:
     p = _parser(
         subparsers,
         "demo",
-        "Run the whole job on generated data: synthesise cracks, fine-tune (about 2 minutes on CPU), evaluate, "
+        "Run the whole job on generated data: synthesise cracks, fine-tune (a minute or two on CPU), evaluate, "
         "export verified fp32 and int8 ONNX models.",
         "crackscope demo --out demo-out",
     )

@@ -196,7 +196,7 @@ def load_tiles(dataset: Dataset | None, size: int, count: int, seed: int) -> Til
         from crackscope.training import synthetic
 
         labels = np.array([i % 2 for i in range(count)], dtype=np.float32)
-        tiles = np.stack([fit_to_input(synthetic.make_patch(size, "crack" if y else "ok", rng), size) for y in labels])
+        tiles = np.stack([synthetic.make_patch(size, "crack" if y else "ok", rng) for y in labels])  # already at size
         return Tiles(tiles, labels, f"{count} synthetic tiles")
     clear = [s for s in dataset.samples if s.clarity is Clarity.CLEAR]
     chosen = []
