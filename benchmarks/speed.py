@@ -49,9 +49,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from crackscope.deploy.card import INPUT_NAME
 from crackscope.deploy.export import to_onnx_bytes
 from crackscope.deploy.quantize import quantize_int8
+from crackscope.inspect.card import INPUT_NAME
 from crackscope.training import synthetic
 from crackscope.training.backbones import CrackNet, build_model
 

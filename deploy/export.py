@@ -3,7 +3,7 @@
 The graph takes uint8 BGR tiles ``[N, H, W, 3]`` (dynamic N) and returns ``logit [N]`` and ``cam [N, h, w]``.
 Cast, BGR->RGB, scaling and mean/std are nodes of the graph, and the CAM is computed in the graph from the head's
 weights (``sum_c w_c * A_c / (h*w)``, equal to Grad-CAM at the last feature map for this head), so neither
-preprocessing nor heatmaps need PyTorch at run time. The model card (:mod:`crackscope.deploy.card`) goes into the
+preprocessing nor heatmaps need PyTorch at run time. The model card (:mod:`crackscope.inspect.card`) goes into the
 file's metadata.
 
 Nothing is written unless ONNX Runtime matches PyTorch on real (``--calib-data``) or synthetic tiles at two batch
@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,9 +27,9 @@ import torch
 from torch import nn
 
 import crackscope
-from crackscope.deploy.card import INPUT_NAME, OUTPUT_NAMES, Calibration, ModelCard
 from crackscope.deploy.quantize import convert_fp16, quantize_int8
 from crackscope.deploy.verify import ParityError, ParityReport, onnx_parity, torch_parity
+from crackscope.inspect.card import INPUT_NAME, OUTPUT_NAMES, Calibration, ModelCard, save_atomically, with_card
 from crackscope.inspect.images import fit_to_input
 from crackscope.inspect.model import file_sha256
 from crackscope.training.backbones import CrackNet
@@ -150,38 +149,6 @@ def card_for(model: CrackNet, checkpoint: dict, precision: str) -> ModelCard:
     )
 
 
-def with_card(model_bytes: bytes | onnx.ModelProto, card: ModelCard) -> onnx.ModelProto:
-    """The model with its ``metadata_props`` replaced by the card (other metadata kept)."""
-    proto = model_bytes if isinstance(model_bytes, onnx.ModelProto) else onnx.load_from_string(model_bytes)
-    kept = {p.key: p.value for p in proto.metadata_props if not p.key.startswith("crackscope.")}
-    del proto.metadata_props[:]
-    for key, value in {**kept, **card.to_metadata()}.items():
-        proto.metadata_props.add(key=key, value=value)
-    proto.producer_name, proto.producer_version = "crackscope", crackscope.__version__
-    return proto
-
-
-def read_card(path: str | os.PathLike) -> ModelCard:
-    proto = onnx.load(str(path), load_external_data=False)
-    return ModelCard.from_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
-
-
-def write_calibration(path: str | os.PathLike, calibration: Calibration) -> ModelCard:
-    """Rewrite only the calibration in a model's card; weights and graph are untouched."""
-    proto = onnx.load(str(path))
-    card = ModelCard.from_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
-    updated = card.with_calibration(calibration)
-    _save_atomically(with_card(proto, updated), Path(path))
-    return updated
-
-
-def _save_atomically(proto: onnx.ModelProto, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    onnx.save(proto, str(partial))
-    os.replace(partial, path)
-
-
 @dataclass(frozen=True)
 class Tiles:
     images: np.ndarray  # uint8 [N, S, S, 3]
@@ -209,7 +176,7 @@ def load_tiles(dataset: Dataset | None, size: int, count: int, seed: int) -> Til
 
 def _finish(proto: onnx.ModelProto, card: ModelCard, report: ParityReport, path: Path) -> ExportedModel:
     verified = replace(card, verification={**report.summary(), "tiles_source": card.verification.get("tiles_source")})
-    _save_atomically(with_card(proto, verified), path)
+    save_atomically(with_card(proto, verified, crackscope.__version__), path)
     return ExportedModel(path, card.precision, report, file_sha256(path), path.stat().st_size)
 
 

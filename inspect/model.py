@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from crackscope.deploy.card import INPUT_NAME, OUTPUT_NAMES, ModelCard, ModelCardError
+from crackscope.inspect.card import INPUT_NAME, OUTPUT_NAMES, ModelCard, ModelCardError
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from crackscope.inspect.images import ImageReadError, is_image_file, read_image
+from crackscope.inspect.tiling import patch_boxes
 
 log = logging.getLogger(__name__)
 
@@ -157,25 +158,6 @@ def label_from_mask(mask_patch: np.ndarray, rules: MaskLabelling) -> str:
     if center >= max(1, rules.crack_min_center_fraction * ch * cw):
         return CRACK
     return AMBIGUOUS
-
-
-def grid_positions(length: int, patch: int, stride: int) -> list[int]:
-    """Start offsets of patches along one axis, the last one flush with the far edge (no pixel left out)."""
-    if length <= patch:
-        return [0]
-    starts = list(range(0, length - patch + 1, stride))
-    if starts[-1] != length - patch:
-        starts.append(length - patch)
-    return starts
-
-
-def patch_boxes(height: int, width: int, patch: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """``(x, y, w, h)`` boxes covering an image; an image smaller than a patch is one box of its own size."""
-    return [
-        (x, y, min(patch, width), min(patch, height))
-        for y in grid_positions(height, patch, stride)
-        for x in grid_positions(width, patch, stride)
-    ]
 
 
 # --- discovering files ----------------------------------------------------------------------------------------------

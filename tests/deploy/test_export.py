@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from crackscope.deploy import export as export_module
-from crackscope.deploy.card import Calibration, ModelCard
-from crackscope.deploy.export import ExportConfig, export, read_card, write_calibration
+from crackscope.deploy.export import ExportConfig, export
 from crackscope.deploy.verify import ParityError
+from crackscope.inspect.card import Calibration, ModelCard, read_card, write_calibration
 from crackscope.training.evaluate import load_checkpoint
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from crackscope.deploy.card import ModelCardError
+from crackscope.inspect.card import ModelCardError
 from crackscope.inspect.model import ModelLoadError, OnnxModel, resolve_providers
 
 CPU = "CPUExecutionProvider"
@@ -141,7 +141,7 @@ def test_runtime_and_calibration_work_with_pytorch_unimportable(model_path):
 
         sys.meta_path.insert(0, NoTorch())
         import numpy as np
-        import crackscope.calibration, crackscope.deploy.card, crackscope.inspect.images
+        import crackscope.calibration, crackscope.inspect.card, crackscope.inspect.images
         from crackscope.inspect.model import OnnxModel
 
         with OnnxModel({str(model_path)!r}) as model:

@@ -19,10 +19,8 @@ from crackscope.training.data import (
     Sample,
     classify_folder,
     consensus_targets,
-    grid_positions,
     label_from_mask,
     load_samples,
-    patch_boxes,
     split_by_group,
     training_view,
 )
@@ -55,18 +53,6 @@ def test_label_from_mask_follows_the_centre_and_border_rules(points, expected):
 def test_label_from_mask_allows_a_few_pixels_in_an_ok_patch_when_configured():
     lenient = MaskLabelling(ok_max_pixels=2, crack_min_center_fraction=0.05)
     assert label_from_mask(_mask([(0, 0), (0, 1)]), lenient) == OK
-
-
-@pytest.mark.parametrize(
-    ("length", "patch", "stride", "expected"),
-    [(100, 50, 50, [0, 50]), (120, 50, 50, [0, 50, 70]), (30, 50, 50, [0]), (100, 50, 25, [0, 25, 50])],
-)
-def test_grid_positions_cover_the_whole_axis_ending_flush(length, patch, stride, expected):
-    assert grid_positions(length, patch, stride) == expected
-
-
-def test_patch_boxes_of_a_small_image_is_the_whole_image():
-    assert patch_boxes(30, 40, 64, 64) == [(0, 0, 40, 30)]
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@
 Everything a runtime needs to use the model correctly travels inside the file: input size, channel order,
 normalisation (already applied inside the graph, recorded for humans and audits), class names, the calibration
 that turns a logit into a probability and a verdict, and a summary of how the model was trained and verified.
-This module is torch-free and onnx-free: the runtime reads a card from ``session.get_modelmeta()`` with it.
+This module is torch-free: the runtime reads a card from ``session.get_modelmeta()`` with it, and
+:func:`read_card` / :func:`write_calibration` read and rewrite a file's card with the ``onnx`` package alone (so
+``crackscope calibrate`` runs on an edge box without PyTorch).
 
 Each field is stored under its own ``crackscope.<field>`` key as JSON, so tools can read one field without
 parsing the rest, and calibration can be rewritten without touching the weights.
@@ -17,8 +19,14 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnx
 
 FORMAT = "crackscope-onnx"
 FORMAT_VERSION = 1
@@ -125,3 +133,59 @@ def _plain(value: object) -> object:
     if isinstance(value, tuple):
         return list(value)
     return value
+
+
+# --- reading and writing the card of a model file --------------------------------------------------------------------
+
+
+def with_card(model: bytes | onnx.ModelProto, card: ModelCard, producer_version: str = "") -> onnx.ModelProto:
+    """The model with its ``crackscope.*`` metadata replaced by ``card`` (other metadata kept)."""
+    import onnx
+
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(model)
+    kept = {p.key: p.value for p in proto.metadata_props if not p.key.startswith(PREFIX)}
+    del proto.metadata_props[:]
+    for key, value in {**kept, **card.to_metadata()}.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "crackscope"
+    proto.producer_version = producer_version or card.crackscope_version
+    return proto
+
+
+def read_card(path: str | os.PathLike) -> ModelCard:
+    """The validated card of a model file, without loading its weights into a session."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelCardError(f"{path}: model file does not exist")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # onnx raises DecodeError and friends for files that are not ONNX
+        raise ModelCardError(f"{path}: not an ONNX model ({error})") from error
+    return ModelCard.from_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
+
+
+def write_calibration(path: str | os.PathLike, calibration: Calibration) -> ModelCard:
+    """Rewrite only the calibration in a model file's card; graph and weights are untouched (atomic replace)."""
+    import onnx
+
+    path = Path(path)
+    proto = onnx.load(str(path))
+    card = ModelCard.from_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
+    updated = card.with_calibration(calibration)
+    save_atomically(with_card(proto, updated, proto.producer_version), path)
+    return updated
+
+
+def save_atomically(proto: onnx.ModelProto, path: Path) -> None:
+    """Write beside the target, then rename: a reader never sees half a model, a failure leaves no partial file."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        onnx.save(proto, str(partial))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -1,0 +1,72 @@
+"""From logits to decisions: calibrated probability, verdict per tile, verdict per frame.
+
+The calibration travels in the model's card (:class:`~crackscope.inspect.card.Calibration`):
+``probability = sigmoid(logit / temperature)``; below ``ok_below`` a tile is OK, at or above
+``defect_at_or_above`` it is DEFECT, in between it goes to a person (REVIEW). A frame takes the worst verdict of
+its tiles (DEFECT > REVIEW > OK): one cracked tile makes a cracked part.
+
+These are the only functions that turn a score into a verdict, so training, evaluation, calibration and the
+factory line cannot disagree about what a threshold means.
+
+Example:
+    >>> from crackscope.inspect.card import Calibration
+    >>> band = Calibration(temperature=2.0, ok_below=0.2, defect_at_or_above=0.8)
+    >>> [verdict(p, band).value for p in (0.1, 0.5, 0.9)]
+    ['OK', 'REVIEW', 'DEFECT']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import Enum
+
+import numpy as np
+
+from crackscope.inspect.card import Calibration
+
+
+class Verdict(str, Enum):
+    """The decision about a tile, a frame or an input file."""
+
+    OK = "OK"
+    REVIEW = "REVIEW"  # in the calibrated ambiguous band: a person decides
+    DEFECT = "DEFECT"
+    ERROR = "ERROR"  # the input could not be inspected (unreadable, truncated, too large); the reason is recorded
+
+    @property
+    def severity(self) -> int:
+        return _SEVERITY[self]
+
+
+_SEVERITY = {Verdict.OK: 0, Verdict.REVIEW: 1, Verdict.DEFECT: 2, Verdict.ERROR: 3}
+
+
+def probability(logit: float | np.ndarray, calibration: Calibration) -> np.ndarray:
+    """Calibrated crack probability ``sigmoid(logit / temperature)`` (float64, same shape as ``logit``)."""
+    scaled = np.asarray(logit, dtype=np.float64) / calibration.temperature
+    # Two branches keep exp() from overflowing for large |logit|.
+    return np.where(scaled >= 0, 1.0 / (1.0 + np.exp(-np.abs(scaled))), 1.0 - 1.0 / (1.0 + np.exp(-np.abs(scaled))))
+
+
+def verdict(prob: float, calibration: Calibration) -> Verdict:
+    """OK below ``ok_below``, DEFECT at or above ``defect_at_or_above``, REVIEW in between."""
+    if prob >= calibration.defect_at_or_above:
+        return Verdict.DEFECT
+    if prob < calibration.ok_below:
+        return Verdict.OK
+    return Verdict.REVIEW
+
+
+def verdicts(probs: np.ndarray, calibration: Calibration) -> list[Verdict]:
+    """:func:`verdict` for each probability."""
+    return [verdict(float(p), calibration) for p in np.asarray(probs).ravel()]
+
+
+def worst(items: Iterable[Verdict]) -> Verdict:
+    """The frame's verdict: the most severe of its tiles' (OK for a frame with no inspected tile)."""
+    return max(items, key=lambda v: v.severity, default=Verdict.OK)
+
+
+def is_identity(calibration: Calibration) -> bool:
+    """True for an uncalibrated model (temperature 1, one threshold at 0.5, no REVIEW band)."""
+    return calibration.method == "identity"

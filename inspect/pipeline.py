@@ -1,0 +1,212 @@
+"""Frames in, decisions out: tiling -> model -> calibrated verdicts -> stitched heatmap -> defect regions.
+
+No I/O here: a frame is a numpy array, the result is a :class:`FrameInspection` (arrays included). Sources, sinks,
+batch runs and the daemon build on :func:`inspect_frames`; they add file names, hashes, storage and timing.
+
+Several frames can be inspected together: their tiles share model batches, so a folder of small patches (one tile
+each) runs at the model's batch throughput instead of one tile per call.
+
+Example:
+    >>> from crackscope.inspect.model import OnnxModel
+    >>> with OnnxModel("model.onnx") as model:                                # doctest: +SKIP
+    ...     [result] = inspect_frames(model, [frame], InspectConfig(overlap=0.25))
+    ...     print(result.verdict, result.score, [r.box for r in result.regions])
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import cv2
+import numpy as np
+
+from crackscope.inspect.card import Calibration
+from crackscope.inspect.decision import Verdict, probability, verdict, worst
+from crackscope.inspect.model import OnnxModel
+from crackscope.inspect.tiling import (
+    TileGrid,
+    cut_tiles,
+    pad_to_grid,
+    polygon_mask,
+    stitch,
+    tile_coverage,
+    tile_grid,
+    tiles_to_inspect,
+    to_bgr8,
+    upsample_cams,
+)
+
+
+@dataclass(frozen=True)
+class InspectConfig:
+    """How frames are cut and decided (everything else, input size and calibration, comes from the model).
+
+    Attributes:
+        overlap: share of a tile shared with its neighbour, in [0, 1).
+        max_batch: most tiles per model call.
+        roi: polygon of ``(x, y)`` frame pixels; tiles entirely outside it are not inspected.
+        skip_uniform_std: skip tiles whose grey-level standard deviation is below this (flat background).
+        region_threshold: a heatmap pixel belongs to a region when its heat is at least this share of the
+            frame's peak heat inside DEFECT/REVIEW tiles.
+        min_region_area: smaller connected components (pixels) are not reported.
+    """
+
+    overlap: float = 0.25
+    max_batch: int = 32
+    roi: tuple[tuple[float, float], ...] | None = None
+    skip_uniform_std: float | None = None
+    region_threshold: float = 0.5
+    min_region_area: int = 16
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
+        if not 0.0 < self.region_threshold <= 1.0:
+            raise ValueError(f"region_threshold must be in (0, 1], got {self.region_threshold}")
+
+
+@dataclass(frozen=True)
+class TileResult:
+    """One inspected tile: where it is (frame pixels, ``x, y, w, h``), its logit, probability and verdict."""
+
+    index: int
+    box: tuple[int, int, int, int]
+    logit: float
+    probability: float
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
+class Region:
+    """A defect region: a box around heat inside DEFECT/REVIEW tiles, scored by the worst tile under it."""
+
+    box: tuple[int, int, int, int]  # x, y, w, h in frame pixels
+    score: float  # highest calibrated probability of the flagged tiles it touches
+    peak: float  # highest heat inside the region (logit contribution per CAM cell)
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
+class FrameInspection:
+    """Everything the model said about one frame."""
+
+    verdict: Verdict
+    score: float  # the frame's crack probability: the highest of its tiles'
+    tiles: tuple[TileResult, ...]
+    regions: tuple[Region, ...]
+    heatmap: np.ndarray = field(repr=False)  # float32 [H, W], ReLU'd CAM blended across tiles
+    shape: tuple[int, int] = (0, 0)
+    tiles_total: int = 0  # tiles in the grid, inspected or skipped (ROI, flat background)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: prepare, model, decide
+
+    @property
+    def tiles_skipped(self) -> int:
+        return self.tiles_total - len(self.tiles)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    frame: np.ndarray
+    grid: TileGrid
+    keep: np.ndarray
+    tiles: np.ndarray
+
+
+def _prepare(frame: np.ndarray, size: int, config: InspectConfig) -> _Prepared:
+    frame = to_bgr8(frame)
+    height, width = frame.shape[:2]
+    grid = tile_grid(height, width, size, config.overlap)
+    padded = pad_to_grid(frame, grid)
+    roi = polygon_mask(height, width, config.roi) if config.roi else None
+    keep = tiles_to_inspect(padded, grid, roi=roi, min_std=config.skip_uniform_std)
+    return _Prepared(frame, grid, keep, cut_tiles(padded, grid, keep))
+
+
+def run_model(model: OnnxModel, tiles: np.ndarray, max_batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits ``[N]`` and CAMs ``[N, h, w]`` for any number of tiles, in model calls of at most ``max_batch``."""
+    if len(tiles) == 0:
+        side = model.card.feature_size
+        return np.zeros(0, np.float32), np.zeros((0, side, side), np.float32)
+    outputs = [model.predict(tiles[i : i + max_batch]) for i in range(0, len(tiles), max_batch)]
+    return np.concatenate([o.logits for o in outputs]), np.concatenate([o.cams for o in outputs])
+
+
+def inspect_frames(model: OnnxModel, frames: Sequence[np.ndarray], config: InspectConfig) -> list[FrameInspection]:
+    """Inspect frames (any size, grey/colour/16-bit) with one model; tiles of all frames share model batches."""
+    started = time.perf_counter()
+    prepared = [_prepare(frame, model.input_size, config) for frame in frames]
+    tiles = np.concatenate([p.tiles for p in prepared]) if prepared else np.zeros((0,), np.uint8)
+    prepare_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    logits, cams = run_model(model, tiles, config.max_batch)
+    model_seconds = time.perf_counter() - started
+    results, offset = [], 0
+    total_tiles = max(1, len(tiles))
+    for item in prepared:
+        count = len(item.tiles)
+        share = count / total_tiles if len(tiles) else 1 / len(prepared)
+        started = time.perf_counter()
+        result = decide(
+            item, logits[offset : offset + count], cams[offset : offset + count], model.card.calibration, config
+        )
+        timings = {
+            "prepare": prepare_seconds / len(prepared),
+            "model": model_seconds * share,
+            "decide": time.perf_counter() - started,
+        }
+        results.append(replace(result, timings=timings))
+        offset += count
+    return results
+
+
+def decide(
+    item: _Prepared, logits: np.ndarray, cams: np.ndarray, calibration: Calibration, config: InspectConfig
+) -> FrameInspection:
+    """Tile verdicts, the frame verdict, the stitched heatmap and the defect regions of one prepared frame."""
+    indices = np.flatnonzero(item.keep)
+    probs = probability(logits, calibration)
+    tiles = tuple(
+        TileResult(
+            int(i), tuple(int(v) for v in item.grid.boxes[i]), float(lg), float(p), verdict(float(p), calibration)
+        )
+        for i, lg, p in zip(indices, logits, probs, strict=True)
+    )
+    heatmap = stitch(upsample_cams(cams, item.grid.size), item.grid, indices)
+    regions = find_regions(heatmap, item.grid, tiles, config)
+    frame_verdict = worst(t.verdict for t in tiles)
+    score = float(probs.max()) if len(probs) else 0.0
+    return FrameInspection(frame_verdict, score, tiles, regions, heatmap, item.frame.shape[:2], len(item.grid))
+
+
+def find_regions(
+    heatmap: np.ndarray, grid: TileGrid, tiles: Sequence[TileResult], config: InspectConfig
+) -> tuple[Region, ...]:
+    """Connected components of the thresholded heatmap inside DEFECT/REVIEW tiles, as boxes (largest score first)."""
+    flagged = [t for t in tiles if t.verdict in (Verdict.DEFECT, Verdict.REVIEW)]
+    if not flagged:
+        return ()
+    inside = tile_coverage(grid, np.array([t.index for t in flagged]))
+    peak = float(heatmap[inside].max()) if inside.any() else 0.0
+    if peak <= 0:
+        return ()
+    hot = ((heatmap >= config.region_threshold * peak) & inside).astype(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(hot, connectivity=8)
+    regions = []
+    for label in range(1, count):
+        x, y, w, h, area = (int(v) for v in stats[label])
+        if area < config.min_region_area:
+            continue
+        touching = [t for t in flagged if _overlaps((x, y, w, h), t.box)]
+        worst_tile = max(touching, key=lambda t: t.probability)
+        regions.append(
+            Region((x, y, w, h), worst_tile.probability, float(heatmap[y : y + h, x : x + w].max()), worst_tile.verdict)
+        )
+    return tuple(sorted(regions, key=lambda r: (-r.score, -r.peak)))
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
