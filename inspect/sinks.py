@@ -23,6 +23,7 @@ import json
 import os
 import re
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from enum import Enum
@@ -34,7 +35,7 @@ import numpy as np
 from crackscope.inspect.decision import Verdict
 from crackscope.inspect.overlay import colour_heatmap, render_overlay
 from crackscope.inspect.pipeline import FrameInspection
-from crackscope.inspect.results import SCHEMA_VERSION, InspectionResult
+from crackscope.inspect.results import SCHEMA_VERSION, InspectionResult, result_from_inspection
 from crackscope.inspect.tiling import to_bgr8
 
 DB_NAME, JSONL_NAME, REVIEW_DIR = "results.sqlite", "results.jsonl", "review"
@@ -266,3 +267,26 @@ def remove_partials(folder: Path) -> None:
     """Delete ``*.partial`` files a killed run left behind."""
     for partial in folder.glob("**/*.partial"):
         partial.unlink(missing_ok=True)
+
+
+def record_inspection(
+    folder: Path,
+    frame: np.ndarray,
+    inspection: FrameInspection,
+    *,
+    source: str,
+    sha256: str,
+    model_id: str,
+    policy: SavePolicy,
+    save_frame: bool = True,
+    timings: dict[str, float] | None = None,
+) -> InspectionResult:
+    """Save the images the policy asks for, then build the record that points at them (batch runs and daemon)."""
+    paths: dict[str, str] = {}
+    if policy.wants(inspection.verdict):
+        started = time.perf_counter()
+        paths = save_artefacts(folder, artefact_stem(source, sha256), frame, inspection, save_frame=save_frame)
+        timings = {**(timings or {}), "save": time.perf_counter() - started}
+    return result_from_inspection(
+        inspection, source=source, sha256=sha256, model_id=model_id, paths=paths, timings=timings
+    )
