@@ -168,6 +168,63 @@ def _run_export(args: argparse.Namespace) -> int:
     return 1 if result.refused else 0
 
 
+# --- inspect ------------------------------------------------------------------------------------------------------
+
+
+def _add_inspect(subparsers) -> None:
+    p = _parser(
+        subparsers,
+        "inspect",
+        "Inspect image files, folders (recursively) and globs with an exported model: one record per input in "
+        "OUT/results.sqlite and OUT/results.jsonl, overlays of flagged images, OUT/report.html. Running the same "
+        "command again resumes: inputs already recorded (same path and sha256) are skipped. Exit code 0 when the "
+        "run completed, 3 when --fail-on is given and an input reached that verdict, 2 for usage errors.",
+        "crackscope inspect photos/ 'line3/*.png' --model model.int8.onnx --out runs/line3 --fail-on defect",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder (recursive) or glob pattern")
+    p.add_argument("--model", required=True, help="ONNX model written by crackscope export")
+    p.add_argument("--out", required=True, help="results folder (created; an existing one is resumed)")
+    p.add_argument("--config", help="YAML file of defaults (keys of BatchConfig, inspect: {overlap, roi, ...})")
+    p.add_argument("--overlap", type=float, help="tile overlap share in [0, 1) (default 0.25)")
+    p.add_argument("--batch-size", type=int, help="most tiles per model call (default 32)")
+    p.add_argument(
+        "--save-overlays",
+        choices=["defect", "all", "none"],
+        help="save image, overlay and heatmap of DEFECT and REVIEW inputs (defect, the default), all, or none",
+    )
+    p.add_argument("--fail-on", choices=["defect", "review"], help="exit 3 when any input reaches this verdict")
+    p.add_argument("--max-pixels", type=int, help="refuse larger images with an ERROR record (default 100 MP)")
+    p.add_argument("--workers", type=int, help="decoding threads (default 2)")
+    p.add_argument("--providers", help="auto (default: TensorRT > CUDA > CPU), cpu, cuda, ...")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core)")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
+    p.set_defaults(handler=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from crackscope.config import read_yaml, resolve
+    from crackscope.inspect.batch import BatchConfig, run_batch
+
+    flags = {
+        "inputs": list(args.inputs),
+        "model": args.model,
+        "out": args.out,
+        "save_overlays": args.save_overlays,
+        "fail_on": args.fail_on,
+        "max_pixels": args.max_pixels,
+        "decode_workers": args.workers,
+        "providers": args.providers,
+        "threads": args.threads,
+        "progress": args.progress,
+        "inspect": {"overlap": args.overlap, "max_batch": args.batch_size},
+    }
+    summary = run_batch(resolve(BatchConfig, read_yaml(args.config) if args.config else None, flags))
+    print(summary.describe())
+    if summary.failed_gate:
+        print(f"crackscope inspect: an input reached {args.fail_on.upper()} (--fail-on {args.fail_on}): exit 3")
+    return summary.exit_code
+
+
 # --- demo -----------------------------------------------------------------------------------------------------------
 
 
@@ -206,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crackscope {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_export, _add_demo):
+    for add in (_add_train, _add_evaluate, _add_export, _add_inspect, _add_demo):
         add(subparsers)
     return parser
 

@@ -176,10 +176,10 @@ def upsample_cams(cams: np.ndarray, size: int) -> np.ndarray:
     positive = np.maximum(cams, 0.0).astype(np.float32, copy=False)
     if len(positive) == 0:
         return np.zeros((0, size, size), np.float32)
-    # cv2.resize takes up to 512 channels at once: stack the tiles as channels instead of looping per tile.
+    # cv2.resize takes many channels at once (up to 128 in OpenCV 5): tiles as channels instead of a loop per tile.
     out = np.empty((len(positive), size, size), np.float32)
-    for start in range(0, len(positive), 512):
-        chunk = positive[start : start + 512]
+    for start in range(0, len(positive), 128):
+        chunk = positive[start : start + 128]
         resized = cv2.resize(np.moveaxis(chunk, 0, -1), (size, size), interpolation=cv2.INTER_LINEAR)
         out[start : start + len(chunk)] = resized.reshape(size, size, -1).transpose(2, 0, 1)
     return out

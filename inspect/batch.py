@@ -1,0 +1,293 @@
+"""Batch runs: inspect files, folders and globs into a results folder, resumably, with a report.
+
+Decoding runs in a thread pool a few files ahead of the model (OpenCV releases the GIL while it decodes), so the
+model never waits for JPEG decoding; tiles of small images share model batches. Every input gets exactly one
+record: an unreadable, truncated, empty or oversized file gets an ERROR record with the reason and the run goes on.
+
+A run can be repeated or resumed after a crash or ``kill -9``: inputs whose (path, sha256) is already in
+``results.sqlite`` are skipped, so nothing is inspected twice and nothing is lost (see :mod:`.sinks`).
+
+Example:
+    $ crackscope inspect photos/ --model model.int8.onnx --out runs/line3 --fail-on defect
+"""
+
+from __future__ import annotations
+
+import glob
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from crackscope.inspect.decision import Verdict, is_identity
+from crackscope.inspect.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    LoadedFrame,
+    file_digest,
+    is_image_file,
+    load_frame,
+)
+from crackscope.inspect.model import OnnxModel
+from crackscope.inspect.pipeline import FrameInspection, InspectConfig, inspect_frames
+from crackscope.inspect.report import write_report
+from crackscope.inspect.results import InspectionResult, error_result
+from crackscope.inspect.sinks import ResultStore, SavePolicy, record_inspection, remove_partials
+from crackscope.inspect.tiling import stride_for
+
+FAIL_ON = {"defect": (Verdict.DEFECT,), "review": (Verdict.DEFECT, Verdict.REVIEW)}
+EXIT_FAILED_GATE = 3
+
+
+class InputError(ValueError):
+    """An input argument that names nothing to inspect."""
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """What ``crackscope inspect`` does (YAML ``--config`` < flags)."""
+
+    inputs: tuple[str, ...] = ()
+    model: str = ""
+    out: str = "inspect-out"
+    save_overlays: str = "defect"  # defect (DEFECT and REVIEW) | all | none
+    fail_on: str | None = None  # defect | review: exit 3 when any input reaches that verdict
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    decode_workers: int = 2
+    prefetch: int = 8  # files decoded ahead of the model
+    providers: str = "auto"
+    threads: int | None = None  # ONNX Runtime intra-op threads (default: one per core)
+    progress: bool = True
+    report: bool = True
+    inspect: InspectConfig = field(default_factory=InspectConfig)
+
+    def __post_init__(self) -> None:
+        SavePolicy(self.save_overlays)  # raises with the allowed values
+        if self.fail_on is not None and self.fail_on not in FAIL_ON:
+            raise ValueError(f"fail_on must be one of {', '.join(FAIL_ON)}, got {self.fail_on!r}")
+        if self.decode_workers < 1 or self.prefetch < 1 or self.max_pixels < 1:
+            raise ValueError("decode_workers, prefetch and max_pixels must be at least 1")
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """What a batch run did."""
+
+    out: Path
+    counts: dict[str, int]  # verdict -> records in the store (this run and earlier ones)
+    inspected: int  # inputs inspected in this run
+    skipped: int  # inputs already recorded (resume)
+    seconds: float
+    report: Path | None
+    failed_gate: bool
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_FAILED_GATE if self.failed_gate else 0
+
+    def describe(self) -> str:
+        counts = ", ".join(f"{k} {v}" for k, v in self.counts.items())
+        rate = self.inspected / self.seconds if self.seconds > 0 else 0.0
+        lines = [
+            f"inspected {self.inspected} input(s) in {self.seconds:.1f}s ({rate:.1f}/s), "
+            f"{self.skipped} already recorded",
+            f"results: {counts}",
+            f"store:   {self.out / 'results.sqlite'} and results.jsonl",
+        ]
+        if self.report:
+            lines.append(f"report:  {self.report}")
+        return "\n".join(lines)
+
+
+def expand_inputs(inputs: Sequence[str]) -> list[Path]:
+    """Files named, folders (recursively: image files only) and globs, in order, without duplicates.
+
+    A file named explicitly is taken whatever its extension (a non-image gets an ERROR record, not silence); a
+    path or pattern that matches nothing is an :class:`InputError` before anything is written.
+    """
+    found: dict[Path, None] = {}
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            matches = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+        elif path.is_file():
+            matches = [path]
+        else:
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise InputError(f"{item}: no such file or folder, and no file matches it as a pattern")
+        found.update(dict.fromkeys(p.resolve() for p in matches))
+    return list(found)
+
+
+def run_batch(config: BatchConfig) -> BatchSummary:
+    """Inspect every input into ``config.out``; see the module docstring."""
+    files = expand_inputs(config.inputs)
+    if not files:
+        raise InputError(f"nothing to inspect in {', '.join(config.inputs)} (no image files found)")
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    started = time.perf_counter()
+    with OnnxModel(config.model, providers=config.providers, intra_op_threads=config.threads) as model:
+        _announce(model, len(files))
+        with ResultStore(out) as store:
+            remove_partials(out)
+            store.set_meta(model_id=model.model_id, model_path=str(model.path), card=model.card.to_metadata())
+            inspected, skipped = _inspect_all(model, files, store, config)
+            counts = store.counts()
+            report = write_report(store, out) if config.report else None
+    gate = FAIL_ON.get(config.fail_on or "", ())
+    failed = any(counts[v.value] for v in gate)
+    return BatchSummary(out, counts, inspected, skipped, time.perf_counter() - started, report, failed)
+
+
+def _announce(model: OnnxModel, count: int) -> None:
+    calibration = model.card.calibration
+    if is_identity(calibration):
+        print(
+            f"note: {model.path} is not calibrated (temperature 1, one threshold at 0.5, no REVIEW band); "
+            "run 'crackscope calibrate' to get OK / REVIEW / DEFECT thresholds with a guaranteed escape rate",
+            file=sys.stderr,
+        )
+    print(
+        f"inspecting {count} input(s) with {model.path.name} ({model.card.precision}, {model.providers[0]}), "
+        f"OK below {calibration.ok_below:.3f}, DEFECT at or above {calibration.defect_at_or_above:.3f}",
+        file=sys.stderr,
+    )
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    path: Path
+    frame: LoadedFrame | None
+    error: str | None
+    sha256: str
+    seconds: float
+
+
+def _load(path: Path, done: set[tuple[str, str]], max_pixels: int) -> _Loaded | None:
+    """Decode one input (in a worker thread); None when it is already recorded."""
+    started = time.perf_counter()
+    try:
+        frame = load_frame(path, max_pixels=max_pixels)
+    except ImageReadError as error:
+        sha = _sha_or_empty(path)
+        return None if (str(path), sha) in done else _Loaded(path, None, error.reason, sha, 0.0)
+    if (str(path), frame.sha256) in done:
+        return None
+    return _Loaded(path, frame, None, frame.sha256, time.perf_counter() - started)
+
+
+def _sha_or_empty(path: Path) -> str:
+    try:
+        return file_digest(path.read_bytes())
+    except OSError:
+        return ""
+
+
+def _loaded_in_order(files: Sequence[Path], done: set, config: BatchConfig) -> Iterator[_Loaded | None]:
+    """Decoded inputs in input order, ``prefetch`` files ahead of the consumer (a bounded queue)."""
+    with ThreadPoolExecutor(config.decode_workers, thread_name_prefix="decode") as pool:
+        pending: deque[Future] = deque()
+        remaining = iter(files)
+        for path in remaining:
+            pending.append(pool.submit(_load, path, done, config.max_pixels))
+            if len(pending) >= config.prefetch:
+                break
+        while pending:
+            yield pending.popleft().result()
+            following = next(remaining, None)
+            if following is not None:
+                pending.append(pool.submit(_load, following, done, config.max_pixels))
+
+
+def _inspect_all(model: OnnxModel, files: Sequence[Path], store: ResultStore, config: BatchConfig) -> tuple[int, int]:
+    done = store.done_keys()
+    policy = SavePolicy(config.save_overlays)
+    verdicts: Counter[str] = Counter()
+    inspected = skipped = 0
+    bar = tqdm(total=len(files), unit="img", disable=not config.progress, desc="inspect", dynamic_ncols=True)
+    with bar:
+        for batch, n_skipped in _batches(_loaded_in_order(files, done, config), model.input_size, config.inspect):
+            skipped += n_skipped
+            records = _inspect_batch(model, batch, store.folder, policy, config.inspect)
+            store.add(records)
+            inspected += len(records)
+            verdicts.update(r.verdict.value for r in records)
+            bar.update(len(records) + n_skipped)
+            bar.set_postfix({k: verdicts[k] for k in ("DEFECT", "REVIEW", "ERROR") if verdicts[k]}, refresh=False)
+    return inspected, skipped
+
+
+def _batches(loaded: Iterable[_Loaded | None], size: int, config: InspectConfig) -> Iterator[tuple[list[_Loaded], int]]:
+    """Group decoded inputs so each model call gets about ``max_batch`` tiles; count skipped ones with them."""
+    batch: list[_Loaded] = []
+    tiles = skipped = 0
+    stride = stride_for(size, config.overlap)
+    for item in loaded:
+        if item is None:
+            skipped += 1
+            continue
+        batch.append(item)
+        if item.frame is not None:
+            height, width = item.frame.image.shape[:2]
+            tiles += _tiles_along(height, size, stride) * _tiles_along(width, size, stride)
+        if tiles >= config.max_batch:
+            yield batch, skipped
+            batch, tiles, skipped = [], 0, 0
+    if batch or skipped:
+        yield batch, skipped
+
+
+def _with_inspections(
+    model: OnnxModel, batch: list[_Loaded], config: InspectConfig
+) -> list[tuple[_Loaded, FrameInspection | None]]:
+    """Inspect the decoded inputs together; if that fails, one by one, so one bad frame costs only its own record."""
+    good = [item for item in batch if item.frame is not None]
+    try:
+        inspections = iter(inspect_frames(model, [item.frame.image for item in good], config) if good else [])
+        return [(item, next(inspections) if item.frame is not None else None) for item in batch]
+    except ValueError:
+        if len(good) == 1 and len(batch) == 1:
+            raise
+    paired = []
+    for item in batch:
+        try:
+            paired += _with_inspections(model, [item], config) if item.frame is not None else [(item, None)]
+        except ValueError as error:  # a frame the pipeline cannot take (e.g. float pixels): its own ERROR record
+            paired.append((replace(item, frame=None, error=f"cannot inspect this image ({error})"), None))
+    return paired
+
+
+def _tiles_along(length: int, size: int, stride: int) -> int:
+    return 1 if length <= size else -(-(length - size) // stride) + 1
+
+
+def _inspect_batch(
+    model: OnnxModel, batch: list[_Loaded], folder: Path, policy: SavePolicy, config: InspectConfig
+) -> list[InspectionResult]:
+    batch = _with_inspections(model, batch, config)
+    records = []
+    for item, inspection in batch:
+        if inspection is None:
+            records.append(error_result(str(item.path), item.sha256, model.model_id, item.error or "unreadable"))
+            continue
+        records.append(
+            record_inspection(
+                folder,
+                item.frame.image,
+                inspection,
+                source=str(item.path),
+                sha256=item.sha256,
+                model_id=model.model_id,
+                policy=policy,
+                timings={"read": item.seconds},
+            )
+        )
+    return records
