@@ -20,7 +20,8 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -222,7 +223,28 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def write_yaml(config: Any, path: str | os.PathLike) -> Path:
+    """Save a config as YAML, atomically (see :func:`replacing`)."""
+    path = Path(path)
+    with replacing(path) as partial:
+        partial.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+    return path
+
+
+@contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to, moved over ``path`` in one step when the block succeeds.
+
+    A reader never sees half a file, and a failure leaves the old file as it was and no partial file behind.
+
+    Example:
+        >>> with replacing("runs/x/metrics.json") as partial:       # doctest: +SKIP
+        ...     partial.write_text("{}")
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
-    return path
+    partial = path.with_name(path.name + ".partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

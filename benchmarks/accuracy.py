@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from crackscope.training.checkpoint import load_checkpoint
 from crackscope.training.data import (
     DataConfig,
     load_samples,
     split_by_group,
 )
-from crackscope.training.evaluate import load_checkpoint, metrics_for, predict
+from crackscope.training.evaluate import metrics_for, predict
 from crackscope.training.train import Split, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -33,8 +33,8 @@ from crackscope.inspect.card import INPUT_NAME, OUTPUT_NAMES, Calibration, Model
 from crackscope.inspect.images import fit_to_input
 from crackscope.inspect.model import file_sha256
 from crackscope.training.backbones import CrackNet
+from crackscope.training.checkpoint import CheckpointHeader, load_checkpoint
 from crackscope.training.data import Clarity, Dataset, load_samples, read_patch
-from crackscope.training.evaluate import load_checkpoint, saved_data_config
 
 
 @dataclass(frozen=True)
@@ -125,25 +125,24 @@ def feature_size(model: CrackNet) -> int:
         return int(model.feature_map(torch.zeros(1, size, size, 3, dtype=torch.uint8)).shape[-1])
 
 
-def card_for(model: CrackNet, checkpoint: dict, precision: str) -> ModelCard:
-    metrics = checkpoint.get("metrics", {})
-    config = checkpoint.get("config", {})
+def card_for(model: CrackNet, header: CheckpointHeader, precision: str) -> ModelCard:
+    metrics, config = header.metrics, header.config
     return ModelCard(
         backbone=model.spec.name,
         input_size=model.spec.input_size,
         feature_size=feature_size(model),
-        class_names=tuple(checkpoint.get("class_names", ("ok", "crack"))),
+        class_names=header.class_names,
         normalisation={"mean": list(model.spec.mean), "std": list(model.spec.std), "applied": "in-graph"},
         calibration=Calibration(),
         precision=precision,
         training={
-            "data_fingerprint": checkpoint.get("data", {}).get("fingerprint"),
-            "data": {k: v for k, v in checkpoint.get("data", {}).items() if k != "fingerprint"},
-            "best_epoch": checkpoint.get("epoch"),
+            "data_fingerprint": header.data.get("fingerprint"),
+            "data": {k: v for k, v in header.data.items() if k != "fingerprint"},
+            "best_epoch": header.epoch,
             "validation": {k: metrics.get(k) for k in ("accuracy", "f1", "roc_auc", "average_precision")},
             "augment": config.get("augment"),
             "epochs": config.get("epochs"),
-            "trained_with": checkpoint.get("crackscope_version"),
+            "trained_with": header.crackscope_version,
         },
         crackscope_version=crackscope.__version__,
     )
@@ -189,17 +188,17 @@ def export(config: ExportConfig) -> ExportResult:
     """Export fp32 (always) and the requested variants; each is written only after passing its parity gate."""
     if config.int8 and not config.calib_data:
         raise ValueError("--int8 needs --calib-data DIR: int8 ranges are calibrated on real tiles")
-    model, checkpoint = load_checkpoint(config.checkpoint)
+    model, header = load_checkpoint(config.checkpoint)
     out = Path(config.out)
     size = model.spec.input_size
-    dataset = load_samples(config.calib_data, saved_data_config(checkpoint)) if config.calib_data else None
+    dataset = load_samples(config.calib_data, header.data_config()) if config.calib_data else None
     verify = load_tiles(dataset, size, config.verify_tiles, config.seed)
     fp32_bytes = to_onnx_bytes(model, config.opset)
     fp32_report = torch_parity(
         model, fp32_bytes, verify.images, batch_sizes=config.batch_sizes, atol=config.fp32_atol, labels=verify.labels
     )
     fp32_report.raise_if_failed(str(out))
-    base_card = replace(card_for(model, checkpoint, "fp32"), verification={"tiles_source": verify.source})
+    base_card = replace(card_for(model, header, "fp32"), verification={"tiles_source": verify.source})
     exported = [_finish(onnx.load_from_string(fp32_bytes), base_card, fp32_report, out)]
     variants = []
     if config.int8:

@@ -22,11 +22,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from crackscope.training.augment import eval_transform
-from crackscope.training.backbones import CrackNet, build_model
+from crackscope.training.backbones import CrackNet
+from crackscope.training.checkpoint import load_checkpoint
 from crackscope.training.data import Clarity, DataConfig, Sample, load_samples
 from crackscope.training.dataset import PatchDataset, collate
-
-CHECKPOINT_FORMAT = "crackscope-checkpoint/1"
 
 
 @dataclass(frozen=True)
@@ -45,25 +44,6 @@ class Predictions:
         keep = np.array([s.clarity is clarity for s in self.samples], dtype=bool)
         targets = np.array([s.target for s in self.samples], dtype=np.float64)
         return targets[keep], self.probabilities[keep]
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[CrackNet, dict]:
-    """The model of a ``model.pt`` written by ``crackscope train`` (in eval mode) and its metadata."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint does not exist")
-    try:
-        # weights_only=False: the checkpoint holds plain metadata dicts next to the tensors; load only files you trust
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch raises pickle, zip and runtime errors alike for a foreign file
-        raise ValueError(f"{path}: not a crackscope checkpoint ({type(error).__name__}: {error})") from error
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a crackscope checkpoint (expected format {CHECKPOINT_FORMAT})")
-    model = build_model(
-        checkpoint["backbone"], pretrained=False, dropout=checkpoint["dropout"], input_size=checkpoint["input_size"]
-    )
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.to(device).eval(), checkpoint
 
 
 @torch.inference_mode()
@@ -178,8 +158,8 @@ def evaluate_checkpoint(
     device: str = "cpu",
 ) -> dict[str, object]:
     """Score ``data`` with the checkpoint; write ``metrics.json`` and curves to ``out`` (default: beside it)."""
-    model, meta = load_checkpoint(checkpoint, device)
-    config = data_config or saved_data_config(meta)
+    model, header = load_checkpoint(checkpoint, device)
+    config = data_config or header.data_config()
     dataset = load_samples(data, config)
     predictions = predict(model, dataset.samples, batch_size=batch_size, workers=workers, device=device)
     result = {**metrics_for(predictions), "data": dataset.summary(), "checkpoint": str(checkpoint)}
@@ -189,11 +169,3 @@ def evaluate_checkpoint(
     result["curves"] = [str(p) for p in plot_curves(clear_targets >= 0.5, clear_probs, out_dir, Path(data).name)]
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
-
-
-def saved_data_config(meta: dict) -> DataConfig:
-    """How the checkpoint's training data was read (layout, class map, mask thresholds), to read test data alike."""
-    from crackscope.config import from_dict
-
-    saved = meta.get("config", {}).get("data_config", {})
-    return from_dict(DataConfig, {k: v for k, v in saved.items() if k in ("mode", "class_map", "masks")})

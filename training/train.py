@@ -37,12 +37,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-import crackscope
 from crackscope.config import to_dict, write_yaml
 from crackscope.training.augment import PRESETS, build_transform, eval_transform
 from crackscope.training.backbones import CrackNet, build_model, get_spec
+from crackscope.training.checkpoint import CheckpointHeader, save_checkpoint
 from crackscope.training.data import (
-    CLASS_NAMES,
     Clarity,
     DataConfig,
     Dataset,
@@ -53,7 +52,7 @@ from crackscope.training.data import (
     training_view,
 )
 from crackscope.training.dataset import PatchDataset, collate
-from crackscope.training.evaluate import CHECKPOINT_FORMAT, Predictions, metrics_for
+from crackscope.training.evaluate import Predictions, metrics_for
 
 log = logging.getLogger(__name__)
 
@@ -379,27 +378,6 @@ def _gather(logits: torch.Tensor, indices: torch.Tensor, runtime: Runtime) -> tu
     )
 
 
-def save_checkpoint(model: CrackNet, config: TrainConfig, path: Path, *, metrics: dict, data: dict, epoch: int) -> None:
-    spec = model.spec
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "crackscope_version": crackscope.__version__,
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "backbone": spec.name,
-            "input_size": spec.input_size,
-            "dropout": config.dropout,
-            "preprocessing": {"input": "uint8 BGR [N,H,W,3]", "resize": "area", "mean": spec.mean, "std": spec.std},
-            "class_names": list(CLASS_NAMES),
-            "config": to_dict(config),
-            "metrics": metrics,
-            "data": data,
-            "epoch": epoch,
-        },
-        path,
-    )
-
-
 @dataclass(frozen=True)
 class Split:
     """Samples to train and validate on, for callers that split data themselves (benchmarks, cross-validation)."""
@@ -551,7 +529,10 @@ def _run_stage(fit: Fit, stage: Stage, epochs_done: int, best: Best) -> tuple[li
         if improved:
             best = Best(val_loss, metrics, epoch, 0)
             if runtime.is_main:
-                save_checkpoint(model, config, fit.checkpoint, metrics=metrics, data=fit.data_summary, epoch=epoch)
+                header = CheckpointHeader.for_model(
+                    model, config=to_dict(config), metrics=metrics, data=fit.data_summary, epoch=epoch
+                )
+                save_checkpoint(model, header, fit.checkpoint)
         else:
             best = replace(best, stale=best.stale + 1)
         if stage.train_backbone and best.stale >= config.patience and stage_epoch < stage.epochs - 1:

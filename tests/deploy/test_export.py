@@ -15,7 +15,7 @@ from crackscope.deploy import export as export_module
 from crackscope.deploy.export import ExportConfig, export
 from crackscope.deploy.verify import ParityError
 from crackscope.inspect.card import Calibration, ModelCard, read_card, write_calibration
-from crackscope.training.evaluate import load_checkpoint
+from crackscope.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

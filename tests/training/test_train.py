@@ -14,8 +14,9 @@ import torch
 import yaml
 
 from crackscope.config import from_dict
+from crackscope.training.checkpoint import load_checkpoint
 from crackscope.training.data import load_samples
-from crackscope.training.evaluate import load_checkpoint, predict
+from crackscope.training.evaluate import predict
 from crackscope.training.train import TrainConfig, positive_weight, stages
 
 pytestmark = pytest.mark.slow
@@ -39,8 +40,8 @@ def test_saved_config_reloads_into_the_same_typed_config(tiny_run):
 
 
 def test_reloaded_checkpoint_predicts_exactly_like_the_trained_model(tiny_run, patch_data):
-    model, meta = load_checkpoint(tiny_run.checkpoint)
-    assert meta["class_names"] == ["ok", "crack"] and meta["input_size"] == 64
+    model, header = load_checkpoint(tiny_run.checkpoint)
+    assert header.class_names == ("ok", "crack") and header.input_size == 64
     samples = load_samples(patch_data).samples[:24]
     first = predict(model, samples, progress=False).logits
     again, _ = load_checkpoint(tiny_run.checkpoint)
