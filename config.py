@@ -23,7 +23,7 @@ import typing
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from enum import Enum
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
 import yaml
@@ -65,9 +65,10 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 def check_value(annotation: Any, value: Any, where: str) -> Any:
     """``value`` checked against a field annotation (and made a tuple, float or nested dataclass where it says so).
 
-    Understands ``int``, ``float`` (ints accepted), ``bool`` (never 0/1), ``str``, ``None``, unions and
-    ``Optional``, ``Literal``, enums, ``tuple[...]``, ``list[...]``, ``dict[..., ...]``, nested dataclasses and
-    ``Any``. ``bool`` is not accepted for ``int`` or ``float``, though Python would.
+    Understands ``int``, ``float`` (ints accepted), ``bool`` (never 0/1), ``str``, ``Path`` (from a string),
+    ``None``, unions and ``Optional``, ``Literal``, enums, ``tuple[...]``, ``list[...]``, ``dict[..., ...]``,
+    nested dataclasses, other classes (by ``isinstance``) and ``Any``. ``bool`` is not accepted for ``int`` or
+    ``float``, though Python would.
     """
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is Any:
@@ -107,11 +108,14 @@ def _check_plain(annotation: Any, value: Any, where: str) -> Any:
             return annotation(value)
         except ValueError:
             raise _mismatch(" or ".join(repr(m.value) for m in annotation), value, where) from None
+    elif isinstance(annotation, type) and issubclass(annotation, PurePath):
+        if isinstance(value, (str, PurePath)):
+            return annotation(value)
     elif isinstance(annotation, type):
         if isinstance(value, annotation):
             return value
     else:
-        raise ConfigError(f"{where}: cannot check a value against the annotation {annotation!r}")
+        return value  # an annotation this reader does not know (a Callable, a TypeVar): not checked
     raise _mismatch(_type_name(annotation), value, where)
 
 

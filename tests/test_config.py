@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -81,6 +82,7 @@ class Typed:
     class_map: dict[str, str] = field(default_factory=dict)
     preset: Literal["none", "light"] = "none"
     colour: Colour = Colour.RED
+    folder: Path = Path(".")
     leaf: Leaf = field(default_factory=Leaf)
 
 
@@ -106,6 +108,7 @@ class Typed:
         ({"class_map": {"MT_*": 1}}, r"config.class_map.MT_\*: expected str, got int 1"),
         ({"preset": "heavy"}, "config.preset: expected 'none' or 'light', got str 'heavy'"),
         ({"colour": "green"}, "config.colour: expected 'red' or 'blue', got str 'green'"),
+        ({"folder": 5}, "config.folder: expected Path, got int 5"),
         ({"leaf": 5}, "config.leaf: expected a mapping, got int 5"),
         ({"leaf": {"patch_size": "many"}}, "config.leaf.patch_size: expected int, got str 'many'"),
     ],
@@ -126,6 +129,7 @@ def test_a_value_of_the_wrong_type_is_an_error_naming_its_key_path(values, messa
         ({"pair": [2, "b"]}, {"pair": (2, "b")}),
         ({"names": ("a", "b")}, {"names": ["a", "b"]}),
         ({"colour": "blue"}, {"colour": Colour.BLUE}),
+        ({"folder": "runs/x"}, {"folder": Path("runs/x")}),
         ({"leaf": {"patch_size": 64}}, {"leaf": Leaf(64)}),
     ],
 )
