@@ -121,11 +121,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     from crackscope.training.evaluate import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(
+    evaluation = evaluate_checkpoint(
         args.checkpoint, args.data, args.out, batch_size=args.batch_size, workers=args.workers, device=args.device
     )
-    shown = {k: metrics[k] for k in ("n", "accuracy", "precision", "recall", "f1", "roc_auc", "average_precision")}
-    print(json.dumps({**shown, "confusion_matrix": metrics["confusion_matrix"], "ambiguous": metrics["ambiguous"]}))
+    metrics = evaluation.metrics
+    print(json.dumps({**metrics.clear.to_dict(), "ambiguous": metrics.ambiguous.to_dict()}))
     return 0
 
 

@@ -26,7 +26,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from crackscope.config import to_dict, write_yaml
+from crackscope.config import replacing, to_dict, write_yaml
 from crackscope.training.augment import PRESETS, build_transform, eval_transform
 from crackscope.training.backbones import CrackNet, build_model, get_spec
 from crackscope.training.checkpoint import CheckpointHeader, save_checkpoint
@@ -52,7 +52,7 @@ from crackscope.training.data import (
     training_view,
 )
 from crackscope.training.dataset import PatchDataset, collate
-from crackscope.training.evaluate import Predictions, metrics_for
+from crackscope.training.evaluate import Metrics, Predictions, metrics_for
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +128,25 @@ class EpochRecord:
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What a run wrote, and how the saved (best) epoch scored on the validation set."""
+
     run_dir: Path
     checkpoint: Path
-    metrics: dict
+    validation: Metrics  # of the best epoch, the one in model.pt
+    best_epoch: int
+    best_val_loss: float
     history: tuple[EpochRecord, ...]
+    data: dict[str, object]  # data summary: train/val counts, unreadable files skipped, fingerprint
+
+    def to_dict(self) -> dict[str, object]:
+        """The contents of ``metrics.json``: validation metrics of the best epoch, then the run's history."""
+        return {
+            **self.validation.to_dict(),
+            "best_epoch": self.best_epoch,
+            "best_val_loss": self.best_val_loss,
+            "history": [asdict(record) for record in self.history],
+            "data": self.data,
+        }
 
 
 # --- set-up ---------------------------------------------------------------------------------------------------------
@@ -331,8 +346,10 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def validate(model: CrackNet, loader: DataLoader, samples: list[Sample], runtime: Runtime, config: TrainConfig):
-    """Validation metrics (clear items at the top level, ambiguous apart) and the clear-item BCE loss.
+def validate(
+    model: CrackNet, loader: DataLoader, samples: list[Sample], runtime: Runtime, config: TrainConfig
+) -> tuple[Metrics, float]:
+    """Validation metrics (clear and ambiguous items apart) and the clear-item BCE loss.
 
     Under DDP every rank scores its shard and the logits are gathered so every rank sees the same metrics
     (and so takes the same early-stopping decision).
@@ -421,7 +438,7 @@ class Best:
     """The best epoch so far (lowest validation loss on clear items) and how long ago it was."""
 
     val_loss: float = math.inf
-    metrics: dict = field(default_factory=dict)
+    metrics: Metrics | None = None
     epoch: int | None = None
     stale: int = 0
 
@@ -439,17 +456,14 @@ def _train(config: TrainConfig, runtime: Runtime, split: Split | None) -> TrainR
     for stage in stages(config):
         records, best = _run_stage(fit, stage, len(history), best)
         history += records
-    metrics = {
-        **best.metrics,
-        "best_epoch": best.epoch,
-        "best_val_loss": best.val_loss,
-        "history": [r.__dict__ for r in history],
-        "data": fit.data_summary,
-    }
+    result = TrainResult(
+        run_dir, fit.checkpoint, best.metrics, best.epoch, best.val_loss, tuple(history), fit.data_summary
+    )
     if runtime.is_main:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        with replacing(run_dir / "metrics.json") as partial:
+            partial.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
         emit(f"best epoch {best.epoch}: wrote {fit.checkpoint}, {run_dir / 'metrics.json'}, {run_dir / 'config.yaml'}")
-    return TrainResult(run_dir, fit.checkpoint, metrics, tuple(history))
+    return result
 
 
 def _prepare(config: TrainConfig, runtime: Runtime, split: Split | None, checkpoint: Path, emit) -> Fit:
@@ -518,8 +532,8 @@ def _run_stage(fit: Fit, stage: Stage, epochs_done: int, best: Best) -> tuple[li
             epoch,
             train_loss,
             val_loss,
-            metrics["accuracy"],
-            metrics["roc_auc"],
+            metrics.clear.accuracy,
+            metrics.clear.roc_auc,
             seconds,
             seen * runtime.world_size / seconds,
         )
@@ -530,7 +544,7 @@ def _run_stage(fit: Fit, stage: Stage, epochs_done: int, best: Best) -> tuple[li
             best = Best(val_loss, metrics, epoch, 0)
             if runtime.is_main:
                 header = CheckpointHeader.for_model(
-                    model, config=to_dict(config), metrics=metrics, data=fit.data_summary, epoch=epoch
+                    model, config=to_dict(config), metrics=metrics.to_dict(), data=fit.data_summary, epoch=epoch
                 )
                 save_checkpoint(model, header, fit.checkpoint)
         else:

@@ -52,7 +52,7 @@ def test_reloaded_checkpoint_predicts_exactly_like_the_trained_model(tiny_run, p
 
 def test_two_stage_training_learns_to_separate_synthetic_cracks(tiny_run):
     # 3 short epochs on 64 px patches: far from converged, but clearly better than chance.
-    assert tiny_run.metrics["roc_auc"] > 0.8
+    assert tiny_run.validation.clear.roc_auc > 0.8
 
 
 def test_stage_one_freezes_the_backbone_and_stage_two_trains_it():
