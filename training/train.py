@@ -396,6 +396,70 @@ def _gather(logits: torch.Tensor, indices: torch.Tensor, runtime: Runtime) -> tu
 
 
 @dataclass(frozen=True)
+class RunFolder:
+    """A run folder's files, written so that ``config.yaml`` and ``model.pt`` always come from the same run.
+
+    Nothing is written before the run saves its first epoch, so a run that fails on bad data (or anything else
+    before then) leaves the folder, and any earlier run in it, as it was. The first save deletes the earlier
+    run's ``model.pt`` and ``metrics.json``, then writes ``config.yaml`` (from the checkpoint's own header), then
+    ``model.pt``; later best epochs replace ``model.pt``; ``metrics.json`` comes last. Every file is written
+    atomically, so a run stopped at any point leaves either no ``model.pt`` or one that matches ``config.yaml``.
+    """
+
+    path: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "model.pt"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    def check(self) -> None:
+        """Refuse an output that cannot be a run folder, before any work."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"{self.path}: --out must be a folder for model.pt, config.yaml and metrics.json")
+
+    def earlier_files(self) -> list[Path]:
+        return [path for path in (self.checkpoint, self.config, self.metrics) if path.exists()]
+
+    def save_epoch(self, model: CrackNet, header: CheckpointHeader, *, first: bool) -> None:
+        if first:
+            self.metrics.unlink(missing_ok=True)
+            self.checkpoint.unlink(missing_ok=True)
+            write_yaml(header.config, self.config)
+        save_checkpoint(model, header, self.checkpoint)
+
+    def finish(self, result: TrainResult) -> None:
+        with replacing(self.metrics) as partial:
+            partial.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+
+
+MIN_OPTIMISER_STEPS = 50  # below this a fine-tuned head has barely moved from its random start
+
+
+def few_steps_warning(config: TrainConfig, train_items: int, batches_per_epoch: int) -> str | None:
+    """A warning, saying how to fix it, when the whole run takes fewer than ``MIN_OPTIMISER_STEPS`` steps."""
+    per_epoch = min(config.steps_per_epoch or batches_per_epoch, batches_per_epoch)
+    steps = per_epoch * config.epochs
+    if steps >= MIN_OPTIMISER_STEPS:
+        return None
+    fixes = ["a smaller --batch-size", "more --epochs", "more data"]
+    if config.steps_per_epoch and config.steps_per_epoch < batches_per_epoch:
+        fixes.insert(0, "a larger --steps-per-epoch")
+    return (
+        f"this run takes only {steps} optimiser step(s) ({per_epoch} per epoch x {config.epochs} epoch(s); "
+        f"{train_items} training items in batches of {config.batch_size}), too few to train a useful model; "
+        f"use {', '.join(fixes[:-1])} or {fixes[-1]} (at least {MIN_OPTIMISER_STEPS} steps)"
+    )
+
+
+@dataclass(frozen=True)
 class Split:
     """Samples to train and validate on, for callers that split data themselves (benchmarks, cross-validation)."""
 
@@ -428,7 +492,7 @@ class Fit:
     val_samples: list[Sample]
     loss_fn: nn.Module
     scaler: torch.amp.GradScaler
-    checkpoint: Path
+    run: RunFolder
     data_summary: dict
     emit: Callable[[str], None]
 
@@ -446,27 +510,39 @@ class Best:
 def _train(config: TrainConfig, runtime: Runtime, split: Split | None) -> TrainResult:
     emit = print if runtime.is_main else (lambda _message: None)
     seed_everything(config.seed)
-    run_dir = Path(config.out)
-    if runtime.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_yaml(config, run_dir / "config.yaml")
-    fit = _prepare(config, runtime, split, run_dir / "model.pt", emit)
+    run = RunFolder(Path(config.out))
+    run.check()
+    fit = _prepare(config, runtime, split, run, emit)  # reads and checks the data: nothing is written before this
+    _warn_if_few_steps(fit)
+    if run.earlier_files():
+        emit(f"{run.path} holds an earlier run: its files are replaced when this run saves its first epoch")
     history: list[EpochRecord] = []
     best = Best()
     for stage in stages(config):
         records, best = _run_stage(fit, stage, len(history), best)
         history += records
+    if best.metrics is None or best.epoch is None:
+        raise RuntimeError(
+            f"no epoch reached a finite validation loss (last: {history[-1].val_loss if history else 'none'}), so "
+            f"nothing was saved in {run.path}; check the data and try a lower --lr"
+        )
     result = TrainResult(
-        run_dir, fit.checkpoint, best.metrics, best.epoch, best.val_loss, tuple(history), fit.data_summary
+        run.path, run.checkpoint, best.metrics, best.epoch, best.val_loss, tuple(history), fit.data_summary
     )
     if runtime.is_main:
-        with replacing(run_dir / "metrics.json") as partial:
-            partial.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
-        emit(f"best epoch {best.epoch}: wrote {fit.checkpoint}, {run_dir / 'metrics.json'}, {run_dir / 'config.yaml'}")
+        run.finish(result)
+        emit(f"best epoch {best.epoch}: wrote {run.checkpoint}, {run.metrics}, {run.config}")
     return result
 
 
-def _prepare(config: TrainConfig, runtime: Runtime, split: Split | None, checkpoint: Path, emit) -> Fit:
+def _warn_if_few_steps(fit: Fit) -> None:
+    message = few_steps_warning(fit.config, len(fit.train_loader.dataset), len(fit.train_loader))
+    if message and fit.runtime.is_main:
+        log.warning(message)
+        fit.emit(f"WARNING: {message}")
+
+
+def _prepare(config: TrainConfig, runtime: Runtime, split: Split | None, run: RunFolder, emit) -> Fit:
     """Data, model, loaders and loss for a run."""
     if split is None:
         train_samples, val_samples, data_summary = load_split(config, emit)
@@ -493,7 +569,7 @@ def _prepare(config: TrainConfig, runtime: Runtime, split: Split | None, checkpo
         val_samples=val_samples,
         loss_fn=nn.BCEWithLogitsLoss(pos_weight=pos_weight),
         scaler=torch.amp.GradScaler("cuda", enabled=runtime.device.type == "cuda" and config.amp),
-        checkpoint=checkpoint,
+        run=run,
         data_summary=data_summary,
         emit=emit,
     )
@@ -541,12 +617,12 @@ def _run_stage(fit: Fit, stage: Stage, epochs_done: int, best: Best) -> tuple[li
         improved = val_loss < best.val_loss
         fit.emit(_epoch_line(record, improved))
         if improved:
-            best = Best(val_loss, metrics, epoch, 0)
             if runtime.is_main:
                 header = CheckpointHeader.for_model(
                     model, config=to_dict(config), metrics=metrics.to_dict(), data=fit.data_summary, epoch=epoch
                 )
-                save_checkpoint(model, header, fit.checkpoint)
+                fit.run.save_epoch(model, header, first=best.epoch is None)
+            best = Best(val_loss, metrics, epoch, 0)
         else:
             best = replace(best, stale=best.stale + 1)
         if stage.train_backbone and best.stale >= config.patience and stage_epoch < stage.epochs - 1:
