@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +140,29 @@ def test_export_of_a_real_checkpoint_to_a_directory_stops_before_any_work(tiny_r
     assert main(["export", "--checkpoint", str(tiny_run.checkpoint), "--out", str(folder), "--fp16"]) == 2
     assert "models is a directory" in capsys.readouterr().err
     assert list(tmp_path.rglob("*")) == [folder]
+
+
+@pytest.mark.parametrize(
+    ("command", "module"),
+    [
+        (["evaluate", "--checkpoint", "model.pt", "--data", "data"], "torch"),
+        (["train", "--data", "data", "--out", "run"], "torch"),
+        (["train", "--data", "data", "--out", "run"], "albumentations"),
+        (["export", "--checkpoint", "model.pt", "--out", "model.onnx"], "onnx"),
+        (["demo", "--out", "demo"], "torch"),
+    ],
+)
+def test_a_training_command_on_a_runtime_only_install_says_to_install_the_training_extras(command, module, tmp_path):
+    # A real failing import: the module is made unimportable in a fresh interpreter, as on a runtime-only install.
+    script = (
+        f"import sys\nsys.modules[{module!r}] = None\nfrom crackscope.cli import main\nsys.exit(main(sys.argv[1:]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, *command], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"crackscope {command[0]}: error: this command needs the training extras: "
+        f"pip install 'crackscope[train]' (missing module {module!r})\n"
+    )
+    assert not list(tmp_path.iterdir())  # nothing was started
