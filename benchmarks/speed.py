@@ -52,6 +52,7 @@ from torch import nn
 from crackscope.deploy.export import to_onnx_bytes
 from crackscope.deploy.quantize import quantize_int8
 from crackscope.inspect.card import INPUT_NAME
+from crackscope.inspect.model import make_session
 from crackscope.training import synthetic
 from crackscope.training.backbones import CrackNet, build_model
 
@@ -210,17 +211,6 @@ def export_models(model: CrackNet, calibration: np.ndarray, folder: Path) -> Mod
     return files
 
 
-def ort_session(path: Path, provider: str = CPU, threads: int | None = None) -> ort.InferenceSession:
-    """A session with all graph optimisations; ``threads`` sets intra- and inter-op threads (default: ORT's)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = threads
-    providers = [CPU] if provider == CPU else [provider, CPU]
-    return ort.InferenceSession(str(path), options, providers=providers)
-
-
 # --- GradCAM ------------------------------------------------------------------------------------------------------
 
 
@@ -275,9 +265,9 @@ def sanity_checks(model: CrackNet, files: ModelFiles, seed: int) -> dict[str, fl
     feed = {INPUT_NAME: batch}
     with torch.inference_mode():
         logit, cam = (t.numpy() for t in model.forward_with_cam(torch.from_numpy(batch)))
-    fp32_logit, fp32_cam = ort_session(files.fp32).run(None, feed)
-    (plain_logit,) = ort_session(files.fp32_logit_only).run(None, feed)
-    int8_logit, int8_cam = ort_session(files.int8).run(None, feed)
+    fp32_logit, fp32_cam = make_session(files.fp32, providers="cpu").run(None, feed)
+    (plain_logit,) = make_session(files.fp32_logit_only, providers="cpu").run(None, feed)
+    int8_logit, int8_cam = make_session(files.int8, providers="cpu").run(None, feed)
     with contextlib.ExitStack() as stack:
         grad = gradcam_maps(open_gradcam(model, stack), model, batch)
     size = model.spec.input_size
@@ -316,7 +306,7 @@ class Method:
 
 def ort_builder(path: Path, provider: str = CPU) -> Builder:
     def build(stack: contextlib.ExitStack) -> StepFactory:
-        session = ort_session(path, provider)
+        session = make_session(path, providers=[provider])
 
         def factory(batch: np.ndarray) -> Step:
             feed = {INPUT_NAME: batch}
@@ -331,7 +321,7 @@ def pair_builder(path: Path) -> Builder:
     """Two single-threaded sessions, run at the same time from two Python threads, each on its own batch."""
 
     def build(stack: contextlib.ExitStack) -> StepFactory:
-        sessions = [ort_session(path, threads=1) for _ in range(2)]
+        sessions = [make_session(path, providers="cpu", intra_op_threads=1, inter_op_threads=1) for _ in range(2)]
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=2))
 
         def factory(batch: np.ndarray) -> Step:
@@ -418,7 +408,7 @@ def cuda_methods(files: ModelFiles, providers: Sequence[str]) -> list[Method]:
     if CUDA not in ort.get_available_providers():
         print(f"CUDA skipped: this onnxruntime has no {CUDA} (available: {ort.get_available_providers()})\n")
         return []
-    started = ort_session(files.fp32, CUDA).get_providers()
+    started = make_session(files.fp32, providers=[CUDA]).get_providers()
     if started[0] != CUDA:
         print(f"CUDA skipped: {CUDA} did not start (missing libraries or device?); session ran on {started}\n")
         return []

@@ -17,7 +17,10 @@ Example:
 from __future__ import annotations
 
 import io
+import logging
+import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,8 +36,10 @@ from crackscope.inspect.card import INPUT_NAME, OUTPUT_NAMES, Calibration, Model
 from crackscope.inspect.images import fit_to_input
 from crackscope.inspect.model import file_sha256
 from crackscope.training.backbones import CrackNet
+from crackscope.training.checkpoint import CheckpointHeader, load_checkpoint
 from crackscope.training.data import Clarity, Dataset, load_samples, read_patch
-from crackscope.training.evaluate import load_checkpoint, saved_data_config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,17 +74,31 @@ class ExportedModel:
 
 @dataclass(frozen=True)
 class ExportResult:
-    """The models written, and the variants their gate refused (the verified fp32 model is kept regardless)."""
+    """The models written, the variants refused (the verified fp32 model is kept regardless), and stale files removed.
+
+    ``removed`` lists variant files of an earlier export that were deleted and not replaced because no variant of
+    that precision was asked for this time: they were made from another fp32 model. (A refused variant's earlier
+    file is deleted too; its REFUSED line says so.)
+    """
 
     models: tuple[ExportedModel, ...] = field(default_factory=tuple)
     refused: tuple[str, ...] = ()
+    removed: tuple[Path, ...] = ()
 
     def describe(self) -> str:
         lines = [
             f"{m.precision:>4}  {m.path}  ({m.size_bytes / 1e6:.1f} MB)\n      {m.parity.describe()}"
             for m in self.models
         ]
-        return "\n".join(lines + [f"REFUSED  {reason}" for reason in self.refused])
+        lines += [f"REFUSED  {reason}" for reason in self.refused]
+        lines += [
+            f"REMOVED  {path}: from an earlier export, it no longer matches the new model" for path in self.removed
+        ]
+        return "\n".join(lines)
+
+
+class ExportError(ValueError):
+    """An export that cannot start: its output cannot be written where it was asked for, or an input is missing."""
 
 
 class CamModel(nn.Module):
@@ -125,25 +144,24 @@ def feature_size(model: CrackNet) -> int:
         return int(model.feature_map(torch.zeros(1, size, size, 3, dtype=torch.uint8)).shape[-1])
 
 
-def card_for(model: CrackNet, checkpoint: dict, precision: str) -> ModelCard:
-    metrics = checkpoint.get("metrics", {})
-    config = checkpoint.get("config", {})
+def card_for(model: CrackNet, header: CheckpointHeader, precision: str) -> ModelCard:
+    metrics, config = header.metrics, header.config
     return ModelCard(
         backbone=model.spec.name,
         input_size=model.spec.input_size,
         feature_size=feature_size(model),
-        class_names=tuple(checkpoint.get("class_names", ("ok", "crack"))),
+        class_names=header.class_names,
         normalisation={"mean": list(model.spec.mean), "std": list(model.spec.std), "applied": "in-graph"},
         calibration=Calibration(),
         precision=precision,
         training={
-            "data_fingerprint": checkpoint.get("data", {}).get("fingerprint"),
-            "data": {k: v for k, v in checkpoint.get("data", {}).items() if k != "fingerprint"},
-            "best_epoch": checkpoint.get("epoch"),
+            "data_fingerprint": header.data.get("fingerprint"),
+            "data": {k: v for k, v in header.data.items() if k != "fingerprint"},
+            "best_epoch": header.epoch,
             "validation": {k: metrics.get(k) for k in ("accuracy", "f1", "roc_auc", "average_precision")},
             "augment": config.get("augment"),
             "epochs": config.get("epochs"),
-            "trained_with": checkpoint.get("crackscope_version"),
+            "trained_with": header.crackscope_version,
         },
         crackscope_version=crackscope.__version__,
     )
@@ -185,35 +203,104 @@ def variant_path(out: Path, precision: str) -> Path:
     return out.with_name(f"{out.stem}.{precision}{out.suffix or '.onnx'}")
 
 
+VARIANTS = ("int8", "fp16")
+
+
 def export(config: ExportConfig) -> ExportResult:
-    """Export fp32 (always) and the requested variants; each is written only after passing its parity gate."""
-    if config.int8 and not config.calib_data:
-        raise ValueError("--int8 needs --calib-data DIR: int8 ranges are calibrated on real tiles")
-    model, checkpoint = load_checkpoint(config.checkpoint)
-    out = Path(config.out)
+    """Export fp32 (always) and the requested variants; each is written only after passing its parity gate.
+
+    The files beside ``out`` always belong together: a new fp32 model deletes the variants of an earlier export
+    (they were made from another model), a refused variant leaves no file, and a refused fp32 model leaves the
+    earlier export as it was.
+    """
+    out = check_request(config)
+    model, header = load_checkpoint(config.checkpoint)
     size = model.spec.input_size
-    dataset = load_samples(config.calib_data, saved_data_config(checkpoint)) if config.calib_data else None
+    dataset = load_samples(config.calib_data, header.data_config()) if config.calib_data else None
     verify = load_tiles(dataset, size, config.verify_tiles, config.seed)
-    fp32_bytes = to_onnx_bytes(model, config.opset)
-    fp32_report = torch_parity(
-        model, fp32_bytes, verify.images, batch_sizes=config.batch_sizes, atol=config.fp32_atol, labels=verify.labels
-    )
-    fp32_report.raise_if_failed(str(out))
-    base_card = replace(card_for(model, checkpoint, "fp32"), verification={"tiles_source": verify.source})
-    exported = [_finish(onnx.load_from_string(fp32_bytes), base_card, fp32_report, out)]
-    variants = []
+    base_card = replace(card_for(model, header, "fp32"), verification={"tiles_source": verify.source})
+    fp32, removed = _export_fp32(model, out, config, verify, base_card)
+    variants: dict[str, Callable[[], ExportedModel]] = {}
     if config.int8:
         calibration = load_tiles(dataset, size, config.calib_tiles, config.seed + 1)
-        variants.append(lambda: _int8(out, config, calibration, base_card))
+        variants["int8"] = lambda: _int8(out, config, calibration, base_card)
     if config.fp16:
-        variants.append(lambda: _fp16(out, config, verify, base_card))
-    refused = []
-    for make_variant in variants:
+        variants["fp16"] = lambda: _fp16(out, config, verify, base_card)
+    exported, refused = _export_variants(variants, out, removed)
+    not_asked = {variant_path(out, precision) for precision in VARIANTS if precision not in variants}
+    return ExportResult((fp32, *exported), refused, tuple(path for path in removed if path in not_asked))
+
+
+def check_request(config: ExportConfig) -> Path:
+    """The fp32 output path, after refusing (before any work) a request whose outputs cannot be written."""
+    if config.int8 and not config.calib_data:
+        raise ExportError("--int8 needs --calib-data DIR: int8 ranges are calibrated on real tiles")
+    out = Path(config.out)
+    asked = [precision for precision in VARIANTS if getattr(config, precision)]
+    for path in (out, *(variant_path(out, precision) for precision in asked)):
+        if path.is_dir():
+            raise ExportError(f"{path} is a directory; --out takes the model file's path, e.g. {path / 'model.onnx'}")
+    folder = next(parent for parent in out.absolute().parents if parent.exists())
+    if not folder.is_dir():
+        raise ExportError(f"{out} cannot be written: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(f"{out} cannot be written: no permission to write in {folder}")
+    return out
+
+
+def _export_fp32(
+    model: CrackNet, out: Path, config: ExportConfig, tiles: Tiles, card: ModelCard
+) -> tuple[ExportedModel, tuple[Path, ...]]:
+    """Trace, gate and write the fp32 model; returns it and the earlier export's variants it made stale."""
+    fp32_bytes = to_onnx_bytes(model, config.opset)
+    report = torch_parity(
+        model, fp32_bytes, tiles.images, batch_sizes=config.batch_sizes, atol=config.fp32_atol, labels=tiles.labels
+    )
+    try:
+        report.raise_if_failed(str(out))
+    except ParityError as error:
+        if out.exists():
+            raise ParityError(f"{error}. The {out} already there (an earlier export) was left as it was.") from None
+        raise
+    # The new model replaces the old one; variants made from the old one must not stay beside it.
+    removed = remove_variants(out)
+    return _finish(onnx.load_from_string(fp32_bytes), card, report, out), removed
+
+
+def _export_variants(
+    variants: dict[str, Callable[[], ExportedModel]], out: Path, removed: tuple[Path, ...]
+) -> tuple[tuple[ExportedModel, ...], tuple[str, ...]]:
+    """Make each variant; one that fails or is refused is reported and not written, and the others still are."""
+    exported, refused = [], []
+    for precision, make_variant in variants.items():
+        path = variant_path(out, precision)
         try:
             exported.append(make_variant())
-        except ParityError as error:  # a refused variant is not written; the others still are
-            refused.append(str(error))
-    return ExportResult(tuple(exported), tuple(refused))
+        except Exception as error:  # a broken conversion must not cost the verified fp32 model
+            log.debug("%s variant failed", precision, exc_info=True)
+            refused.append(_refusal(error, path, out, earlier_removed=path in removed))
+    return tuple(exported), tuple(refused)
+
+
+def _refusal(error: Exception, path: Path, out: Path, *, earlier_removed: bool) -> str:
+    if isinstance(error, ParityError):
+        reason = str(error)
+    else:
+        reason = f"{path} could not be made, so it was not written ({type(error).__name__}: {error})"
+    if earlier_removed:
+        reason += f" (the {path.name} of an earlier export was removed: it no longer matches {out.name})"
+    return reason
+
+
+def remove_variants(out: Path) -> tuple[Path, ...]:
+    """Delete the variant files beside ``out`` (``model.int8.onnx``, ``model.fp16.onnx``); returns those deleted."""
+    removed = []
+    for precision in VARIANTS:
+        path = variant_path(out, precision)
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+            removed.append(path)
+    return tuple(removed)
 
 
 def _int8(out: Path, config: ExportConfig, tiles: Tiles, base_card: ModelCard) -> ExportedModel:

@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from crackscope.inspect.model import make_session
 from crackscope.training.backbones import CrackNet
 
 
@@ -87,12 +88,6 @@ class ParityReport:
             raise ParityError(f"{what} failed the parity gate, so it was not written: {self.describe()}")
 
 
-def cpu_session(model: str | bytes) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
 def _batched(tiles: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
 
@@ -157,7 +152,7 @@ def torch_parity(
     labels: np.ndarray | None = None,
 ) -> ParityReport:
     """ONNX Runtime (CPU) against PyTorch eager on the same uint8 tiles, at each batch size."""
-    session = cpu_session(onnx_model)
+    session = make_session(onnx_model, providers="cpu")
     reference = [run_torch(model, tiles, b) for b in batch_sizes]
     candidate = [run_session(session, tiles, b) for b in batch_sizes]
     measured = _compare(reference, candidate, labels, atol, 0.0)
@@ -186,10 +181,10 @@ def onnx_parity(
     rtol: float = 0.0,
     min_agreement: float,
     labels: np.ndarray | None = None,
-    session_factory=cpu_session,
 ) -> ParityReport:
-    """A reduced-precision ONNX model against the verified fp32 one."""
-    reference_session, candidate_session = cpu_session(reference_model), session_factory(candidate_model)
+    """A reduced-precision ONNX model against the verified fp32 one (both on the CPU)."""
+    reference_session = make_session(reference_model, providers="cpu")
+    candidate_session = make_session(candidate_model, providers="cpu")
     reference = [run_session(reference_session, tiles, b) for b in batch_sizes]
     candidates = [run_session(candidate_session, tiles, b) for b in batch_sizes]
     measured = _compare(reference, candidates, labels, atol, rtol)

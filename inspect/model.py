@@ -75,6 +75,45 @@ def resolve_providers(requested: str | Sequence[str], available: Sequence[str]) 
     return chosen
 
 
+def make_session(
+    model: str | os.PathLike | bytes,
+    *,
+    providers: str | Sequence[str] = "auto",
+    intra_op_threads: int | None = None,
+    inter_op_threads: int | None = None,
+) -> ort.InferenceSession:
+    """An ONNX Runtime session built the one way crackscope runs a model, everywhere (runtime, parity gate, benchmarks).
+
+    All graph optimisations are on (``ORT_ENABLE_ALL``) and providers are chosen by :func:`resolve_providers`; a
+    provider that is available but fails to start (missing CUDA libraries, say) warns once and leaves the CPU.
+
+    Args:
+        model: an ``.onnx`` path, or the serialised model itself.
+        providers: ``"auto"`` (TensorRT > CUDA > CPU among those available), a comma-separated string, or a list.
+        intra_op_threads: threads per operator (default: ONNX Runtime's choice, one per physical core).
+        inter_op_threads: threads across independent operators (default: ONNX Runtime's choice).
+
+    Raises:
+        Whatever ONNX Runtime raises for a file it cannot load; :class:`OnnxModel` turns that into
+        :class:`ModelLoadError`.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if intra_op_threads:
+        options.intra_op_num_threads = intra_op_threads
+    if inter_op_threads:
+        options.inter_op_num_threads = inter_op_threads
+    chosen = resolve_providers(providers, ort.get_available_providers())
+    source = model if isinstance(model, bytes) else os.fspath(model)
+    session = ort.InferenceSession(source, options, providers=chosen)
+    started = session.get_providers()
+    if chosen[0] not in started:
+        warnings.warn(
+            f"{chosen[0]} could not start (missing libraries?); running on {started[0]}", RuntimeWarning, stacklevel=2
+        )
+    return session
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -104,26 +143,15 @@ class OnnxModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelLoadError(f"{self.path}: model file does not exist")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
-        if inter_op_threads:
-            options.inter_op_num_threads = inter_op_threads
-        chosen = resolve_providers(providers, ort.get_available_providers())
         try:
-            self._session: ort.InferenceSession | None = ort.InferenceSession(str(self.path), options, providers=chosen)
+            self._session: ort.InferenceSession | None = make_session(
+                self.path, providers=providers, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads
+            )
         except Exception as error:  # onnxruntime raises its own exception types for bad files
             raise ModelLoadError(f"{self.path}: not a loadable ONNX model ({error})") from error
         self.card = ModelCard.from_metadata(self._session.get_modelmeta().custom_metadata_map, str(self.path))
         self._check_signature()
         self.providers = tuple(self._session.get_providers())
-        if chosen[0] not in self.providers:
-            warnings.warn(
-                f"{chosen[0]} could not start (missing libraries?); running on {self.providers[0]}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
         self.model_id = file_sha256(self.path)
         log.info("loaded %s (%s, %s) on %s", self.path, self.card.backbone, self.card.precision, self.providers)
 

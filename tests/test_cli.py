@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +98,71 @@ def test_export_writes_a_verified_model_and_prints_its_parity(tiny_run, patch_da
 def test_export_int8_without_calibration_data_fails_with_one_clear_line(tiny_run, tmp_path, capsys):
     code = main(["export", "--checkpoint", str(tiny_run.checkpoint), "--out", str(tmp_path / "m.onnx"), "--int8"])
     assert code == 2 and "--int8 needs --calib-data" in capsys.readouterr().err
+
+
+def _leftovers(folder: Path) -> list[Path]:
+    return [p for pattern in ("*.partial", "*.staged") for p in folder.rglob(pattern)]
+
+
+@pytest.mark.parametrize(
+    ("out", "flags", "message"),
+    [
+        ("models", [], r"models is a directory; --out takes the model file's path, e\.g\. .*models/model\.onnx"),
+        ("models/m.onnx", ["--fp16"], r"m\.fp16\.onnx is a directory"),
+        ("afile/model.onnx", [], r"model\.onnx cannot be written: .*afile is a file, not a folder"),
+    ],
+)
+def test_export_to_an_output_it_cannot_write_fails_first_with_one_clear_line(out, flags, message, tmp_path, capsys):
+    (tmp_path / "models" / "m.fp16.onnx").mkdir(parents=True)
+    (tmp_path / "afile").write_text("a file, not a folder")
+    checkpoint = tmp_path / "no-such-model.pt"  # the output is checked before the checkpoint is read
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert re.search(f"^crackscope export: error: .*{message}", err) and err.count("\n") == 1
+    assert "no-such-model" not in err and not _leftovers(tmp_path)
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write anywhere")
+def test_export_into_a_folder_without_write_permission_fails_first_with_one_clear_line(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        assert main(["export", "--checkpoint", str(tmp_path / "x.pt"), "--out", str(locked / "model.onnx")]) == 2
+    finally:
+        locked.chmod(0o700)
+    assert "no permission to write in" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_of_a_real_checkpoint_to_a_directory_stops_before_any_work(tiny_run, tmp_path, capsys):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    assert main(["export", "--checkpoint", str(tiny_run.checkpoint), "--out", str(folder), "--fp16"]) == 2
+    assert "models is a directory" in capsys.readouterr().err
+    assert list(tmp_path.rglob("*")) == [folder]
+
+
+@pytest.mark.parametrize(
+    ("command", "module"),
+    [
+        (["evaluate", "--checkpoint", "model.pt", "--data", "data"], "torch"),
+        (["train", "--data", "data", "--out", "run"], "torch"),
+        (["train", "--data", "data", "--out", "run"], "albumentations"),
+        (["export", "--checkpoint", "model.pt", "--out", "model.onnx"], "onnx"),
+        (["demo", "--out", "demo"], "torch"),
+    ],
+)
+def test_a_training_command_on_a_runtime_only_install_says_to_install_the_training_extras(command, module, tmp_path):
+    # A real failing import: the module is made unimportable in a fresh interpreter, as on a runtime-only install.
+    script = (
+        f"import sys\nsys.modules[{module!r}] = None\nfrom crackscope.cli import main\nsys.exit(main(sys.argv[1:]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, *command], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"crackscope {command[0]}: error: this command needs the training extras: "
+        f"pip install 'crackscope[train]' (missing module {module!r})\n"
+    )
+    assert not list(tmp_path.iterdir())  # nothing was started

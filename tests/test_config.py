@@ -1,6 +1,9 @@
-"""Config resolution: defaults < YAML < flags, unknown keys rejected by name."""
+"""Config resolution: defaults < YAML < flags, unknown keys and values of the wrong type rejected by name."""
 
 from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -51,3 +54,104 @@ def test_a_yaml_file_that_is_not_a_mapping_is_a_clear_error(tmp_path):
 
 def test_merge_drops_none_values():
     assert merge({"a": 1}, {"a": None, "b": 2}) == {"a": 1, "b": 2}
+
+
+# --- every value is checked against its field's type, and the error names the full key path ---------------------
+
+
+class Colour(str, Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@dataclass(frozen=True)
+class Leaf:
+    patch_size: int = 128
+
+
+@dataclass(frozen=True)
+class Typed:
+    epochs: int = 3
+    lr: float = 1e-3
+    pretrained: bool = True
+    mode: str = "auto"
+    input_size: int | None = None
+    sizes: tuple[int, ...] = (1, 8)
+    pair: tuple[int, str] = (1, "a")
+    names: list[str] = field(default_factory=list)
+    class_map: dict[str, str] = field(default_factory=dict)
+    preset: Literal["none", "light"] = "none"
+    colour: Colour = Colour.RED
+    folder: Path = Path(".")
+    leaf: Leaf = field(default_factory=Leaf)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"epochs": "many"}, "config.epochs: expected int, got str 'many'"),
+        ({"epochs": 2.5}, "config.epochs: expected int, got float 2.5"),
+        ({"epochs": True}, "config.epochs: expected int, got bool True"),
+        ({"epochs": None}, "config.epochs: expected int, got None"),
+        ({"lr": "fast"}, "config.lr: expected float, got str 'fast'"),
+        ({"lr": False}, "config.lr: expected float, got bool False"),
+        ({"pretrained": 1}, "config.pretrained: expected bool, got int 1"),
+        ({"pretrained": "yes"}, "config.pretrained: expected bool, got str 'yes'"),
+        ({"mode": 3}, "config.mode: expected str, got int 3"),
+        ({"input_size": "big"}, "config.input_size: expected int or None, got str 'big'"),
+        ({"sizes": 8}, "config.sizes: expected a list, got int 8"),
+        ({"sizes": [1, "x"]}, r"config.sizes\[1\]: expected int, got str 'x'"),
+        ({"pair": [1]}, "config.pair: expected a list of 2 items, got 1"),
+        ({"pair": [1, 2]}, r"config.pair\[1\]: expected str, got int 2"),
+        ({"names": "abc"}, "config.names: expected a list, got str 'abc'"),
+        ({"class_map": ["a"]}, "config.class_map: expected a mapping, got list"),
+        ({"class_map": {"MT_*": 1}}, r"config.class_map.MT_\*: expected str, got int 1"),
+        ({"preset": "heavy"}, "config.preset: expected 'none' or 'light', got str 'heavy'"),
+        ({"colour": "green"}, "config.colour: expected 'red' or 'blue', got str 'green'"),
+        ({"folder": 5}, "config.folder: expected Path, got int 5"),
+        ({"leaf": 5}, "config.leaf: expected a mapping, got int 5"),
+        ({"leaf": {"patch_size": "many"}}, "config.leaf.patch_size: expected int, got str 'many'"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_an_error_naming_its_key_path(values, message):
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        from_dict(Typed, values)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"lr": 1}, {"lr": 1.0}),  # an int is a float
+        ({"lr": "1e-3"}, {"lr": 0.001}),  # PyYAML reads 1e-3 as a string
+        ({"input_size": None}, {"input_size": None}),
+        ({"input_size": 64}, {"input_size": 64}),
+        ({"sizes": [2, 4]}, {"sizes": (2, 4)}),
+        ({"pair": [2, "b"]}, {"pair": (2, "b")}),
+        ({"names": ("a", "b")}, {"names": ["a", "b"]}),
+        ({"colour": "blue"}, {"colour": Colour.BLUE}),
+        ({"folder": "runs/x"}, {"folder": Path("runs/x")}),
+        ({"leaf": {"patch_size": 64}}, {"leaf": Leaf(64)}),
+    ],
+)
+def test_values_of_the_right_type_are_read_and_normalised(values, expected):
+    config = from_dict(Typed, values)
+    assert {key: getattr(config, key) for key in expected} == expected
+    assert type(config.lr) is float
+
+
+def test_a_wrong_type_in_a_nested_train_config_names_the_full_path():
+    from crackscope.training.train import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"^config\.data_config\.masks\.patch_size: expected int, got str 'many'"):
+        resolve(TrainConfig, {"data_config": {"masks": {"patch_size": "many"}}}, {})
+
+
+def test_a_yaml_file_with_a_wrong_type_fails_before_any_data_is_read(tmp_path, capsys):
+    from crackscope.cli import main
+
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data: {tmp_path / 'no-such-folder'}\nepochs: many\n")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "config.epochs: expected int, got str 'many'" in err and "no-such-folder" not in err
+    assert not (tmp_path / "run").exists()

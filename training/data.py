@@ -248,7 +248,7 @@ def _folder_samples(root: Path, config: DataConfig) -> list[Sample]:
                 samples.append(Sample(path, 1.0 if kind == CRACK else 0.0, Clarity.CLEAR, group))
     if unknown:
         raise DataError(
-            f"{root}: class folder(s) {', '.join(sorted(unknown))} map to no class; add them to data.class_map "
+            f"{root}: class folder(s) {', '.join(sorted(unknown))} map to no class; add them to data_config.class_map "
             "(e.g. 'MT_*: crack', or 'ignore')"
         )
     return samples

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +21,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from crackscope.config import replacing
 from crackscope.training.augment import eval_transform
-from crackscope.training.backbones import CrackNet, build_model
+from crackscope.training.backbones import CrackNet
+from crackscope.training.checkpoint import load_checkpoint
 from crackscope.training.data import Clarity, DataConfig, Sample, load_samples
 from crackscope.training.dataset import PatchDataset, collate
-
-CHECKPOINT_FORMAT = "crackscope-checkpoint/1"
 
 
 @dataclass(frozen=True)
@@ -45,25 +45,6 @@ class Predictions:
         keep = np.array([s.clarity is clarity for s in self.samples], dtype=bool)
         targets = np.array([s.target for s in self.samples], dtype=np.float64)
         return targets[keep], self.probabilities[keep]
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[CrackNet, dict]:
-    """The model of a ``model.pt`` written by ``crackscope train`` (in eval mode) and its metadata."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint does not exist")
-    try:
-        # weights_only=False: the checkpoint holds plain metadata dicts next to the tensors; load only files you trust
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch raises pickle, zip and runtime errors alike for a foreign file
-        raise ValueError(f"{path}: not a crackscope checkpoint ({type(error).__name__}: {error})") from error
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a crackscope checkpoint (expected format {CHECKPOINT_FORMAT})")
-    model = build_model(
-        checkpoint["backbone"], pretrained=False, dropout=checkpoint["dropout"], input_size=checkpoint["input_size"]
-    )
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.to(device).eval(), checkpoint
 
 
 @torch.inference_mode()
@@ -87,52 +68,108 @@ def predict(
     return Predictions(tuple(samples), values)
 
 
-def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> dict[str, object]:
-    """accuracy, precision, recall, f1, roc_auc, average_precision and the confusion matrix.
+@dataclass(frozen=True)
+class BinaryMetrics:
+    """Binary metrics of crack (1) against ok (0) at one probability threshold.
 
-    ``confusion_matrix`` is ``[[tn, fp], [fn, tp]]`` (rows: true ok, true crack). Scores that need both classes
-    (ROC-AUC, average precision) are ``None`` when one class is absent.
+    Scores that need both classes (ROC-AUC, average precision) are ``None`` when one class is absent; accuracy is
+    ``None`` when there are no items.
     """
+
+    n: int
+    accuracy: float | None
+    precision: float
+    recall: float
+    f1: float
+    roc_auc: float | None
+    average_precision: float | None
+    confusion_matrix: tuple[tuple[int, int], tuple[int, int]]  # ((tn, fp), (fn, tp)): rows true ok, true crack
+    threshold: float = 0.5
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form (keys as in ``metrics.json``; the confusion matrix as nested lists)."""
+        return {**asdict(self), "confusion_matrix": [list(row) for row in self.confusion_matrix]}
+
+
+@dataclass(frozen=True)
+class AmbiguousReport:
+    """Where ambiguous items' scores fall; experts disagree on them, so "right" is not the question.
+
+    ``majority_vote`` scores the items whose soft target leans one way (votes of 0.75, say) against that side;
+    it is ``None`` when every ambiguous item is an even split.
+    """
+
+    n: int = 0
+    mean_probability: float | None = None
+    share_predicted_crack: float | None = None
+    share_between_0_2_and_0_8: float | None = None
+    brier_vs_soft_target: float | None = None
+    majority_vote: BinaryMetrics | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form: the majority-vote metrics flattened in, as ``metrics.json`` has always had them."""
+        if self.n == 0:
+            return {"n": 0}
+        spread = {k: v for k, v in asdict(self).items() if k != "majority_vote"}
+        return {**(self.majority_vote.to_dict() if self.majority_vote else {}), **spread}
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Evaluation of a model on a set: clear items and ambiguous items apart."""
+
+    clear: BinaryMetrics
+    ambiguous: AmbiguousReport
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form: clear-item metrics at the top level and under ``clear``, then ``ambiguous``."""
+        clear = self.clear.to_dict()
+        return {**clear, "clear": clear, "ambiguous": self.ambiguous.to_dict()}
+
+
+def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> BinaryMetrics:
+    """Accuracy, precision, recall, F1, ROC-AUC, average precision and the confusion matrix at ``threshold``."""
     from sklearn import metrics
 
     labels = np.asarray(labels).astype(int)
     predicted = (np.asarray(probabilities) >= threshold).astype(int)
     both = len(np.unique(labels)) == 2
-    return {
-        "n": len(labels),
-        "accuracy": float(metrics.accuracy_score(labels, predicted)) if len(labels) else None,
-        "precision": float(metrics.precision_score(labels, predicted, zero_division=0)),
-        "recall": float(metrics.recall_score(labels, predicted, zero_division=0)),
-        "f1": float(metrics.f1_score(labels, predicted, zero_division=0)),
-        "roc_auc": float(metrics.roc_auc_score(labels, probabilities)) if both else None,
-        "average_precision": float(metrics.average_precision_score(labels, probabilities)) if both else None,
-        "confusion_matrix": metrics.confusion_matrix(labels, predicted, labels=[0, 1]).tolist(),
-        "threshold": threshold,
-    }
+    (tn, fp), (fn, tp) = metrics.confusion_matrix(labels, predicted, labels=[0, 1]).tolist()
+    return BinaryMetrics(
+        n=len(labels),
+        accuracy=float(metrics.accuracy_score(labels, predicted)) if len(labels) else None,
+        precision=float(metrics.precision_score(labels, predicted, zero_division=0)),
+        recall=float(metrics.recall_score(labels, predicted, zero_division=0)),
+        f1=float(metrics.f1_score(labels, predicted, zero_division=0)),
+        roc_auc=float(metrics.roc_auc_score(labels, probabilities)) if both else None,
+        average_precision=float(metrics.average_precision_score(labels, probabilities)) if both else None,
+        confusion_matrix=((tn, fp), (fn, tp)),
+        threshold=threshold,
+    )
 
 
-def ambiguous_report(targets: np.ndarray, probabilities: np.ndarray) -> dict[str, object]:
+def ambiguous_report(targets: np.ndarray, probabilities: np.ndarray) -> AmbiguousReport:
     """Where ambiguous items' scores fall, plus binary metrics against their majority vote where one exists."""
     if len(targets) == 0:
-        return {"n": 0}
+        return AmbiguousReport()
     decided = targets != 0.5
-    report: dict[str, object] = binary_metrics(targets[decided] > 0.5, probabilities[decided]) if decided.any() else {}
-    report.update(
+    return AmbiguousReport(
         n=len(targets),
         mean_probability=float(probabilities.mean()),
         share_predicted_crack=float((probabilities >= 0.5).mean()),
         share_between_0_2_and_0_8=float(((probabilities > 0.2) & (probabilities < 0.8)).mean()),
         brier_vs_soft_target=float(np.mean((probabilities - targets) ** 2)),
+        majority_vote=binary_metrics(targets[decided] > 0.5, probabilities[decided]) if decided.any() else None,
     )
-    return report
 
 
-def metrics_for(predictions: Predictions) -> dict[str, object]:
-    """Metrics of clear items at the top level (and under ``clear``), ambiguous items under ``ambiguous``."""
+def metrics_for(predictions: Predictions) -> Metrics:
+    """Metrics of clear items, and of ambiguous items apart."""
     clear_targets, clear_probs = predictions.subset(Clarity.CLEAR)
-    clear = binary_metrics(clear_targets >= 0.5, clear_probs)
-    ambiguous = ambiguous_report(*predictions.subset(Clarity.AMBIGUOUS))
-    return {**clear, "clear": clear, "ambiguous": ambiguous}
+    return Metrics(
+        clear=binary_metrics(clear_targets >= 0.5, clear_probs),
+        ambiguous=ambiguous_report(*predictions.subset(Clarity.AMBIGUOUS)),
+    )
 
 
 def plot_curves(labels: np.ndarray, probabilities: np.ndarray, out_dir: Path, title: str = "") -> list[Path]:
@@ -167,6 +204,26 @@ def plot_curves(labels: np.ndarray, probabilities: np.ndarray, out_dir: Path, ti
     return written
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What ``crackscope evaluate`` measured and wrote."""
+
+    metrics: Metrics
+    data: dict[str, object]  # summary of the evaluated set (items, groups, counts, unreadable files skipped)
+    checkpoint: Path
+    curves: tuple[Path, ...]  # pr_curve.png, roc_curve.png (none when one class is absent)
+    metrics_path: Path
+
+    def to_dict(self) -> dict[str, object]:
+        """The contents of ``metrics.json``."""
+        return {
+            **self.metrics.to_dict(),
+            "data": self.data,
+            "checkpoint": str(self.checkpoint),
+            "curves": [str(p) for p in self.curves],
+        }
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
     data: str | os.PathLike,
@@ -176,24 +233,21 @@ def evaluate_checkpoint(
     batch_size: int = 64,
     workers: int = 0,
     device: str = "cpu",
-) -> dict[str, object]:
+) -> Evaluation:
     """Score ``data`` with the checkpoint; write ``metrics.json`` and curves to ``out`` (default: beside it)."""
-    model, meta = load_checkpoint(checkpoint, device)
-    config = data_config or saved_data_config(meta)
-    dataset = load_samples(data, config)
+    model, header = load_checkpoint(checkpoint, device)
+    dataset = load_samples(data, data_config or header.data_config())
     predictions = predict(model, dataset.samples, batch_size=batch_size, workers=workers, device=device)
-    result = {**metrics_for(predictions), "data": dataset.summary(), "checkpoint": str(checkpoint)}
     out_dir = Path(out) if out else Path(checkpoint).parent / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_targets, clear_probs = predictions.subset(Clarity.CLEAR)
-    result["curves"] = [str(p) for p in plot_curves(clear_targets >= 0.5, clear_probs, out_dir, Path(data).name)]
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return result
-
-
-def saved_data_config(meta: dict) -> DataConfig:
-    """How the checkpoint's training data was read (layout, class map, mask thresholds), to read test data alike."""
-    from crackscope.config import from_dict
-
-    saved = meta.get("config", {}).get("data_config", {})
-    return from_dict(DataConfig, {k: v for k, v in saved.items() if k in ("mode", "class_map", "masks")})
+    evaluation = Evaluation(
+        metrics=metrics_for(predictions),
+        data=dataset.summary(),
+        checkpoint=Path(checkpoint),
+        curves=tuple(plot_curves(clear_targets >= 0.5, clear_probs, out_dir, Path(data).name)),
+        metrics_path=out_dir / "metrics.json",
+    )
+    with replacing(evaluation.metrics_path) as partial:
+        partial.write_text(json.dumps(evaluation.to_dict(), indent=2), encoding="utf-8")
+    return evaluation

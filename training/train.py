@@ -26,7 +26,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +37,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-import crackscope
-from crackscope.config import to_dict, write_yaml
+from crackscope.config import replacing, to_dict, write_yaml
 from crackscope.training.augment import PRESETS, build_transform, eval_transform
 from crackscope.training.backbones import CrackNet, build_model, get_spec
+from crackscope.training.checkpoint import CheckpointHeader, save_checkpoint
 from crackscope.training.data import (
-    CLASS_NAMES,
     Clarity,
     DataConfig,
     Dataset,
@@ -53,7 +52,7 @@ from crackscope.training.data import (
     training_view,
 )
 from crackscope.training.dataset import PatchDataset, collate
-from crackscope.training.evaluate import CHECKPOINT_FORMAT, Predictions, metrics_for
+from crackscope.training.evaluate import Metrics, Predictions, metrics_for
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +128,25 @@ class EpochRecord:
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What a run wrote, and how the saved (best) epoch scored on the validation set."""
+
     run_dir: Path
     checkpoint: Path
-    metrics: dict
+    validation: Metrics  # of the best epoch, the one in model.pt
+    best_epoch: int
+    best_val_loss: float
     history: tuple[EpochRecord, ...]
+    data: dict[str, object]  # data summary: train/val counts, unreadable files skipped, fingerprint
+
+    def to_dict(self) -> dict[str, object]:
+        """The contents of ``metrics.json``: validation metrics of the best epoch, then the run's history."""
+        return {
+            **self.validation.to_dict(),
+            "best_epoch": self.best_epoch,
+            "best_val_loss": self.best_val_loss,
+            "history": [asdict(record) for record in self.history],
+            "data": self.data,
+        }
 
 
 # --- set-up ---------------------------------------------------------------------------------------------------------
@@ -332,8 +346,10 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def validate(model: CrackNet, loader: DataLoader, samples: list[Sample], runtime: Runtime, config: TrainConfig):
-    """Validation metrics (clear items at the top level, ambiguous apart) and the clear-item BCE loss.
+def validate(
+    model: CrackNet, loader: DataLoader, samples: list[Sample], runtime: Runtime, config: TrainConfig
+) -> tuple[Metrics, float]:
+    """Validation metrics (clear and ambiguous items apart) and the clear-item BCE loss.
 
     Under DDP every rank scores its shard and the logits are gathered so every rank sees the same metrics
     (and so takes the same early-stopping decision).
@@ -379,24 +395,67 @@ def _gather(logits: torch.Tensor, indices: torch.Tensor, runtime: Runtime) -> tu
     )
 
 
-def save_checkpoint(model: CrackNet, config: TrainConfig, path: Path, *, metrics: dict, data: dict, epoch: int) -> None:
-    spec = model.spec
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "crackscope_version": crackscope.__version__,
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "backbone": spec.name,
-            "input_size": spec.input_size,
-            "dropout": config.dropout,
-            "preprocessing": {"input": "uint8 BGR [N,H,W,3]", "resize": "area", "mean": spec.mean, "std": spec.std},
-            "class_names": list(CLASS_NAMES),
-            "config": to_dict(config),
-            "metrics": metrics,
-            "data": data,
-            "epoch": epoch,
-        },
-        path,
+@dataclass(frozen=True)
+class RunFolder:
+    """A run folder's files, written so that ``config.yaml`` and ``model.pt`` always come from the same run.
+
+    Nothing is written before the run saves its first epoch, so a run that fails on bad data (or anything else
+    before then) leaves the folder, and any earlier run in it, as it was. The first save deletes the earlier
+    run's ``model.pt`` and ``metrics.json``, then writes ``config.yaml`` (from the checkpoint's own header), then
+    ``model.pt``; later best epochs replace ``model.pt``; ``metrics.json`` comes last. Every file is written
+    atomically, so a run stopped at any point leaves either no ``model.pt`` or one that matches ``config.yaml``.
+    """
+
+    path: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "model.pt"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    def check(self) -> None:
+        """Refuse an output that cannot be a run folder, before any work."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"{self.path}: --out must be a folder for model.pt, config.yaml and metrics.json")
+
+    def earlier_files(self) -> list[Path]:
+        return [path for path in (self.checkpoint, self.config, self.metrics) if path.exists()]
+
+    def save_epoch(self, model: CrackNet, header: CheckpointHeader, *, first: bool) -> None:
+        if first:
+            self.metrics.unlink(missing_ok=True)
+            self.checkpoint.unlink(missing_ok=True)
+            write_yaml(header.config, self.config)
+        save_checkpoint(model, header, self.checkpoint)
+
+    def finish(self, result: TrainResult) -> None:
+        with replacing(self.metrics) as partial:
+            partial.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+
+
+MIN_OPTIMISER_STEPS = 50  # below this a fine-tuned head has barely moved from its random start
+
+
+def few_steps_warning(config: TrainConfig, train_items: int, batches_per_epoch: int) -> str | None:
+    """A warning, saying how to fix it, when the whole run takes fewer than ``MIN_OPTIMISER_STEPS`` steps."""
+    per_epoch = min(config.steps_per_epoch or batches_per_epoch, batches_per_epoch)
+    steps = per_epoch * config.epochs
+    if steps >= MIN_OPTIMISER_STEPS:
+        return None
+    fixes = ["a smaller --batch-size", "more --epochs", "more data"]
+    if config.steps_per_epoch and config.steps_per_epoch < batches_per_epoch:
+        fixes.insert(0, "a larger --steps-per-epoch")
+    return (
+        f"this run takes only {steps} optimiser step(s) ({per_epoch} per epoch x {config.epochs} epoch(s); "
+        f"{train_items} training items in batches of {config.batch_size}), too few to train a useful model; "
+        f"use {', '.join(fixes[:-1])} or {fixes[-1]} (at least {MIN_OPTIMISER_STEPS} steps)"
     )
 
 
@@ -433,7 +492,7 @@ class Fit:
     val_samples: list[Sample]
     loss_fn: nn.Module
     scaler: torch.amp.GradScaler
-    checkpoint: Path
+    run: RunFolder
     data_summary: dict
     emit: Callable[[str], None]
 
@@ -443,7 +502,7 @@ class Best:
     """The best epoch so far (lowest validation loss on clear items) and how long ago it was."""
 
     val_loss: float = math.inf
-    metrics: dict = field(default_factory=dict)
+    metrics: Metrics | None = None
     epoch: int | None = None
     stale: int = 0
 
@@ -451,30 +510,39 @@ class Best:
 def _train(config: TrainConfig, runtime: Runtime, split: Split | None) -> TrainResult:
     emit = print if runtime.is_main else (lambda _message: None)
     seed_everything(config.seed)
-    run_dir = Path(config.out)
-    if runtime.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_yaml(config, run_dir / "config.yaml")
-    fit = _prepare(config, runtime, split, run_dir / "model.pt", emit)
+    run = RunFolder(Path(config.out))
+    run.check()
+    fit = _prepare(config, runtime, split, run, emit)  # reads and checks the data: nothing is written before this
+    _warn_if_few_steps(fit)
+    if run.earlier_files():
+        emit(f"{run.path} holds an earlier run: its files are replaced when this run saves its first epoch")
     history: list[EpochRecord] = []
     best = Best()
     for stage in stages(config):
         records, best = _run_stage(fit, stage, len(history), best)
         history += records
-    metrics = {
-        **best.metrics,
-        "best_epoch": best.epoch,
-        "best_val_loss": best.val_loss,
-        "history": [r.__dict__ for r in history],
-        "data": fit.data_summary,
-    }
+    if best.metrics is None or best.epoch is None:
+        raise RuntimeError(
+            f"no epoch reached a finite validation loss (last: {history[-1].val_loss if history else 'none'}), so "
+            f"nothing was saved in {run.path}; check the data and try a lower --lr"
+        )
+    result = TrainResult(
+        run.path, run.checkpoint, best.metrics, best.epoch, best.val_loss, tuple(history), fit.data_summary
+    )
     if runtime.is_main:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-        emit(f"best epoch {best.epoch}: wrote {fit.checkpoint}, {run_dir / 'metrics.json'}, {run_dir / 'config.yaml'}")
-    return TrainResult(run_dir, fit.checkpoint, metrics, tuple(history))
+        run.finish(result)
+        emit(f"best epoch {best.epoch}: wrote {run.checkpoint}, {run.metrics}, {run.config}")
+    return result
 
 
-def _prepare(config: TrainConfig, runtime: Runtime, split: Split | None, checkpoint: Path, emit) -> Fit:
+def _warn_if_few_steps(fit: Fit) -> None:
+    message = few_steps_warning(fit.config, len(fit.train_loader.dataset), len(fit.train_loader))
+    if message and fit.runtime.is_main:
+        log.warning(message)
+        fit.emit(f"WARNING: {message}")
+
+
+def _prepare(config: TrainConfig, runtime: Runtime, split: Split | None, run: RunFolder, emit) -> Fit:
     """Data, model, loaders and loss for a run."""
     if split is None:
         train_samples, val_samples, data_summary = load_split(config, emit)
@@ -501,7 +569,7 @@ def _prepare(config: TrainConfig, runtime: Runtime, split: Split | None, checkpo
         val_samples=val_samples,
         loss_fn=nn.BCEWithLogitsLoss(pos_weight=pos_weight),
         scaler=torch.amp.GradScaler("cuda", enabled=runtime.device.type == "cuda" and config.amp),
-        checkpoint=checkpoint,
+        run=run,
         data_summary=data_summary,
         emit=emit,
     )
@@ -540,8 +608,8 @@ def _run_stage(fit: Fit, stage: Stage, epochs_done: int, best: Best) -> tuple[li
             epoch,
             train_loss,
             val_loss,
-            metrics["accuracy"],
-            metrics["roc_auc"],
+            metrics.clear.accuracy,
+            metrics.clear.roc_auc,
             seconds,
             seen * runtime.world_size / seconds,
         )
@@ -549,9 +617,12 @@ def _run_stage(fit: Fit, stage: Stage, epochs_done: int, best: Best) -> tuple[li
         improved = val_loss < best.val_loss
         fit.emit(_epoch_line(record, improved))
         if improved:
-            best = Best(val_loss, metrics, epoch, 0)
             if runtime.is_main:
-                save_checkpoint(model, config, fit.checkpoint, metrics=metrics, data=fit.data_summary, epoch=epoch)
+                header = CheckpointHeader.for_model(
+                    model, config=to_dict(config), metrics=metrics.to_dict(), data=fit.data_summary, epoch=epoch
+                )
+                fit.run.save_epoch(model, header, first=best.epoch is None)
+            best = Best(val_loss, metrics, epoch, 0)
         else:
             best = replace(best, stale=best.stale + 1)
         if stage.train_backbone and best.stale >= config.patience and stage_epoch < stage.epochs - 1:

@@ -63,8 +63,32 @@ def test_exported_cam_equals_pytorch_grad_cam_at_the_last_feature_map(model_and_
     assert all(reference[i].max() > 0.99 for i in range(len(tiles)))  # not a trivially empty map
 
 
-def test_cam_costs_no_gradients_and_sums_to_the_logit(model_and_tiles):
+def test_cam_costs_no_gradients_and_sums_to_the_logit_of_the_plain_forward_pass(model_and_tiles):
     model, tiles = model_and_tiles
+    images = torch.from_numpy(tiles)
     with torch.inference_mode():  # no autograd at all
-        logit, cam = model.forward_with_cam(torch.from_numpy(tiles))
-    torch.testing.assert_close(cam.sum((1, 2)) + model.fc.bias, logit, atol=1e-4, rtol=1e-4)
+        logit, cam = model.forward_with_cam(images)
+        plain = model(images)  # another code path: pooled features -> dropout -> fc, no CAM
+    assert cam.shape == (4, 7, 7)
+    torch.testing.assert_close(logit, plain, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cam.sum((1, 2)) + model.fc.bias, plain, atol=1e-4, rtol=1e-4)
+
+
+def test_cam_is_grad_cam_before_its_relu_computed_by_autograd_through_the_plain_forward_pass(model_and_tiles):
+    # Grad-CAM at the last feature map A: sum_c mean_hw(d logit / d A_c) * A_c, here with autograd's gradients
+    # (not the head's weights) and unnormalised, so the heatmap's scale is checked too, not only its shape.
+    model, tiles = model_and_tiles
+    images = torch.from_numpy(tiles)
+    captured = []
+    hook = model.features.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    try:
+        logits = model(images)
+    finally:
+        hook.remove()
+    (feature_map,) = captured
+    (gradients,) = torch.autograd.grad(logits.sum(), feature_map)  # items are independent in eval mode
+    expected = (gradients.mean((2, 3), keepdim=True) * feature_map).sum(1).detach()
+    with torch.inference_mode():
+        _, cam = model.forward_with_cam(images)
+    assert expected.abs().max() > 1e-3  # a real map, not zeros
+    torch.testing.assert_close(cam, expected, atol=1e-5, rtol=1e-4)

@@ -15,7 +15,7 @@ from crackscope.deploy import export as export_module
 from crackscope.deploy.export import ExportConfig, export
 from crackscope.deploy.verify import ParityError
 from crackscope.inspect.card import Calibration, ModelCard, read_card, write_calibration
-from crackscope.training.evaluate import load_checkpoint
+from crackscope.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -113,6 +113,50 @@ def test_int8_that_flips_too_many_decisions_is_not_written(tiny_run, patch_data,
     assert [m.precision for m in result.models] == ["fp32"] and out.exists()  # the verified fp32 model is kept
     assert not (tmp_path / "model.int8.onnx").exists()
     assert not list(tmp_path.glob("*.staged"))
+
+
+def _earlier_export(exported, folder) -> dict[str, bytes]:
+    """Copy the session's fp32, int8 and fp16 models into ``folder``, as if an earlier export had written them."""
+    for model in exported.models:
+        (folder / model.path.name).write_bytes(model.path.read_bytes())
+    return {path.name: path.read_bytes() for path in folder.iterdir()}
+
+
+def test_a_new_export_leaves_no_variant_of_an_earlier_export_beside_it(exported, tiny_run, patch_data, tmp_path):
+    assert sorted(_earlier_export(exported, tmp_path)) == ["model.fp16.onnx", "model.int8.onnx", "model.onnx"]
+    config = ExportConfig(
+        checkpoint=str(tiny_run.checkpoint),
+        out=str(tmp_path / "model.onnx"),
+        int8=True,
+        calib_data=str(patch_data),
+        calib_tiles=32,
+        verify_tiles=8,
+        int8_min_agreement=1.01,  # refused
+    )
+    result = export(config)
+    (reason,) = result.refused
+    assert "failed the parity gate" in reason
+    assert "the model.int8.onnx of an earlier export was removed: it no longer matches model.onnx" in reason
+    assert result.removed == (tmp_path / "model.fp16.onnx",)  # not asked for this time, and stale all the same
+    assert f"REMOVED  {tmp_path / 'model.fp16.onnx'}" in result.describe()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_a_refused_fp32_model_leaves_the_earlier_export_as_it_was(exported, tiny_run, tmp_path, monkeypatch):
+    before = _earlier_export(exported, tmp_path)
+    honest = export_module.to_onnx_bytes
+
+    def broken(model, opset=17):
+        drifted = copy.deepcopy(model)
+        with torch.no_grad():
+            drifted.fc.bias += 0.5
+        return honest(drifted, opset)
+
+    monkeypatch.setattr(export_module, "to_onnx_bytes", broken)
+    config = ExportConfig(checkpoint=str(tiny_run.checkpoint), out=str(tmp_path / "model.onnx"), verify_tiles=8)
+    with pytest.raises(ParityError, match=r"not written.*model\.onnx already there \(an earlier export\) was left"):
+        export(config)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
 
 
 def test_int8_without_calibration_data_is_a_clear_error(tiny_run, tmp_path):

@@ -15,9 +15,10 @@ import pytest
 from onnx import TensorProto, helper
 
 from crackscope.inspect.card import ModelCardError
-from crackscope.inspect.model import ModelLoadError, OnnxModel, resolve_providers
+from crackscope.inspect.model import ModelLoadError, OnnxModel, make_session, resolve_providers
 
 CPU = "CPUExecutionProvider"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_a_file_that_is_not_onnx_is_a_clear_error(tmp_path):
         OnnxModel(bogus)
 
 
-def test_a_foreign_onnx_model_is_refused_by_name(tmp_path):
+def _identity_model() -> onnx.ModelProto:
     node = helper.make_node("Identity", ["x"], ["y"])
     graph = helper.make_graph(
         [node],
@@ -81,8 +82,12 @@ def test_a_foreign_onnx_model_is_refused_by_name(tmp_path):
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_foreign_onnx_model_is_refused_by_name(tmp_path):
     path = tmp_path / "foreign.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(_identity_model(), str(path))
     with pytest.raises(ModelCardError, match=r"foreign\.onnx: not a crackscope model"):
         OnnxModel(path)
 
@@ -153,3 +158,47 @@ def test_runtime_and_calibration_work_with_pytorch_unimportable(model_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd="/")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok (2,) (2, 2, 2)"
+
+
+# --- make_session: the one way a session is built ------------------------------------------------------------------
+
+
+def test_make_session_turns_on_every_graph_optimisation_and_sets_the_thread_counts(tmp_path):
+    import onnxruntime
+
+    path = tmp_path / "identity.onnx"
+    onnx.save(_identity_model(), str(path))
+    session = make_session(path, providers="cpu", intra_op_threads=1, inter_op_threads=2)
+    options = session.get_session_options()
+    assert options.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 2)
+    assert session.get_providers() == [CPU]
+
+
+@pytest.mark.parametrize("form", ["path", "str", "bytes"])
+def test_make_session_takes_a_path_a_string_or_the_serialised_model(form, tmp_path):
+    path = tmp_path / "identity.onnx"
+    onnx.save(_identity_model(), str(path))
+    model = {"path": path, "str": str(path), "bytes": path.read_bytes()}[form]
+    (y,) = make_session(model, providers="cpu").run(None, {"x": np.array([3.5], np.float32)})
+    assert y.tolist() == [3.5]
+
+
+def test_make_session_falls_back_to_the_cpu_with_one_warning_for_an_absent_provider(monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CPU])
+    with pytest.warns(RuntimeWarning, match="CUDAExecutionProvider not available") as record:
+        session = make_session(_identity_model().SerializeToString(), providers=["cuda"])
+    assert len(record) == 1 and session.get_providers() == [CPU]
+
+
+def test_only_inspect_model_builds_onnx_runtime_sessions():
+    # Runtime, parity gate and benchmarks must run a model the same way: through make_session.
+    builders = [
+        path.relative_to(REPO_ROOT).as_posix()
+        for path in REPO_ROOT.rglob("*.py")
+        if "InferenceSession(" in path.read_text(encoding="utf-8")
+        and not {"tests", ".venv", "build"} & set(path.relative_to(REPO_ROOT).parts)
+    ]
+    assert builders == ["inspect/model.py"]

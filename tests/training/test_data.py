@@ -152,6 +152,19 @@ def test_unknown_class_folder_is_a_clear_error_naming_it(tmp_path):
         load_samples(tmp_path)
 
 
+def test_unknown_class_folder_error_names_the_config_key_that_fixes_it(tmp_path):
+    for name in ("crack", "ok", "scratches"):
+        _write(tmp_path / name / "a.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DataError, match=r"add them to data_config\.class_map"):
+        load_samples(tmp_path)
+    # The key named in the message is the one TrainConfig really has, and setting it there fixes the error.
+    from crackscope.config import resolve
+    from crackscope.training.train import TrainConfig
+
+    config = resolve(TrainConfig, {"data_config": {"class_map": {"scratches": "crack"}}}, {})
+    assert load_samples(tmp_path, config.data_config).counts()["crack"] == 2
+
+
 def test_votes_become_soft_targets_and_split_votes_are_ambiguous(tmp_path):
     for name in ("crack", "ok"):
         for i in range(2):

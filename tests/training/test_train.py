@@ -9,13 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from crackscope.config import from_dict
-from crackscope.training.data import load_samples
-from crackscope.training.evaluate import load_checkpoint, predict
+from crackscope.training.checkpoint import load_checkpoint
+from crackscope.training.data import Clarity, load_samples, split_by_group
+from crackscope.training.evaluate import metrics_for, predict
 from crackscope.training.train import TrainConfig, positive_weight, stages
 
 pytestmark = pytest.mark.slow
@@ -39,19 +41,26 @@ def test_saved_config_reloads_into_the_same_typed_config(tiny_run):
 
 
 def test_reloaded_checkpoint_predicts_exactly_like_the_trained_model(tiny_run, patch_data):
-    model, meta = load_checkpoint(tiny_run.checkpoint)
-    assert meta["class_names"] == ["ok", "crack"] and meta["input_size"] == 64
-    samples = load_samples(patch_data).samples[:24]
-    first = predict(model, samples, progress=False).logits
-    again, _ = load_checkpoint(tiny_run.checkpoint)
-    second = predict(again, samples, progress=False).logits
-    assert first.shape == (24,)
-    assert (first == second).all()
+    model, header = load_checkpoint(tiny_run.checkpoint)
+    assert header.class_names == ("ok", "crack") and header.input_size == 64
+    # The trainer scored its best epoch on this validation split (seed 1) before saving it; the reloaded weights
+    # must give back that epoch's validation loss and metrics.
+    _, val = split_by_group(load_samples(patch_data).samples, 0.2, seed=1)
+    predictions = predict(model, val, batch_size=16, progress=False)
+    targets, _ = predictions.subset(Clarity.CLEAR)
+    clear = np.array([s.clarity is Clarity.CLEAR for s in val])
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.from_numpy(predictions.logits[clear]), torch.from_numpy(targets).float()
+    )
+    assert float(loss) == pytest.approx(tiny_run.best_val_loss, rel=1e-4)
+    reloaded, trained = metrics_for(predictions).clear, tiny_run.validation.clear
+    assert reloaded.confusion_matrix == trained.confusion_matrix
+    assert reloaded.roc_auc == pytest.approx(trained.roc_auc)
 
 
 def test_two_stage_training_learns_to_separate_synthetic_cracks(tiny_run):
     # 3 short epochs on 64 px patches: far from converged, but clearly better than chance.
-    assert tiny_run.metrics["roc_auc"] > 0.8
+    assert tiny_run.validation.clear.roc_auc > 0.8
 
 
 def test_stage_one_freezes_the_backbone_and_stage_two_trains_it():
