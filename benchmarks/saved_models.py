@@ -77,6 +77,10 @@ def read_held_out(job: str, root: Path = MODELS_DIR) -> HeldOut:
     path = split_path(job, root)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; {how_to_make(job)}")
+    return read_held_out_file(path)
+
+
+def read_held_out_file(path: Path) -> HeldOut:
     raw = json.loads(path.read_text(encoding="utf-8"))
     tuples = {key: tuple(raw.get(key, ())) for key in ("test", "never_seen", "refused")}
     return HeldOut(**{**raw, **tuples})
