@@ -487,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verdicts = report(settings, env, rows, frame_note)
     if settings.json_path is not None:
         save_json(settings.json_path, settings, env, rows, verdicts)
-    return 0
+    return 1 if any(r.error for r in rows) else 0  # a row the runtime could not run is a failure, not a footnote
 
 
 if __name__ == "__main__":
