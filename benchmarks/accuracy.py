@@ -5,9 +5,15 @@ that the trainer never sees (not even for early stopping), and prints one table.
 DeepCrack patches it was not trained on (cross-dataset), since a random split of Özgenel patches mixes patches of
 one photo into train and test.
 
+Each trained model is then exported the way ``crackscope export`` does it (fp32 and int8, each verified by its
+parity gate; int8 calibrated on the job's training images only) into ``benchmarks/results/models/<job>.onnx`` and
+``<job>.int8.onnx``, with ``<job>.split.json`` listing the held-out test images, so that ``benchmarks/frames.py``
+and ``benchmarks/localization.py`` measure these very models on images they never saw.
+
 Run:
     python benchmarks/accuracy.py                     # both sets, about 20 min on 2 idle CPU cores
     python benchmarks/accuracy.py --only magnetic-tile --epochs 6
+    python benchmarks/accuracy.py --only magnetic-tile --epochs 1 --steps-per-epoch 2 --max-items 60   # smoke run
 """
 
 from __future__ import annotations
@@ -16,16 +22,21 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from saved_models import MODELS_DIR, HeldOut, model_path, write_held_out
 
 from crackscope.training.checkpoint import load_checkpoint
 from crackscope.training.data import (
     DataConfig,
+    Sample,
     load_samples,
     split_by_group,
 )
@@ -70,16 +81,33 @@ JOBS = (
 )
 
 
-def run(job: Job, data_root: Path, out_root: Path, seed: int, epochs: int | None, workers: int) -> list[dict]:
+@dataclass(frozen=True)
+class Options:
+    """What the command line decides for every job."""
+
+    data_root: Path
+    out_root: Path
+    models_dir: Path
+    seed: int = 0
+    epochs: int | None = None  # None: each job's own
+    workers: int = 1
+    steps_per_epoch: int | None = None  # cap on training batches per epoch (smoke runs)
+    max_items: int | None = None  # a class-balanced subset of this many source images per job (smoke runs)
+    export: bool = True
+
+
+def run(job: Job, options: Options) -> list[dict]:
+    data_root, seed, workers = options.data_root, options.seed, options.workers
     dataset = load_samples(data_root / job.folder, job.data_config)
-    rest, test = split_by_group(dataset.samples, 0.2, seed)
+    samples = subset(dataset.samples, options.max_items, seed) if options.max_items else list(dataset.samples)
+    rest, test = split_by_group(samples, 0.2, seed)
     train_part, val_part = split_by_group(rest, 0.125, seed + 1)
     summary = {"train": len(train_part), "val": len(val_part), "test": len(test), **dataset.summary()}
     config = TrainConfig(
         data=str(data_root / job.folder),
-        out=str(out_root / job.name),
+        out=str(options.out_root / job.name),
         input_size=job.input_size,
-        epochs=epochs or job.epochs,
+        epochs=options.epochs or job.epochs,
         head_epochs=1,
         batch_size=32,
         lr=job.lr,
@@ -87,6 +115,7 @@ def run(job: Job, data_root: Path, out_root: Path, seed: int, epochs: int | None
         seed=seed,
         workers=workers,
         patience=3,
+        steps_per_epoch=options.steps_per_epoch,
         data_config=job.data_config,
     )
     print(
@@ -108,6 +137,17 @@ def run(job: Job, data_root: Path, out_root: Path, seed: int, epochs: int | None
     for label, folder, data_config in job.cross:
         cross = predict(model, load_samples(data_root / folder, data_config).samples, batch_size=64, workers=workers)
         rows.append(_row(label, f"trained on {job.name}", metrics_for(cross), {"input_px": config.input_size}))
+    if options.export:
+        held_out = HeldOut(
+            job=job.name,
+            dataset=job.folder,
+            seed=seed,
+            input_size=config.input_size,
+            test=tuple(sorted({s.group for s in test})),
+            never_seen=tuple(folder for _, folder, _ in job.cross if folder != job.folder),
+            counts={"train": len(train_part), "val": len(val_part), "test": len(test)},
+        )
+        save_models(result.checkpoint, rest, held_out, options)
     return rows
 
 
@@ -143,6 +183,55 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def subset(samples: Sequence[Sample], max_items: int, seed: int) -> list[Sample]:
+    """All samples of a seeded, class-balanced choice of ``max_items`` source images (for smoke runs)."""
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        groups[sample.group].append(sample)
+    rng = np.random.default_rng(seed)
+    chosen: list[Sample] = []
+    for label in (0, 1):
+        names = sorted(name for name, members in groups.items() if max(s.label for s in members) == label)
+        for index in rng.permutation(len(names))[: max(2, max_items // 2)]:
+            chosen += groups[names[index]]
+    return chosen
+
+
+def save_models(checkpoint: Path, trained_on: Sequence[Sample], held_out: HeldOut, options: Options) -> None:
+    """Export fp32 + int8 into the models folder and write the held-out record beside them.
+
+    int8 ranges and the parity checks use tiles of the training and validation images only (a folder of links to
+    them), so the test images stay unseen by everything that shaped the deployed file.
+    """
+    # Imported here so that a --no-export run does not load the export stack (onnx, quantisation).
+    from crackscope.deploy.export import ExportConfig, export
+
+    out = model_path(held_out.job, "fp32", options.models_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model_path(held_out.job, "int8", options.models_dir).unlink(missing_ok=True)  # never pair a stale int8 file
+    with tempfile.TemporaryDirectory(prefix=f"crackscope-calib-{held_out.job}-") as scratch:
+        calib = link_images(trained_on, options.data_root / held_out.dataset, Path(scratch) / held_out.dataset)
+        started = time.time()
+        result = export(
+            ExportConfig(checkpoint=str(checkpoint), out=str(out), int8=True, calib_data=str(calib), seed=held_out.seed)
+        )
+    print(f"\nexported {held_out.job} in {time.time() - started:.0f}s:\n{result.describe()}", flush=True)
+    exported = {m.precision: m.path.name for m in result.models}
+    path = write_held_out(replace(held_out, exported=exported, refused=result.refused), options.models_dir)
+    print(f"held-out images of {held_out.job}: {path}", flush=True)
+
+
+def link_images(samples: Sequence[Sample], root: Path, folder: Path) -> Path:
+    """A folder of symbolic links to the samples' image files, laid out as under ``root`` (class folders kept)."""
+    if any(s.box is not None for s in samples):
+        raise ValueError(f"{root}: calibrating on a training subset needs a class-folder dataset, not masks")
+    for path in sorted({s.path for s in samples}):
+        link = folder / path.relative_to(root)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(path.resolve())
+    return folder
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.environ.get("CRACKSCOPE_DATA", str(REPO.parent / "shared" / "datasets")))
@@ -151,24 +240,38 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, help="override every job's epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--models", default=str(MODELS_DIR), help="where the exported models go (default: %(default)s)")
+    parser.add_argument("--no-export", action="store_true", help="train and score only; write no ONNX models")
+    parser.add_argument("--steps-per-epoch", type=int, help="smoke runs: cap training batches per epoch")
+    parser.add_argument("--max-items", type=int, help="smoke runs: a class-balanced subset of N source images per job")
     args = parser.parse_args()
-    data_root, out_root = Path(args.data), Path(args.out)
-    if not data_root.is_dir():
-        print(f"datasets not found at {data_root} (set CRACKSCOPE_DATA)", file=sys.stderr)
+    options = Options(
+        data_root=Path(args.data),
+        out_root=Path(args.out),
+        models_dir=Path(args.models),
+        seed=args.seed,
+        epochs=args.epochs,
+        workers=args.workers,
+        steps_per_epoch=args.steps_per_epoch,
+        max_items=args.max_items,
+        export=not args.no_export,
+    )
+    if not options.data_root.is_dir():
+        print(f"datasets not found at {options.data_root} (set CRACKSCOPE_DATA)", file=sys.stderr)
         return 2
     started = time.time()
     rows = []
     for job in JOBS:
         if args.only and job.name not in args.only:
             continue
-        rows += run(job, data_root, out_root, args.seed, args.epochs, args.workers)
+        rows += run(job, options)
     print(f"\n{table(rows)}\n")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
         f"total {time.time() - started:.0f}s"
     )
-    out_root.mkdir(parents=True, exist_ok=True)
-    (out_root / "results.json").write_text(json.dumps(rows, indent=2))
+    options.out_root.mkdir(parents=True, exist_ok=True)
+    (options.out_root / "results.json").write_text(json.dumps(rows, indent=2))
     return 0
 
 

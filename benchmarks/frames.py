@@ -1,0 +1,494 @@
+"""Frames per second of the whole inspection pipeline on a 5 MP frame, against what the model alone allows.
+
+A synthetic 2448x2048 frame (:func:`crackscope.training.synthetic.make_frame`, seeded) goes through the deployed
+path: :func:`~crackscope.inspect.pipeline.inspect_frames` (tiling, model batches, calibrated verdicts, stitched
+heatmap, regions) and then :func:`~crackscope.inspect.overlay.render_overlay`, since a line saves the overlay of every
+flagged frame (here every frame is rendered: the worst case). For each model (fp32, int8) and overlap (0%, 25%) it
+runs interleaved rounds of two kinds:
+
+- **pipeline**: one frame through ``inspect_frames`` + ``render_overlay``. The time spent inside
+  ``OnnxModel.predict`` (``session.run`` plus an input check) is summed during the same round, which gives the share
+  of frame time spent outside the model: tiling, batching, decisions, CAM upsampling, stitching, regions, overlay;
+- **model only**: the very tile batches the pipeline sent (recorded in the warm-up round) through
+  ``OnnxModel.predict`` and nothing else: the frames/s that the model alone allows.
+
+Rounds alternate (pipeline, model, model, pipeline, ...) so that changes in the machine's load hit both kinds alike;
+every figure is the median over rounds, and the 1-minute load average is printed next to each row. The goals of
+issue 6 are judged from the measured values and printed as met / not met:
+
+- time outside ``session.run`` <= 15% of frame time (every row);
+- int8 at 0% overlap: pipeline frames/s >= 80% of model-only frames/s.
+
+Models: by default the ones ``benchmarks/accuracy.py`` trained and exported (``benchmarks/results/models/<job>.onnx``
+and ``<job>.int8.onnx``); ``--model`` / ``--int8`` take any exported crackscope model instead. No PyTorch needed.
+
+Run:
+    python benchmarks/frames.py                          # magnetic-tile models (224 px), 7 rounds per row
+    python benchmarks/frames.py --job ozgenel-concrete   # the concrete models (160 px)
+    python benchmarks/frames.py --model m.onnx --int8 m.int8.onnx --rounds 9 --json frames.json
+    python benchmarks/frames.py --quick                  # smoke run: 2 rounds per row, numbers not meaningful
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+from saved_models import MODELS_DIR, require_model
+
+from crackscope.inspect.model import OnnxModel
+from crackscope.inspect.overlay import render_overlay
+from crackscope.inspect.pipeline import InspectConfig, inspect_frames
+from crackscope.training.synthetic import TEXTURES, make_frame
+
+DEFAULT_JOB = "magnetic-tile"
+OVERHEAD_GOAL = 0.15  # time outside session.run, share of frame time, at most
+MODEL_SHARE_GOAL = 0.80  # int8, 0% overlap: pipeline frames/s over model-only frames/s, at least
+STAGES = ("tiling", "predict", "batching", "decide", "overlay", "other")
+STAGE_LABELS = {
+    "tiling": "tiling (grid, cut tiles)",
+    "predict": "model (in predict)",
+    "batching": "batching (around predict)",
+    "decide": "decide (verdicts, CAM upsampling, stitching, regions)",
+    "overlay": "overlay",
+    "other": "other",
+}
+
+
+# --- settings ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the command line decides."""
+
+    models: tuple[Path, ...]
+    overlaps: tuple[float, ...]
+    height: int
+    width: int
+    rounds: int
+    warmup: int
+    max_batch: int
+    threads: int | None
+    kind: str
+    cracks: int
+    seed: int
+    json_path: Path | None
+    quick: bool
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Settings:
+    """Command-line options; a missing default model is a FileNotFoundError that says which command makes it."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="fp32 model (default: the accuracy benchmark's <job>.onnx)")
+    parser.add_argument("--int8", type=Path, help="int8 model (default: <job>.int8.onnx beside the fp32 default)")
+    parser.add_argument("--job", default=DEFAULT_JOB, help="accuracy-benchmark job whose models to use (%(default)s)")
+    parser.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="where those models are (%(default)s)")
+    parser.add_argument("--overlaps", type=float, nargs="+", default=[0.0, 0.25], help="tile overlaps (0 0.25)")
+    parser.add_argument("--width", type=int, default=2448)
+    parser.add_argument("--height", type=int, default=2048)
+    parser.add_argument("--rounds", type=int, help="rounds of each kind per row (default 7; quick: 2)")
+    parser.add_argument("--warmup", type=int, help="untimed pipeline + model rounds per row (default 1; quick: 1)")
+    parser.add_argument("--max-batch", type=int, default=InspectConfig().max_batch, help="tiles per model call")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ONNX Runtime's)")
+    parser.add_argument("--kind", choices=TEXTURES, default="concrete", help="synthetic surface (%(default)s)")
+    parser.add_argument("--cracks", type=int, default=3, help="cracks drawn in the frame (%(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds per row (numbers not meaningful)")
+    args = parser.parse_args(argv)
+    return Settings(
+        models=model_files(args.model, args.int8, args.job, args.models_dir),
+        overlaps=tuple(args.overlaps),
+        height=args.height,
+        width=args.width,
+        rounds=args.rounds or (2 if args.quick else 7),
+        warmup=args.warmup if args.warmup is not None else 1,
+        max_batch=args.max_batch,
+        threads=args.threads,
+        kind=args.kind,
+        cracks=args.cracks,
+        seed=args.seed,
+        json_path=args.json,
+        quick=args.quick,
+    )
+
+
+def model_files(fp32: Path | None, int8: Path | None, job: str, folder: Path) -> tuple[Path, ...]:
+    """The models to measure: the ones given, else the job's saved fp32 model and its int8 variant when present."""
+    if fp32 or int8:
+        return tuple(path for path in (fp32, int8) if path)
+    saved = require_model(job, "fp32", folder)
+    try:
+        return (saved, require_model(job, "int8", folder))
+    except FileNotFoundError as missing:
+        print(f"note: no int8 row: {missing}\n", file=sys.stderr)
+        return (saved,)
+
+
+# --- measuring --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Meter:
+    """Seconds spent in ``OnnxModel.predict`` while metered, and (when recording) the batches it was given."""
+
+    seconds: float = 0.0
+    batches: list[np.ndarray] = field(default_factory=list)
+
+
+@contextmanager
+def metered(model: OnnxModel, record: bool = False) -> Iterator[Meter]:
+    """Time every ``model.predict`` call the pipeline makes, without touching the runtime's code.
+
+    The bound method is shadowed by an instance attribute for the duration and restored afterwards.
+    """
+    meter = Meter()
+    predict = model.predict
+
+    def timed(images: np.ndarray):
+        tick = time.perf_counter()
+        output = predict(images)
+        meter.seconds += time.perf_counter() - tick
+        if record:
+            meter.batches.append(images)
+        return output
+
+    model.predict = timed  # type: ignore[method-assign]
+    try:
+        yield meter
+    finally:
+        del model.predict
+
+
+@dataclass(frozen=True)
+class PipelineRound:
+    seconds: float  # inspect_frames + render_overlay
+    stages: dict[str, float]  # seconds per stage (see STAGES)
+    verdict: str
+    score: float
+    regions: int
+    tiles: int
+
+
+def pipeline_round(model: OnnxModel, frame: np.ndarray, config: InspectConfig, meter: Meter) -> PipelineRound:
+    """One frame through the deployed path; ``meter`` must be metering ``model``."""
+    meter.seconds = 0.0
+    started = time.perf_counter()
+    [inspection] = inspect_frames(model, [frame], config)
+    inspected = time.perf_counter()
+    render_overlay(frame, inspection)
+    done = time.perf_counter()
+    timings = inspection.timings
+    stages = {
+        "tiling": timings["prepare"],
+        "predict": meter.seconds,
+        "batching": timings["model"] - meter.seconds,
+        "decide": timings["decide"],
+        "overlay": done - inspected,
+    }
+    stages["other"] = (done - started) - sum(stages.values())
+    verdict, score = inspection.verdict.value, inspection.score
+    return PipelineRound(done - started, stages, verdict, score, len(inspection.regions), len(inspection.tiles))
+
+
+def model_round(model: OnnxModel, batches: Sequence[np.ndarray]) -> float:
+    """Seconds for the recorded batches through ``OnnxModel.predict`` alone."""
+    started = time.perf_counter()
+    for batch in batches:
+        model.predict(batch)
+    return time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class Row:
+    """One model at one overlap: medians over the rounds (seconds), or the error that stopped it."""
+
+    model: str  # file name
+    precision: str
+    overlap: float
+    tiles: int = 0
+    batches: int = 0
+    frame_s: float = float("nan")
+    model_only_s: float = float("nan")
+    outside_share: float = float("nan")  # median over pipeline rounds of 1 - predict / frame
+    stages_s: dict[str, float] = field(default_factory=dict)
+    rounds: int = 0
+    verdict: str = ""
+    score: float = float("nan")
+    regions: int = 0
+    load_start: float = float("nan")
+    load_end: float = float("nan")
+    error: str | None = None
+
+    @property
+    def frames_per_s(self) -> float:
+        return 1.0 / self.frame_s
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.tiles / self.frame_s
+
+    @property
+    def model_only_frames_per_s(self) -> float:
+        return 1.0 / self.model_only_s
+
+    @property
+    def model_share(self) -> float:
+        """Pipeline frames/s over model-only frames/s."""
+        return self.model_only_s / self.frame_s
+
+
+def measure_row(model: OnnxModel, frame: np.ndarray, overlap: float, settings: Settings) -> Row:
+    """Warm up (recording the pipeline's batches), then interleaved pipeline / model-only rounds."""
+    config = InspectConfig(overlap=overlap, max_batch=settings.max_batch)
+    name, precision = model.path.name, model.card.precision
+    load_start = load_average()
+    try:
+        with metered(model, record=True) as recorder:
+            first = pipeline_round(model, frame, config, recorder)
+    except Exception as error:  # the runtime failed on this frame: report it in the table and go on
+        return Row(name, precision, overlap, load_start=load_start, load_end=load_average(), error=describe(error))
+    batches = recorder.batches
+    for _ in range(settings.warmup - 1):
+        with metered(model) as meter:
+            pipeline_round(model, frame, config, meter)
+    for _ in range(settings.warmup):
+        model_round(model, batches)
+    pipelines: list[PipelineRound] = []
+    model_only: list[float] = []
+
+    def run_pipeline() -> None:
+        with metered(model) as meter:
+            pipelines.append(pipeline_round(model, frame, config, meter))
+
+    def run_model() -> None:
+        model_only.append(model_round(model, batches))
+
+    for index in range(settings.rounds):
+        for step in (run_pipeline, run_model) if index % 2 == 0 else (run_model, run_pipeline):
+            step()
+    return Row(
+        model=name,
+        precision=precision,
+        overlap=overlap,
+        tiles=first.tiles,
+        batches=len(batches),
+        frame_s=statistics.median(r.seconds for r in pipelines),
+        model_only_s=statistics.median(model_only),
+        outside_share=statistics.median(1.0 - r.stages["predict"] / r.seconds for r in pipelines),
+        stages_s={stage: statistics.median(r.stages[stage] for r in pipelines) for stage in STAGES},
+        rounds=settings.rounds,
+        verdict=first.verdict,
+        score=first.score,
+        regions=first.regions,
+        load_start=load_start,
+        load_end=load_average(),
+    )
+
+
+def describe(error: Exception) -> str:
+    """``Type: first line of the message (in function, file:line)``, naming the innermost frame that raised."""
+    last = traceback.extract_tb(error.__traceback__)[-1]
+    message = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+    kind = (
+        type(error).__name__
+        if type(error).__module__ == "builtins"
+        else f"{type(error).__module__}.{type(error).__name__}"
+    )
+    return f"{kind}: {message} (in {last.name}, {Path(last.filename).name}:{last.lineno})"
+
+
+def measure_all(settings: Settings, frame: np.ndarray) -> list[Row]:
+    rows = []
+    for path in settings.models:
+        with OnnxModel(path, providers="cpu", intra_op_threads=settings.threads) as model:
+            for overlap in settings.overlaps:
+                row = measure_row(model, frame, overlap, settings)
+                print(progress_line(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+# --- environment ------------------------------------------------------------------------------------------------
+
+
+def load_average() -> float:
+    """The 1-minute load average (other work on the machine skews every figure); NaN where the OS has none."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else float("nan")
+
+
+def environment(settings: Settings) -> dict[str, Any]:
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "opencv": cv2.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable,
+        "ort_intra_op_threads": settings.threads or "ONNX Runtime default",
+        "load_average_1_5_15m": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+# --- reporting --------------------------------------------------------------------------------------------------
+
+
+def row_name(row: Row) -> str:
+    return f"{row.precision} ({row.model})"
+
+
+def progress_line(row: Row) -> str:
+    where = f"  {row_name(row):<40} overlap {row.overlap:.0%}:"
+    if row.error:
+        return f"{where} FAILED {row.error}"
+    return (
+        f"{where} {row.frames_per_s:.2f} frames/s, model alone {row.model_only_frames_per_s:.2f}, "
+        f"{row.outside_share:.1%} outside session.run (load {row.load_start} -> {row.load_end})"
+    )
+
+
+def throughput_table(rows: Sequence[Row]) -> str:
+    lines = [
+        "| model | overlap | tiles/frame (batches) | frames/s | tiles/s | model-only frames/s | pipeline / model-only "
+        "| outside session.run | frame verdict (regions) | load 1 min (start -> end) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        load = f"{r.load_start} -> {r.load_end}"
+        if r.error:
+            lines.append(f"| {row_name(r)} | {r.overlap:.0%} | failed: {r.error} | | | | | | | {load} |")
+            continue
+        lines.append(
+            f"| {row_name(r)} | {r.overlap:.0%} | {r.tiles} ({r.batches}) | {r.frames_per_s:.2f} | {r.tiles_per_s:.0f} "
+            f"| {r.model_only_frames_per_s:.2f} | {r.model_share:.1%} | {r.outside_share:.1%} "
+            f"| {r.verdict} {r.score:.2f} ({r.regions}) | {load} |"
+        )
+    return "\n".join(lines)
+
+
+def stages_table(rows: Sequence[Row]) -> str:
+    lines = [
+        "| model | overlap | " + " | ".join(STAGE_LABELS[s] for s in STAGES) + " | frame |",
+        "|---|---:|" + "---:|" * (len(STAGES) + 1),
+    ]
+    for r in rows:
+        if r.error:
+            continue
+        cells = [f"{1000 * r.stages_s[s]:.0f}" for s in STAGES]
+        lines.append(f"| {row_name(r)} | {r.overlap:.0%} | " + " | ".join(cells) + f" | {1000 * r.frame_s:.0f} |")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Goal:
+    text: str
+    applies: Callable[[Row], bool]
+    value: Callable[[Row], float]
+    met: Callable[[float], bool]
+
+
+GOALS = (
+    Goal(
+        f"time outside session.run <= {OVERHEAD_GOAL:.0%} of frame time",
+        lambda r: True,
+        lambda r: r.outside_share,
+        lambda v: v <= OVERHEAD_GOAL,
+    ),
+    Goal(
+        f"int8 at 0% overlap: pipeline >= {MODEL_SHARE_GOAL:.0%} of model-only frames/s",
+        lambda r: r.precision == "int8" and r.overlap == 0.0,
+        lambda r: r.model_share,
+        lambda v: v >= MODEL_SHARE_GOAL,
+    ),
+)
+
+
+def goals_table(rows: Sequence[Row]) -> tuple[str, list[dict]]:
+    """The goal verdicts as a markdown table, and as JSON-ready rows."""
+    lines = ["| goal | model | overlap | measured | met |", "|---|---|---:|---:|---|"]
+    verdicts = []
+    for goal in GOALS:
+        judged = [r for r in rows if goal.applies(r)]
+        if not judged:
+            lines.append(f"| {goal.text} | (no such row measured) | | | not judged |")
+            verdicts.append({"goal": goal.text, "met": None})
+        for r in judged:
+            value = None if r.error else goal.value(r)
+            met = "not measured (the pipeline failed)" if value is None else "met" if goal.met(value) else "not met"
+            shown = "" if value is None else f"{value:.1%}"
+            lines.append(f"| {goal.text} | {row_name(r)} | {r.overlap:.0%} | {shown} | {met} |")
+            verdicts.append({"goal": goal.text, "model": r.model, "overlap": r.overlap, "value": value, "met": met})
+    return "\n".join(lines), verdicts
+
+
+def report(settings: Settings, env: dict[str, Any], rows: Sequence[Row], frame_note: str) -> list[dict]:
+    print(f"\n## Frames per second ({frame_note})\n\n{throughput_table(rows)}")
+    print(f"\n## Where a frame's time goes (median ms per frame)\n\n{stages_table(rows)}")
+    table, verdicts = goals_table(rows)
+    print(f"\n## Goals\n\n{table}")
+    print(f"\nload average (1, 5, 15 min) at start {env['load_average_1_5_15m']}, at end {os.getloadavg()}")
+    if settings.quick:
+        print("QUICK SMOKE RUN: 2 rounds per row, the numbers above are not meaningful.")
+    return verdicts
+
+
+def save_json(path: Path, settings: Settings, env: dict[str, Any], rows: Sequence[Row], verdicts: list[dict]) -> None:
+    payload = {
+        "environment": env,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
+        "rows": [asdict(r) for r in rows],
+        "goals": verdicts,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    print(f"results written to {path}")
+
+
+# --- main -------------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = parse_args(argv)
+    except FileNotFoundError as missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
+    if settings.quick:
+        print("QUICK SMOKE RUN: 2 rounds per row, numbers not meaningful.\n")
+    env = environment(settings)
+    print("## Environment\n\n" + "\n".join(f"- {k}: {v}" for k, v in env.items()) + "\n", flush=True)
+    started = time.perf_counter()
+    frame, mask = make_frame(
+        settings.height, settings.width, settings.seed, kind=settings.kind, n_cracks=settings.cracks
+    )
+    frame_note = (
+        f"synthetic {settings.kind} frame {settings.width}x{settings.height}, {settings.cracks} cracks "
+        f"({mask.mean() / 255:.2%} crack pixels), seed {settings.seed}; max batch {settings.max_batch}; "
+        f"median of {settings.rounds} interleaved rounds; overlay rendered on every frame"
+    )
+    print(f"frame made in {time.perf_counter() - started:.1f}s; measuring ({settings.rounds} rounds per row)\n")
+    rows = measure_all(settings, frame)
+    verdicts = report(settings, env, rows, frame_note)
+    if settings.json_path is not None:
+        save_json(settings.json_path, settings, env, rows, verdicts)
+    return 1 if any(r.error for r in rows) else 0  # a row the runtime could not run is a failure, not a footnote
+
+
+if __name__ == "__main__":
+    sys.exit(main())
