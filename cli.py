@@ -4,6 +4,7 @@ Example:
     $ crackscope demo
     $ crackscope train --data ../shared/datasets/ozgenel-concrete --out runs/concrete --epochs 3
     $ crackscope evaluate --checkpoint runs/concrete/model.pt --data DIR --out runs/concrete/eval
+    $ crackscope calibrate --model model.onnx --data calib/ --escape-rate 0.01 --confidence 0.9
 """
 
 from __future__ import annotations
@@ -264,6 +265,65 @@ def _run_inspect(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
+# --- calibrate ----------------------------------------------------------------------------------------------------
+
+
+def _add_calibrate(subparsers) -> None:
+    p = _parser(
+        subparsers,
+        "calibrate",
+        "Calibrate an exported model (fp32 or int8) on labelled data, through the runtime: fit a temperature, choose "
+        "OK / REVIEW / DEFECT thresholds so that the escape rate (cracks called OK) and the false-reject rate (good "
+        "items called DEFECT) stay under their targets with the stated confidence, and write them into the model's "
+        "metadata (weights untouched), with OUT/calibration.json and OUT/calibration.html. When the data cannot "
+        "support the request it says how many labelled items are needed, writes nothing and exits 1.",
+        "crackscope calibrate --model model.int8.onnx --data calib/ --escape-rate 0.01 --false-reject-rate 0.05 "
+        "--confidence 0.9 --out calib-report",
+    )
+    p.add_argument("--model", help="ONNX model written by crackscope export; its calibration is rewritten in place")
+    p.add_argument("--data", help="labelled calibration folder (same layouts as train), never used for training")
+    p.add_argument("--out", help="folder for calibration.json and calibration.html (default: MODEL.calibration/)")
+    p.add_argument("--escape-rate", type=float, help="most cracks called OK, as a share of cracks (default 0.01)")
+    p.add_argument("--false-reject-rate", type=float, help="most good items called DEFECT (default 0.05)")
+    p.add_argument("--confidence", type=float, help="probability that each bound holds (default 0.9)")
+    p.add_argument("--config", help="YAML file of defaults (keys of CalibrateConfig); flags given here override it")
+    p.add_argument("--data-mode", choices=["auto", "folder", "mask"], help="how --data is laid out (default auto)")
+    p.add_argument("--patch-size", type=int, help="patch side for mask datasets (default 128)")
+    p.add_argument("--batch-size", type=int, help="images per model call (default 32)")
+    p.add_argument("--providers", help="auto (default: TensorRT > CUDA > CPU), cpu, cuda, ...")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core)")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
+    p.set_defaults(handler=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from crackscope.calibration.calibrate import CalibrateConfig, calibrate
+    from crackscope.calibration.thresholds import InsufficientData
+    from crackscope.config import read_yaml, resolve
+
+    flags = {
+        "model": args.model,
+        "data": args.data,
+        "out": args.out,
+        "escape_rate": args.escape_rate,
+        "false_reject_rate": args.false_reject_rate,
+        "confidence": args.confidence,
+        "batch_size": args.batch_size,
+        "providers": args.providers,
+        "threads": args.threads,
+        "progress": args.progress,
+        "data_config": {"mode": args.data_mode, "masks": {"patch_size": args.patch_size, "stride": args.patch_size}},
+    }
+    config = resolve(CalibrateConfig, read_yaml(args.config) if args.config else None, flags)
+    try:
+        outcome = calibrate(config)
+    except InsufficientData as refusal:
+        print(f"crackscope calibrate: refused: {refusal}; nothing was written", file=sys.stderr)
+        return 1
+    print(outcome.describe())
+    return 0
+
+
 # --- demo -----------------------------------------------------------------------------------------------------------
 
 
@@ -302,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crackscope {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_export, _add_inspect, _add_demo):
+    for add in (_add_train, _add_evaluate, _add_export, _add_calibrate, _add_inspect, _add_demo):
         add(subparsers)
     return parser
 

@@ -74,3 +74,82 @@ def exported(tiny_run, patch_data, tmp_path_factory):
         int8_min_agreement=0.8,
     )
     return export(config)
+
+
+# --- a brightness model: a real ONNX file whose logit the test controls through pixel values ----------------------
+
+
+def write_brightness_model(path: Path, input_size: int = 32) -> Path:
+    """A crackscope ONNX model (card included) whose logit is ``(mean pixel - 128) / 8``, with a flat 2x2 CAM.
+
+    It runs through ONNX Runtime like any export, in milliseconds, so runtime and calibration tests can choose the
+    score of every item by the grey level of its image (see :func:`write_grey_dataset`).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    from crackscope.inspect.card import ModelCard, with_card
+
+    nodes = [
+        helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["pixels"], ["mean"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Sub", ["mean", "grey"], ["centred"]),
+        helper.make_node("Mul", ["centred", "scale"], ["logit"]),
+        helper.make_node("Unsqueeze", ["logit", "cam_axes"], ["logit_11"]),
+        helper.make_node("Mul", ["logit_11", "quarter"], ["cam"]),
+    ]
+    constants = [
+        helper.make_tensor("grey", TensorProto.FLOAT, [], [128.0]),
+        helper.make_tensor("scale", TensorProto.FLOAT, [], [1.0 / 8.0]),
+        helper.make_tensor("cam_axes", TensorProto.INT64, [2], [1, 2]),
+        helper.make_tensor("quarter", TensorProto.FLOAT, [1, 2, 2], [0.25] * 4),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "brightness",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", input_size, input_size, 3])],
+        [
+            helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["N"]),
+            helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", 2, 2]),
+        ],
+        constants,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    card = ModelCard(backbone="brightness-test", input_size=input_size, feature_size=2, crackscope_version="test")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(with_card(proto, card), str(path))
+    return path
+
+
+def write_grey_dataset(
+    root: Path, counts: dict[str, int], *, means: dict[str, float] | None = None, spread: float = 12.0, seed: int = 0
+) -> Path:
+    """Class folders of 32 px uniform grey PNGs whose grey levels are normal around each class's mean.
+
+    Under :func:`write_brightness_model` a grey level g scores logit (g - 128) / 8: by default cracks around +2.75,
+    good items around -2.75 (standard deviation 1.5) and ambiguous items near 0, so the classes overlap a little.
+    """
+    import cv2
+    import numpy as np
+
+    means = means or {"crack": 150.0, "ok": 106.0, "ambiguous": 128.0}
+    rng = np.random.default_rng(seed)
+    for label, count in counts.items():
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        spread_here = spread if label != "ambiguous" else spread / 3
+        for i, level in enumerate(np.clip(rng.normal(means[label], spread_here, count), 0, 255)):
+            cv2.imwrite(str(folder / f"{label}_{i:04d}.png"), np.full((32, 32, 3), round(level), np.uint8))
+    return root
+
+
+@pytest.fixture
+def brightness_model(tmp_path) -> Path:
+    """A fresh copy of the brightness model (calibrating writes into it)."""
+    return write_brightness_model(tmp_path / "models" / "brightness.onnx")
+
+
+@pytest.fixture
+def grey_dataset():
+    """:func:`write_grey_dataset`, for tests that write their own scored folders."""
+    return write_grey_dataset

@@ -1,0 +1,433 @@
+"""``crackscope calibrate``: fit the deployed model's temperature and OK / REVIEW / DEFECT thresholds, in place.
+
+The exported model itself (fp32 or int8: the file that will be deployed) is run through the runtime over a
+labelled calibration set, in any layout ``train`` reads (class folders with an optional ``ambiguous/``, masks,
+votes). Then:
+
+1. a temperature is fitted on the clear items by negative log-likelihood (:mod:`.temperature`), with the ECE
+   (15 bins) before and after (:mod:`.metrics`);
+2. ``ok_below`` and ``defect_at_or_above`` are chosen so that, each with the stated confidence, the escape rate is
+   at most ``escape_rate`` and the false-reject rate at most ``false_reject_rate``, with as little REVIEW as the
+   data allows (:mod:`.thresholds`, Learn-Then-Test);
+3. the calibration is written into the model's metadata (graph and weights untouched), and
+   ``OUT/calibration.json`` and ``OUT/calibration.html`` (:mod:`.report`) describe it, including where the
+   ambiguous items landed against the clear ones.
+
+When the data cannot support the request, :class:`~.thresholds.InsufficientData` says how many labelled items
+would be needed and nothing at all is written. Every input is checked before the model runs.
+
+This package is torch-free. It reads labelled data with :mod:`crackscope.training.data`, whose import needs only
+numpy, OpenCV and tqdm (a test runs ``crackscope calibrate`` with PyTorch unimportable), so the architecture's
+"calibration imports inspect only" rule has this one documented exception rather than a second copy of the
+dataset reader.
+
+Example:
+    $ crackscope calibrate --model model.int8.onnx --data calib/ --escape-rate 0.01 --false-reject-rate 0.05 \\
+        --confidence 0.9 --out calib-report/
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from crackscope import __version__
+from crackscope.calibration.metrics import (
+    Reliability,
+    VerdictRates,
+    expected_calibration_error,
+    reliability,
+    shares,
+    verdict_counts,
+    verdict_rates,
+)
+from crackscope.calibration.score import Scores, score_samples
+from crackscope.calibration.temperature import TemperatureFit, fit_temperature
+from crackscope.calibration.thresholds import (
+    ThresholdChoice,
+    as_probabilities,
+    certify,
+    check_request,
+    smallest_temperature,
+)
+from crackscope.inspect.card import Calibration, ModelCard, read_card, write_calibration
+from crackscope.inspect.decision import is_identity, probability
+from crackscope.inspect.model import OnnxModel, file_sha256
+from crackscope.inspect.results import utc_now
+from crackscope.training.data import Clarity, DataConfig, Dataset, load_samples
+
+METHOD = "temperature scaling (NLL) + Learn-Then-Test thresholds (binomial tail, fixed sequence)"
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What the factory asks for: each rate at most its target, each with probability at least ``confidence``."""
+
+    escape_rate: float = 0.01
+    false_reject_rate: float = 0.05
+    confidence: float = 0.9
+
+    def __post_init__(self) -> None:
+        for name in ("escape_rate", "false_reject_rate", "confidence"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"{name.replace('_', '-')} must be between 0 and 1 (exclusive), got {value}")
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """What ``crackscope calibrate`` does (YAML ``--config`` < flags)."""
+
+    model: str = ""
+    data: str = ""
+    out: str | None = None  # default: <model file without .onnx>.calibration/ beside the model
+    escape_rate: float = 0.01
+    false_reject_rate: float = 0.05
+    confidence: float = 0.9
+    batch_size: int = 32
+    providers: str = "auto"
+    threads: int | None = None
+    progress: bool = True
+    data_config: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        Targets(self.escape_rate, self.false_reject_rate, self.confidence)  # raises for a value outside (0, 1)
+        if self.batch_size < 1:
+            raise ValueError(f"batch-size must be at least 1, got {self.batch_size}")
+
+    @property
+    def targets(self) -> Targets:
+        return Targets(self.escape_rate, self.false_reject_rate, self.confidence)
+
+    @property
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        model = Path(self.model)
+        return model.with_name(model.name.removesuffix(".onnx") + ".calibration")
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A fitted calibration with what it rests on."""
+
+    calibration: Calibration
+    temperature: TemperatureFit
+    thresholds: ThresholdChoice
+
+
+def fit_calibration(
+    logits: np.ndarray, labels: np.ndarray, targets: Targets, fitted_on: dict[str, object] | None = None
+) -> Fit:
+    """Temperature and certified thresholds from the raw logits of clear items (labels 1 crack, 0 ok)."""
+    temperature = fit_temperature(logits, labels)
+    escape, false_reject = certify(
+        logits,
+        labels,
+        escape_rate=targets.escape_rate,
+        false_reject_rate=targets.false_reject_rate,
+        confidence=targets.confidence,
+    )
+    # The cuts do not depend on T; T only must keep them where the runtime's sigmoid can still tell them apart.
+    lowest = smallest_temperature(escape, false_reject)
+    if temperature.temperature < lowest:
+        temperature = replace(temperature, temperature=lowest, raised_to_represent_thresholds=True)
+    choice = as_probabilities(escape, false_reject, temperature.temperature)
+    calibration = Calibration(
+        temperature=temperature.temperature,
+        ok_below=choice.ok_below,
+        defect_at_or_above=choice.defect_at_or_above,
+        method=f"{METHOD} on {len(labels)} clear items",
+        targets=asdict(targets),
+        fitted_on={
+            **(fitted_on or {}),
+            "clear_crack": choice.escape.n,
+            "clear_ok": choice.false_reject.n,
+            "joint_confidence": choice.joint_confidence,
+            "fitted_at": utc_now(),
+        },
+    )
+    return Fit(calibration, temperature, choice)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What ``crackscope calibrate`` measured and wrote (see :meth:`to_dict` for ``calibration.json``)."""
+
+    model: Path
+    out: Path
+    card: ModelCard
+    fit: Fit
+    data: dict[str, object]
+    ece_before: float
+    ece_after: float
+    reliability_before: Reliability
+    reliability_after: Reliability
+    clear: VerdictRates  # clear items on the calibration set, under the new calibration
+    ambiguous: dict[str, int]  # verdict -> ambiguous items on the calibration set
+    scores: Scores = field(repr=False)
+    sha256_before: str = ""
+    sha256_after: str = ""
+    previous: Calibration | None = None
+
+    @property
+    def calibration(self) -> Calibration:
+        return self.fit.calibration
+
+    @property
+    def ambiguous_review_share(self) -> float | None:
+        return shares(self.ambiguous)["REVIEW"]
+
+    @property
+    def review_ratio(self) -> float | None:
+        """How much more often ambiguous items reach REVIEW than clear ones (``None`` when undefined)."""
+        clear, ambiguous = self.clear.review_rate, self.ambiguous_review_share
+        if clear is None or ambiguous is None:
+            return None
+        return ambiguous / clear if clear > 0 else (math.inf if ambiguous > 0 else None)
+
+    def to_dict(self) -> dict[str, object]:
+        card = self.card
+        return {
+            "crackscope_version": __version__,
+            "written": utc_now(),
+            "model": {
+                "path": str(self.model),
+                "backbone": card.backbone,
+                "input_size": card.input_size,
+                "precision": card.precision,
+                "sha256_before": self.sha256_before,
+                "sha256_after": self.sha256_after,
+                "previous_calibration": asdict(self.previous) if self.previous else None,
+            },
+            "data": self.data,
+            "targets": self.calibration.targets,
+            "calibration": asdict(self.calibration),
+            "temperature": asdict(self.fit.temperature),
+            "ece": {"bins": len(self.reliability_after.counts), "before": self.ece_before, "after": self.ece_after},
+            "thresholds": self.fit.thresholds.to_dict(),
+            "calibration_set": {
+                "clear": self.clear.to_dict(),
+                "ambiguous": {**self.ambiguous, "review_share": self.ambiguous_review_share},
+                "ambiguous_to_clear_review_ratio": _finite(self.review_ratio),
+                "note": "measured on the calibration items themselves (in-sample); the guarantee is the bound",
+            },
+            "reliability": {"before": _bins(self.reliability_before), "after": _bins(self.reliability_after)},
+        }
+
+    def describe(self) -> str:
+        c, choice, fit = self.calibration, self.fit.thresholds, self.fit.temperature
+        n_amb = sum(self.ambiguous.values())
+        lines = [
+            f"calibrated {self.model} ({self.card.precision}) on {self.clear.n_crack + self.clear.n_ok} clear items "
+            f"({self.clear.n_crack} crack, {self.clear.n_ok} ok) and {n_amb} ambiguous from {self.data['root']}",
+            f"temperature {c.temperature:.4g}{' (at its bound: the clear items are separable)' if fit.at_bound else ''}"
+            f"; ECE {self.ece_before:.2%} -> {self.ece_after:.2%} (15 bins, calibration set)",
+            f"verdicts: OK below {c.ok_below:.6g}, DEFECT at or above {c.defect_at_or_above:.6g}"
+            + (", REVIEW between" if choice.review_band else " (one threshold meets both targets: no REVIEW band)"),
+            _rate_line(
+                "escape rate", choice.escape.target, self.clear.crack["OK"], self.clear.n_crack, "cracks called OK"
+            ),
+            _rate_line(
+                "false-reject rate",
+                choice.false_reject.target,
+                self.clear.ok["DEFECT"],
+                self.clear.n_ok,
+                "good items called DEFECT",
+            ),
+            f"each guarantee holds with >= {choice.escape.confidence:.0%} confidence, both together with >= "
+            f"{choice.joint_confidence:.1%} (the two rest on different items)",
+            f"review rate on the calibration set: clear {_pct(self.clear.review_rate)}, ambiguous "
+            f"{_pct(self.ambiguous_review_share)}" + _ratio(self.review_ratio),
+            f"wrote {self.model} (metadata only; graph and weights unchanged), {self.out / 'calibration.json'}, "
+            f"{self.out / 'calibration.html'}",
+        ]
+        return "\n".join(lines)
+
+
+def _rate_line(name: str, target: float, count: int, n: int, what: str) -> str:
+    return f"{name} <= {target:.4g} guaranteed with the stated confidence; on the calibration set {count} of {n} {what}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _ratio(value: float | None) -> str:
+    if value is None:
+        return ""
+    return " (ambiguous items reach REVIEW; clear ones never do)" if math.isinf(value) else f" ({value:.1f}x)"
+
+
+def _finite(value: float | None) -> float | str | None:
+    return "inf" if value is not None and math.isinf(value) else value
+
+
+def _bins(rel: Reliability) -> dict[str, list]:
+    def plain(values: np.ndarray) -> list:
+        return [None if not np.isfinite(v) else float(v) for v in values]
+
+    return {
+        "edges": [float(e) for e in rel.edges],
+        "counts": [int(c) for c in rel.counts],
+        "mean_probability": plain(rel.mean_probability),
+        "crack_share": plain(rel.crack_share),
+    }
+
+
+# --- the command --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    model: Path
+    out: Path
+    card: ModelCard
+    dataset: Dataset
+
+
+def check_inputs(config: CalibrateConfig) -> _Plan:
+    """Everything that can be checked before the model runs: targets, model, output folder, data, class counts."""
+    if not config.model:
+        raise ValueError("no model: pass --model FILE.onnx")
+    if not config.data:
+        raise ValueError("no calibration data: pass --data DIR")
+    model = Path(config.model)
+    card = read_card(model)  # a missing, foreign or corrupt model is a ModelCardError naming the file
+    for path in (model, model.parent):
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"{path}: no permission to write; the calibration is written into the model file")
+    out = config.out_dir
+    _check_writable_folder(out)
+    dataset = load_samples(config.data, config.data_config)
+    clear = [s for s in dataset.samples if s.clarity is Clarity.CLEAR]
+    check_request(
+        sum(s.label for s in clear),
+        sum(1 - s.label for s in clear),
+        config.escape_rate,
+        config.false_reject_rate,
+        config.confidence,
+    )
+    return _Plan(model, out, card, dataset)
+
+
+def _check_writable_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--out {out} cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise ValueError(f"--out {out}: no permission to write in {existing}")
+
+
+def calibrate(config: CalibrateConfig) -> Outcome:
+    """Run ``crackscope calibrate`` (see the module docstring); nothing is written unless everything succeeded."""
+    from crackscope.calibration.report import render_report
+
+    plan = check_inputs(config)
+    with OnnxModel(plan.model, providers=config.providers, intra_op_threads=config.threads) as model:
+        scores = score_samples(
+            model, plan.dataset.samples, batch_size=config.batch_size, progress=config.progress, desc="calibrating"
+        )
+    sha_before = file_sha256(plan.model)
+    outcome = evaluate_fit(
+        scores,
+        fit_calibration(
+            scores.logits[scores.clear],
+            scores.labels[scores.clear],
+            config.targets,
+            {"data": str(Path(config.data).resolve()), "items": len(scores.samples), "model_sha256": sha_before},
+        ),
+        model=plan.model,
+        out=plan.out,
+        card=plan.card,
+        data=plan.dataset.summary(),
+    )
+    # Render everything before writing anything, then the model, then the files that describe it.
+    page = render_report(outcome)
+    write_calibration(plan.model, outcome.calibration)
+    outcome = _with_hashes(outcome, sha_before, file_sha256(plan.model), plan.card.calibration)
+    _write_text(plan.out / "calibration.json", json.dumps(outcome.to_dict(), indent=2))
+    _write_text(plan.out / "calibration.html", page)
+    return outcome
+
+
+def evaluate_fit(scores: Scores, fit: Fit, *, model: Path, out: Path, card: ModelCard, data: dict) -> Outcome:
+    """Measure a fit on the items it was fitted on: ECE before/after, verdict rates, where ambiguous items land."""
+    clear = scores.clear
+    logits, labels = scores.logits[clear], scores.labels[clear]
+    before = probability(logits, Calibration())
+    after = probability(logits, fit.calibration)
+    ambiguous = probability(scores.logits[~clear], fit.calibration)
+    return Outcome(
+        model=model,
+        out=out,
+        card=card,
+        fit=fit,
+        data=data,
+        ece_before=expected_calibration_error(before, labels),
+        ece_after=expected_calibration_error(after, labels),
+        reliability_before=reliability(before, labels),
+        reliability_after=reliability(after, labels),
+        clear=verdict_rates(after, labels, fit.calibration),
+        ambiguous=verdict_counts(ambiguous, fit.calibration),
+        scores=scores,
+    )
+
+
+def _with_hashes(outcome: Outcome, before: str, after: str, previous: Calibration) -> Outcome:
+    return replace(
+        outcome, sha256_before=before, sha256_after=after, previous=None if is_identity(previous) else previous
+    )
+
+
+def _write_text(path: Path, text: str) -> None:
+    from crackscope.config import replacing
+
+    with replacing(path) as partial:
+        partial.write_text(text, encoding="utf-8")
+
+
+# --- the demo's step ----------------------------------------------------------------------------------------------
+
+
+def calibrate_step(
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    escape_rate: float = 0.02,
+    false_reject_rate: float = 0.05,
+    confidence: float = 0.9,
+    progress: bool = True,
+    emit: Callable[[str], None] = print,
+) -> Outcome:
+    """Calibrate an exported model on a held-out labelled folder and print what it got (for ``crackscope demo``).
+
+    The defaults fit a demo-sized split: an escape rate of 2% at 90% confidence needs at least 114 clear cracks
+    (1% would need 230), a false-reject rate of 5% at least 45 good items.
+
+    Example:
+        >>> calibrate_step("demo-out/model.onnx", "demo-out/data/calib", "demo-out/calibration")   # doctest: +SKIP
+    """
+    outcome = calibrate(
+        CalibrateConfig(
+            model=str(model),
+            data=str(data),
+            out=str(out),
+            escape_rate=escape_rate,
+            false_reject_rate=false_reject_rate,
+            confidence=confidence,
+            progress=progress,
+        )
+    )
+    for line in outcome.describe().splitlines():
+        emit(f"  {line}")
+    return outcome
