@@ -2,7 +2,8 @@
 
 Counts per verdict, the model and the calibration in force, a gallery of the saved overlays sorted by score (most
 suspicious first), each linking to its full-size image, and the inputs that could not be inspected with the reason.
-Paths are relative, so the folder can be zipped and mailed.
+When the inputs' folder names give labels (``crack/``, ``ok/``, ``ambiguous/``), a table counts labels against
+verdicts, so one can see where the ambiguous items went. Paths are relative, so the folder can be zipped and mailed.
 
 Example:
     >>> with ResultStore("runs/line3") as store:       # doctest: +SKIP
@@ -21,6 +22,7 @@ from crackscope.inspect.results import InspectionResult, utc_now
 from crackscope.inspect.sinks import ResultStore
 
 GALLERY_LIMIT = 500  # overlays shown; the store holds them all
+LABEL_FOLDERS = ("crack", "ok", "ambiguous")  # an input under a folder of this name is labelled with it
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;background:#fafafa}
 h1{margin:0 0 .2rem}.muted{color:#666}.counts{display:flex;gap:1rem;margin:1rem 0}
@@ -59,6 +61,7 @@ def _page(records: list[InspectionResult], counts: dict[str, int], meta: dict, o
         *(f"<div class='count {v}'><b>{counts.get(v, 0)}</b>{v}</div>" for v in (x.value for x in Verdict)),
         "</div>",
         _model_section(meta, card),
+        _label_section(records),
         f"<h2>Saved overlays ({len(shown)}{', first ' + str(GALLERY_LIMIT) if len(shown) > GALLERY_LIMIT else ''})"
         "</h2><p class='muted'>Most severe first, then by score. Click an image for full size.</p>",
         "<div class='gallery'>",
@@ -73,6 +76,39 @@ def _page(records: list[InspectionResult], counts: dict[str, int], meta: dict, o
         ]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def folder_label(source: str) -> str | None:
+    """The label an input's nearest enclosing ``crack/``, ``ok/`` or ``ambiguous/`` folder gives it, if any."""
+    for part in reversed(Path(source).parts[:-1]):
+        if part.lower() in LABEL_FOLDERS:
+            return part.lower()
+    return None
+
+
+def _label_section(records: list[InspectionResult]) -> str:
+    """Counts of label (from folder names) x verdict; nothing when no input lies under a label folder."""
+    labels = [folder_label(r.source) for r in records]
+    if not any(labels):
+        return ""
+    verdicts = [v.value for v in Verdict]
+    table: dict[str, dict[str, int]] = {}
+    for label, record in zip(labels, records, strict=True):
+        row = table.setdefault(label or "unlabelled", dict.fromkeys(verdicts, 0))
+        row[record.verdict.value] += 1
+    head = "".join(f"<th>{v}</th>" for v in verdicts)
+    body = ""
+    for label in (*LABEL_FOLDERS, "unlabelled"):
+        if label not in table:
+            continue
+        row = table[label]
+        total = sum(row.values())
+        cells = "".join(f"<td>{row[v]}</td>" for v in verdicts)
+        body += f"<tr><th>{label}</th>{cells}<td>{total}</td><td>{row['REVIEW'] / total:.1%}</td></tr>"
+    return (
+        "<h2>Labels from folder names</h2><table>"
+        f"<tr><th>label</th>{head}<th>total</th><th>share in REVIEW</th></tr>{body}</table>"
+    )
 
 
 def _card(meta: dict) -> ModelCard | None:
