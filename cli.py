@@ -324,6 +324,53 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- audit --------------------------------------------------------------------------------------------------------
+
+
+def _add_audit(subparsers) -> None:
+    p = _parser(
+        subparsers,
+        "audit",
+        "List likely label problems in a labelled dataset with an exported model: items the model confidently "
+        "contradicts, items near the thresholds, items annotators disagree on (votes.csv), most suspicious first, "
+        "as OUT/audit.csv and an HTML contact sheet with heatmaps (OUT/audit.html); with several annotators also "
+        "their reliability (Dawid-Skene) and pairwise agreement (Cohen's kappa).",
+        "crackscope audit --model model.onnx --data labelled/ --out audit-out",
+    )
+    p.add_argument("--model", required=True, help="ONNX model written by crackscope export (calibrated or not)")
+    p.add_argument("--data", required=True, help="labelled folder (same layouts as train; votes.csv is read)")
+    p.add_argument("--out", required=True, help="folder for audit.csv and audit.html")
+    p.add_argument("--config", help="YAML file of defaults (keys of AuditConfig); flags given here override it")
+    p.add_argument("--sheet-items", type=int, help="items on the contact sheet, most suspicious first (default 120)")
+    p.add_argument("--data-mode", choices=["auto", "folder", "mask"], help="how --data is laid out (default auto)")
+    p.add_argument("--patch-size", type=int, help="patch side for mask datasets (default 128)")
+    p.add_argument("--batch-size", type=int, help="images per model call (default 32)")
+    p.add_argument("--providers", help="auto (default: TensorRT > CUDA > CPU), cpu, cuda, ...")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core)")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
+    p.set_defaults(handler=_run_audit)
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    from crackscope.calibration.audit import AuditConfig, audit
+    from crackscope.config import read_yaml, resolve
+
+    flags = {
+        "model": args.model,
+        "data": args.data,
+        "out": args.out,
+        "sheet_items": args.sheet_items,
+        "batch_size": args.batch_size,
+        "providers": args.providers,
+        "threads": args.threads,
+        "progress": args.progress,
+        "data_config": {"mode": args.data_mode, "masks": {"patch_size": args.patch_size, "stride": args.patch_size}},
+    }
+    result = audit(resolve(AuditConfig, read_yaml(args.config) if args.config else None, flags))
+    print(result.describe())
+    return 0
+
+
 # --- demo -----------------------------------------------------------------------------------------------------------
 
 
@@ -362,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crackscope {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_export, _add_calibrate, _add_inspect, _add_demo):
+    for add in (_add_train, _add_evaluate, _add_export, _add_calibrate, _add_audit, _add_inspect, _add_demo):
         add(subparsers)
     return parser
 
