@@ -6,19 +6,20 @@ cannot change accuracy or ROC-AUC), only how far from 0.5 the probabilities sit 
 
 ``T`` minimises the negative log-likelihood (NLL) of the clear calibration items. Written with ``s = 1 / T``,
 
-    NLL(s) = sum_i softplus(s z_i) - t_i s z_i
+    NLL(s) = sum_i softplus(s z_i) - y_i s z_i
 
 is a one-parameter logistic regression without intercept: convex in ``s``, with derivative
-``g(s) = sum_i (sigmoid(s z_i) - t_i) z_i`` and second derivative ``sum_i sigmoid' (s z_i) z_i^2 >= 0``. So the
+``g(s) = sum_i (sigmoid(s z_i) - y_i) z_i`` and second derivative ``sum_i sigmoid' (s z_i) z_i^2 >= 0``. So the
 minimiser is the root of an increasing function, found here by Newton steps kept inside a shrinking bracket
 (bisection when a step would leave it). No optimiser library is needed.
 
-The targets ``t_i`` are Platt's (1999): ``(N+ + 1) / (N+ + 2)`` for the ``N+`` cracks and ``1 / (N- + 2)`` for the
-``N-`` good items, instead of exactly 1 and 0. A fine-tuned model often separates its calibration items perfectly;
-with hard targets the NLL then keeps falling as ``T`` goes to 0 and the "calibrated" probabilities become 0 and 1,
-which the next misjudged item proves wrong. Platt's targets are what a uniform prior on each class's rate predicts
-for an unseen item, so the optimum stays finite and moves by less than ``1 / N`` when the data is not separable.
-The fit is still bounded to ``T_BOUNDS`` and says when it stops at a bound (``TemperatureFit.at_bound``).
+When the logit separates the clear items perfectly (common for a fine-tuned model on a few hundred items), the NLL
+keeps falling as ``T`` goes to 0: the items themselves say "always right". The fit then stops at the lower bound
+of ``T_BOUNDS`` and says so (``TemperatureFit.at_bound``); probabilities are then close to 0 and 1, as the items
+support. (Platt's smoothed targets, ``(N+ + 1) / (N+ + 2)`` and ``1 / (N- + 2)``, would keep ``T`` finite, but on
+held-out items from a very accurate model they raise the calibration error: on the synthetic 96 px model, ECE on a
+held-out half went from 0.0% to 1.75%.) The thresholds do not depend on ``T`` (see :mod:`.thresholds`), except that
+it must keep them representable, which ``crackscope calibrate`` ensures.
 
 Example:
     >>> import numpy as np
@@ -40,7 +41,7 @@ T_BOUNDS = (0.02, 50.0)
 
 @dataclass(frozen=True)
 class TemperatureFit:
-    """The fitted temperature and the NLL (mean per item, hard labels) before (``T = 1``) and after."""
+    """The fitted temperature and the NLL (mean per item) before (``T = 1``) and after."""
 
     temperature: float
     nll_before: float
@@ -50,16 +51,8 @@ class TemperatureFit:
     raised_to_represent_thresholds: bool = False  # set by calibrate when the NLL optimum was too low (see thresholds)
 
 
-def platt_targets(labels: np.ndarray) -> np.ndarray:
-    """Platt's targets for 0/1 labels: ``(N+ + 1) / (N+ + 2)`` for positives, ``1 / (N- + 2)`` for negatives."""
-    y = np.asarray(labels, np.float64)
-    positives = float(y.sum())
-    negatives = len(y) - positives
-    return np.where(y > 0.5, (positives + 1.0) / (positives + 2.0), 1.0 / (negatives + 2.0))
-
-
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
-    """Mean binary negative log-likelihood of ``labels`` (0/1, or soft targets) under ``sigmoid(logits / T)``."""
+    """Mean binary negative log-likelihood of ``labels`` (0/1) under ``sigmoid(logits / temperature)``."""
     z = np.asarray(logits, np.float64) / temperature
     y = np.asarray(labels, np.float64)
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
@@ -88,7 +81,7 @@ def fit_temperature(
     if not np.isfinite(z).all():
         raise ValueError("logits must be finite")
     s_low, s_high = 1.0 / bounds[1], 1.0 / bounds[0]
-    s = _root(z, platt_targets(y), s_low, s_high, tolerance)
+    s = _root(z, y, s_low, s_high, tolerance)
     temperature = 1.0 / s
     at_bound = bool(np.isclose(s, s_low, rtol=1e-9) or np.isclose(s, s_high, rtol=1e-9))
     return TemperatureFit(temperature, nll(z, y), nll(z, y, temperature), len(z), at_bound)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crackscope.calibration.temperature import T_BOUNDS, fit_temperature, nll, platt_targets
+from crackscope.calibration.temperature import T_BOUNDS, fit_temperature, nll
 
 
 def _overconfident(n: int, scale: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -26,23 +26,19 @@ def test_temperature_recovers_the_factor_by_which_logits_were_scaled(scale):
 
 def test_fitted_temperature_is_the_minimum_of_the_nll_on_a_dense_grid():
     logits, labels = _overconfident(3_000, 1.7, seed=2)
-    targets = platt_targets(labels)
     grid = np.exp(np.linspace(np.log(1.0), np.log(3.0), 4_001))
-    best = grid[np.argmin([nll(logits, targets, t) for t in grid])]
+    best = grid[np.argmin([nll(logits, labels, t) for t in grid])]
     assert fit_temperature(logits, labels).temperature == pytest.approx(best, rel=5e-4)
 
 
-def test_separable_items_get_a_finite_temperature_and_probabilities_short_of_zero_and_one():
-    # With hard targets the NLL would fall all the way to T -> 0; Platt's targets keep the optimum finite.
+def test_separable_items_stop_at_the_lowest_temperature_and_say_so():
+    # Every item is on its right side: the NLL keeps falling as T -> 0, so the fit stops at the bound.
     logits = np.array([-6.0, -4.0, -3.0, -1.0, 1.5, 2.0, 5.0, 7.0])
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     fit = fit_temperature(logits, labels)
-    assert T_BOUNDS[0] < fit.temperature < T_BOUNDS[1] and not fit.at_bound
-    assert 1.0 / (1.0 + np.exp(1.0 / fit.temperature)) > 1e-3  # the item at logit -1 is not called certain
-
-
-def test_platt_targets_pull_each_class_towards_the_middle_by_one_over_its_count_plus_two():
-    assert platt_targets(np.array([1, 1, 1, 0])).tolist() == [0.8, 0.8, 0.8, pytest.approx(1 / 3)]
+    assert fit.temperature == pytest.approx(T_BOUNDS[0]) and fit.at_bound
+    one_error = fit_temperature(np.append(logits, 0.5), np.append(labels, 0))
+    assert T_BOUNDS[0] < one_error.temperature < T_BOUNDS[1] and not one_error.at_bound
 
 
 @pytest.mark.parametrize(
