@@ -48,7 +48,7 @@ from crackscope.calibration.metrics import (
     verdict_rates,
 )
 from crackscope.calibration.score import Scores, score_samples
-from crackscope.calibration.temperature import TemperatureFit, fit_temperature
+from crackscope.calibration.temperature import TemperatureFit, fit_temperature, nll
 from crackscope.calibration.thresholds import (
     ThresholdChoice,
     as_probabilities,
@@ -137,13 +137,18 @@ def fit_calibration(
     # The cuts do not depend on T; T only must keep them where the runtime's sigmoid can still tell them apart.
     lowest = smallest_temperature(escape, false_reject)
     if temperature.temperature < lowest:
-        temperature = replace(temperature, temperature=lowest, raised_to_represent_thresholds=True)
+        temperature = replace(
+            temperature,
+            temperature=lowest,
+            nll_after=nll(logits, labels, lowest),
+            raised_to_represent_thresholds=True,
+        )
     choice = as_probabilities(escape, false_reject, temperature.temperature)
     calibration = Calibration(
         temperature=temperature.temperature,
         ok_below=choice.ok_below,
         defect_at_or_above=choice.defect_at_or_above,
-        method=f"{METHOD} on {len(labels)} clear items",
+        method=f"{METHOD} on {len(labels)} clear items{temperature.note}",
         targets=asdict(targets),
         fitted_on={
             **(fitted_on or {}),
@@ -216,7 +221,7 @@ class Outcome:
                 "clear": self.clear.to_dict(),
                 "ambiguous": {**self.ambiguous, "review_share": self.ambiguous_review_share},
                 "ambiguous_to_clear_review_ratio": _finite(self.review_ratio),
-                "note": "measured on the calibration items themselves (in-sample); the guarantee is the bound",
+                "note": "measured on the calibration items themselves (in-sample); the guarantee is the target",
             },
             "reliability": {"before": _bins(self.reliability_before), "after": _bins(self.reliability_after)},
         }
@@ -227,7 +232,7 @@ class Outcome:
         lines = [
             f"calibrated {self.model} ({self.card.precision}) on {self.clear.n_crack + self.clear.n_ok} clear items "
             f"({self.clear.n_crack} crack, {self.clear.n_ok} ok) and {n_amb} ambiguous from {self.data['root']}",
-            f"temperature {c.temperature:.4g}{' (at its bound: the clear items are separable)' if fit.at_bound else ''}"
+            f"temperature {c.temperature:.4g}{fit.note}"
             f"; ECE {self.ece_before:.2%} -> {self.ece_after:.2%} (15 bins, calibration set)",
             f"verdicts: OK below {c.ok_below:.6g}, DEFECT at or above {c.defect_at_or_above:.6g}"
             + (", REVIEW between" if choice.review_band else " (one threshold meets both targets: no REVIEW band)"),

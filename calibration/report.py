@@ -76,7 +76,7 @@ def _figure(svg: str, caption: str) -> str:
 def _summary(outcome: Outcome) -> str:
     c, choice, fit = outcome.calibration, outcome.fit.thresholds, outcome.fit.temperature
     rows = [
-        ("temperature", f"{c.temperature:.4g}" + (" (at its bound: clear items separable)" if fit.at_bound else "")),
+        ("temperature", f"{c.temperature:.4g}{fit.note}"),
         ("NLL per item (before / after)", f"{fit.nll_before:.4f} / {fit.nll_after:.4f}"),
         ("ECE, 15 bins (before / after)", f"{outcome.ece_before:.2%} / {outcome.ece_after:.2%}"),
         ("OK below", f"{c.ok_below:.6g}"),

@@ -50,6 +50,15 @@ class TemperatureFit:
     at_bound: bool  # the optimum lies at (or beyond) a bound of ``T_BOUNDS``: see the module docstring
     raised_to_represent_thresholds: bool = False  # set by calibrate when the NLL optimum was too low (see thresholds)
 
+    @property
+    def note(self) -> str:
+        """Why the temperature is not the plain NLL optimum (empty when it is), for messages and reports."""
+        if self.raised_to_represent_thresholds:
+            return "; clear items separable: raised from the NLL's lower bound so the thresholds stay representable"
+        if self.at_bound:
+            return "; at its bound: the clear items are separable"
+        return ""
+
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
     """Mean binary negative log-likelihood of ``labels`` (0/1) under ``sigmoid(logits / temperature)``."""
