@@ -144,6 +144,21 @@ def test_bad_inputs_fail_with_one_line_before_the_model_runs(
     assert _sha(brightness_model) == before and not (tmp_path / "out").exists()
 
 
+def test_calibrate_reads_a_yaml_config_and_flags_override_it(brightness_model, grey_data, tmp_path):
+    config = tmp_path / "calibrate.yaml"
+    config.write_text(
+        f"model: {brightness_model}\ndata: {grey_data}\nout: {tmp_path / 'yaml-out'}\nescape_rate: 0.05\n"
+        "false_reject_rate: 0.05\nconfidence: 0.95\nprogress: false\n"
+    )
+    assert main(["calibrate", "--config", str(config), "--confidence", "0.8"]) == 0
+    assert read_card(brightness_model).calibration.targets == {
+        "escape_rate": 0.05,
+        "false_reject_rate": 0.05,
+        "confidence": 0.8,
+    }
+    assert (tmp_path / "yaml-out" / "calibration.json").is_file()
+
+
 def test_calibrate_runs_with_pytorch_unimportable(brightness_model, grey_data, tmp_path):
     script = textwrap.dedent(
         """
@@ -218,3 +233,23 @@ def test_a_model_whose_scores_never_overlap_gets_one_threshold_and_says_nothing_
     assert outcome.calibration.ok_below == outcome.calibration.defect_at_or_above
     assert "no REVIEW band" in outcome.describe()
     assert np.isfinite(outcome.calibration.temperature)
+
+
+@pytest.mark.slow
+def test_the_demo_step_calibrates_an_int8_export_on_a_held_out_synthetic_split(line_model, tmp_path):
+    import shutil
+
+    from crackscope.calibration.calibrate import calibrate_step
+    from crackscope.training import synthetic
+
+    model = Path(shutil.copy(line_model.int8, tmp_path / "model.int8.onnx"))  # the session's model stays as it is
+    graph_before = _graph_bytes(model)
+    split = synthetic.write_patch_dataset(tmp_path / "calib", n_crack=60, n_ok=60, n_ambiguous=20, size=96, seed=21)
+    printed: list[str] = []
+    outcome = calibrate_step(
+        model, split, tmp_path / "calibration", escape_rate=0.05, progress=False, emit=printed.append
+    )
+    assert _graph_bytes(model) == graph_before and read_card(model).precision == "int8"
+    assert read_card(model).calibration == outcome.calibration and not is_identity(outcome.calibration)
+    assert outcome.clear.n_crack == 60 and sum(outcome.ambiguous.values()) == 20
+    assert any("OK below" in line for line in printed) and (tmp_path / "calibration" / "calibration.html").is_file()
