@@ -246,7 +246,7 @@ def histogram_svg(groups: Sequence[tuple[str, np.ndarray]], calibration, bins: i
         scaled = np.clip(np.asarray(raw, np.float64) / calibration.temperature, -LOGIT_RANGE, LOGIT_RANGE)
         counts, _ = np.histogram(scaled, edges)
         heights.append(counts / max(1, len(raw)))
-    top = max([float(h.max()) for h in heights] + [1e-9])
+    top = 1.08 * max([float(h.max()) for h in heights] + [1e-9])  # a little headroom above the highest bar
 
     def x(logit: float) -> float:
         return PAD + (np.clip(logit, -LOGIT_RANGE, LOGIT_RANGE) + LOGIT_RANGE) / (2 * LOGIT_RANGE) * plot_w
