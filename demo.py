@@ -104,8 +104,10 @@ def run_demo(config: DemoConfig) -> Evaluation:
         )
     )
     deployed = _deployable(exported)
-    print(f"[5/5] inspecting {config.frames} generated {config.frame_height}x{config.frame_width} frames (and one "
-          f"corrupt file) with {deployed.name}")
+    print(
+        f"[5/5] inspecting {config.frames} generated {config.frame_height}x{config.frame_width} frames (and one "
+        f"corrupt file) with {deployed.name}"
+    )
     inspection = _inspect_frames(out, deployed, config)
     _print_summary(evaluation, result.run_dir, out, time.perf_counter() - started)
     print("  exported models (parity measured before writing):")
@@ -139,9 +141,7 @@ def _inspect_frames(out: Path, model: Path, config: DemoConfig) -> BatchSummary:
         image, _ = synthetic.make_frame(config.frame_height, config.frame_width, rng, n_cracks=cracks)
         cv2.imwrite(str(frames / f"frame_{index:03d}.jpg"), image)
     (frames / "frame_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    return run_batch(
-        BatchConfig(inputs=(str(frames),), model=str(model), out=str(results), progress=config.progress)
-    )
+    return run_batch(BatchConfig(inputs=(str(frames),), model=str(model), out=str(results), progress=config.progress))
 
 
 def _print_summary(evaluation: Evaluation, run_dir: Path, out: Path, seconds: float) -> None:
