@@ -181,7 +181,8 @@ def decide(
     small = scaled_grid(item.grid, factor)
     coarse = stitch(upsample_cams(cams, small.size), small, indices)
     height, width = item.frame.shape[:2]
-    regions = find_regions(coarse, small, tiles, config, factor, (height, width))
+    cell = small.size // cams.shape[-1] if cams.ndim == 3 and cams.shape[-1] else 1  # one CAM cell, coarse pixels
+    regions = find_regions(coarse, small, tiles, config, factor, (height, width), join=max(1, cell // 2))
     heatmap = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_LINEAR) if factor > 1 else coarse
     frame_verdict = worst(t.verdict for t in tiles)
     score = float(probs.max()) if len(probs) else 0.0
@@ -195,11 +196,13 @@ def find_regions(
     config: InspectConfig,
     factor: int = 1,
     frame_shape: tuple[int, int] | None = None,
+    join: int = 1,
 ) -> tuple[Region, ...]:
     """Connected components of the thresholded heatmap inside DEFECT/REVIEW tiles, as boxes (largest score first).
 
     ``heatmap`` and ``grid`` may be ``factor`` times coarser than the frame (see ``heat_factor``); boxes come back
-    in frame pixels, clipped to ``frame_shape``.
+    in frame pixels, clipped to ``frame_shape``. Hot spots closer than ``join`` heatmap pixels (half a CAM cell by
+    default) are one region: a crack lights up cell by cell, and a person wants one box per crack, not one per cell.
     """
     flagged = [t for t in tiles if t.verdict in (Verdict.DEFECT, Verdict.REVIEW)]
     if not flagged:
@@ -209,6 +212,8 @@ def find_regions(
     if peak <= 0:
         return ()
     hot = ((heatmap >= config.region_threshold * peak) & inside).astype(np.uint8)
+    if join > 1:
+        hot = cv2.morphologyEx(hot, cv2.MORPH_CLOSE, np.ones((join, join), np.uint8)) & inside.astype(np.uint8)
     count, _, stats, _ = cv2.connectedComponentsWithStats(hot, connectivity=8)
     height, width = frame_shape or heatmap.shape
     regions = []
