@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from crackscope.config import write_yaml
 from crackscope.inspect.decision import Verdict, is_identity
 from crackscope.inspect.images import (
     DEFAULT_MAX_PIXELS,
@@ -139,6 +140,7 @@ def run_batch(config: BatchConfig) -> BatchSummary:
         with ResultStore(out) as store:
             _check_same_model(store, model)
             remove_partials(out)
+            write_yaml(config, out / "inspect-config.yaml")  # the resolved config, to repeat the run exactly
             store.set_meta(model_id=model.model_id, model_path=str(model.path), card=model.card.to_metadata())
             inspected, skipped = _inspect_all(model, files, store, config)
             counts = store.counts()
