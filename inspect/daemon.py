@@ -47,6 +47,7 @@ from crackscope.inspect.sources import (
     SourceState,
     open_source,
     parse_source,
+    redact_url,
 )
 from crackscope.inspect.telemetry import HealthServer, RunSummary, Telemetry
 from crackscope.inspect.trigger import FrameGate, TriggerConfig
@@ -66,6 +67,7 @@ class DaemonConfig:
         out: results folder (the same store as batch runs).
         policy: ``latest`` (drop stale frames) or ``every``; unset: ``every`` for files, ``latest`` for live sources.
         queue_size: frames the reader may read ahead of the inspector (``every``).
+        realtime: video files only: deliver frames at the file's frame rate, as a camera would (replays, benchmarks).
         batch_frames: most frames inspected (and stored) together, taken only from frames already waiting.
         trigger: inspect every frame, one per interval, or only frames that changed (cameras and videos).
         reconnect: backoff between attempts to (re)open a source.
@@ -85,6 +87,7 @@ class DaemonConfig:
     out: str | None = None
     policy: Literal["latest", "every"] | None = None
     queue_size: int = 8
+    realtime: bool = False
     batch_frames: int = 4
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
     reconnect: Backoff = field(default_factory=Backoff)
@@ -114,6 +117,7 @@ class DaemonConfig:
         return SourceOptions(
             policy=Policy(self.policy) if self.policy else None,
             queue_size=self.queue_size,
+            realtime=self.realtime,
             backoff=self.reconnect,
             hot_folder=self.hot_folder,
         )
@@ -168,7 +172,9 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
 
 def _prepare_output(config: DaemonConfig, out: Path, store: ResultStore, model: OnnxModel) -> None:
     remove_partials(out)
-    write_yaml(config, out / CONFIG_NAME)
+    # The saved config must not carry a stream's password: results folders get copied around.
+    source = redact_url(config.source) if isinstance(config.source, str) else config.source
+    write_yaml(dataclasses.replace(config, source=source), out / CONFIG_NAME)
     calibration = model.card.calibration
     store.set_meta(model_id=model.model_id, model_path=str(model.path), calibration=to_dict(calibration))
     if is_identity(calibration):

@@ -171,6 +171,7 @@ class SourceOptions:
 
     policy: Policy | None = None  # None: EVERY for files and folders, LATEST for cameras and streams
     queue_size: int = 8  # frames the reader may hold ahead of the inspector (EVERY)
+    realtime: bool = False  # video files: deliver frames at the file's frame rate, as a camera would
     backoff: Backoff = field(default_factory=Backoff)
     hot_folder: HotFolderConfig = field(default_factory=HotFolderConfig)
 
@@ -283,7 +284,9 @@ def open_source(value: str | int, options: SourceOptions, done: Collection[tuple
             probe.release()
     live = spec.kind in ("camera", "stream")
     policy = options.policy or (Policy.LATEST if live else Policy.EVERY)
-    return CaptureSource(spec, policy=policy, queue_size=options.queue_size, backoff=options.backoff)
+    return CaptureSource(
+        spec, policy=policy, queue_size=options.queue_size, backoff=options.backoff, realtime=options.realtime
+    )
 
 
 # --- cameras, streams, video files ----------------------------------------------------------------------------------
@@ -298,7 +301,13 @@ class CaptureSource:
     """
 
     def __init__(
-        self, spec: SourceSpec, *, policy: Policy = Policy.EVERY, queue_size: int = 8, backoff: Backoff | None = None
+        self,
+        spec: SourceSpec,
+        *,
+        policy: Policy = Policy.EVERY,
+        queue_size: int = 8,
+        backoff: Backoff | None = None,
+        realtime: bool = False,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
@@ -307,6 +316,7 @@ class CaptureSource:
         self.policy = Policy(policy)
         self.queue_size = 1 if self.policy is Policy.LATEST else queue_size
         self.backoff = backoff or Backoff()
+        self.realtime = realtime and spec.kind == "video"
         self._cond = threading.Condition()
         self._queue: deque[Frame] = deque()
         self._closing = threading.Event()
@@ -433,8 +443,12 @@ class CaptureSource:
             for _ in range(self._read):
                 if not capture.grab():
                     return 0
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0) if self.realtime else 0.0
+        start = time.monotonic() - self._read / fps if fps > 0 else 0.0
         got = 0
         while not self._closing.is_set():
+            if fps > 0 and self._closing.wait(max(0.0, start + self._read / fps - time.monotonic())):
+                break  # replaying in real time: the next frame is not due yet
             ok, image = capture.read()
             if not ok or image is None:
                 break

@@ -36,7 +36,7 @@ class TriggerConfig:
             capture time), or ``motion`` (only when the frame differs from the last inspected one).
         interval_s: shortest capture-time gap between two inspected frames (``interval``).
         motion_threshold: mean absolute grey-level difference (0-255) of the 64-px-wide thumbnails at or above which
-            a frame counts as changed (``motion``). Sensor noise on a still scene is typically below 2.
+            a frame counts as changed (``motion``). Pixel noise of sigma 3 grey levels on a still scene scores below 1.
     """
 
     mode: Literal["none", "interval", "motion"] = "none"

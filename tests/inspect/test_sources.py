@@ -166,6 +166,13 @@ def test_a_video_removed_while_it_is_read_is_read_to_its_end(tmp_path):
     assert [f.index for f in frames] == list(range(30))
 
 
+def test_a_video_replayed_in_real_time_arrives_at_its_frame_rate(tmp_path):
+    path = write_video(tmp_path / "paced.avi", _frames(6), fps=20.0)
+    with open_source(str(path), SourceOptions(realtime=True)) as source:
+        frames = _collect(source)
+    assert len(frames) == 6 and 0.2 <= frames[-1].monotonic - frames[0].monotonic < 2.0  # 5 gaps of 50 ms
+
+
 def test_closing_a_source_stops_its_reader_even_when_the_inspector_is_behind(video):
     with CaptureSource(parse_source(str(video)), policy=Policy.EVERY, queue_size=1) as source:
         time.sleep(0.1)
