@@ -296,6 +296,12 @@ def _add_daemon(subparsers) -> None:
     p.add_argument("--interval", type=float, help="seconds between inspected frames with --trigger interval")
     p.add_argument("--motion-threshold", type=float, help="mean grey-level change (0-255) that counts as motion")
     p.add_argument(
+        "--realtime",
+        action="store_const",
+        const=True,
+        help="video file: deliver frames at its frame rate, as a camera would (replays)",
+    )
+    p.add_argument(
         "--after",
         choices=["move", "keep"],
         help="hot folder: move inspected files to processed/ (default) or keep them in place",
@@ -322,6 +328,7 @@ def _run_daemon(args: argparse.Namespace) -> int:
         "metrics_port": args.metrics_port,
         "metrics_host": args.metrics_host,
         "policy": args.policy,
+        "realtime": args.realtime,
         "save": args.save,
         "providers": args.providers,
         "trigger": {"mode": args.trigger, "interval_s": args.interval, "motion_threshold": args.motion_threshold},
