@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import threading
 import time
@@ -44,6 +45,7 @@ from crackscope.inspect.sources import (
     HotFolderConfig,
     Policy,
     SourceOptions,
+    SourceSpec,
     SourceState,
     open_source,
     parse_source,
@@ -150,7 +152,7 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
     """
     stop = stop or threading.Event()
     out = Path(config.out)
-    parse_source(config.source)  # a value that cannot be a source fails before the model is loaded
+    spec = parse_source(config.source)  # a value that cannot be a source fails before the model is loaded
     with contextlib.ExitStack() as stack:
         stack.enter_context(_stop_on_signals(stop))  # first: a SIGTERM during start-up is a clean stop too
         model = stack.enter_context(
@@ -158,8 +160,10 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
         )
         store = stack.enter_context(ResultStore(out))
         _prepare_output(config, out, store, model)
-        done = store.done_keys()
-        source = stack.enter_context(open_source(config.source, config.source_options(), done))
+        done = _resume_keys(store, spec)
+        source = stack.enter_context(
+            open_source(config.source, config.source_options(), done if done is not None else ())
+        )
         telemetry = Telemetry(source.status, model)
         if config.metrics_port is not None:
             stack.enter_context(HealthServer(telemetry, config.metrics_host, config.metrics_port))
@@ -185,6 +189,21 @@ def _prepare_output(config: DaemonConfig, out: Path, store: ResultStore, model: 
         )
 
 
+def _resume_keys(store: ResultStore, spec: SourceSpec) -> set[tuple[str, str]] | None:
+    """The stored keys of this source's inputs, for a video file or a hot folder; None for a live source.
+
+    Only those are kept in memory: a camera's frames are new by nature (and the store's unique index still refuses
+    a duplicate), and a store that has collected months of camera frames should not cost their keys in memory.
+    """
+    if spec.kind == "video":
+        prefix = f"{spec.name}#"
+    elif spec.kind == "folder":
+        prefix = spec.name.rstrip(os.sep) + os.sep
+    else:
+        return None
+    return {key for key in store.done_keys() if key[0].startswith(prefix)}
+
+
 def _inspect_loop(
     source: FrameSource,
     model: OnnxModel,
@@ -192,7 +211,7 @@ def _inspect_loop(
     config: DaemonConfig,
     telemetry: Telemetry,
     stop: threading.Event,
-    done: set[tuple[str, str]],
+    done: set[tuple[str, str]] | None,
 ) -> None:
     gate = FrameGate(config.trigger)
     policy = SavePolicy(config.save)
@@ -200,7 +219,7 @@ def _inspect_loop(
         taken = time.monotonic()
         wanted = []
         for frame in batch:
-            reason = "done" if frame.key in done else _gate(gate, frame)
+            reason = "done" if done is not None and frame.key in done else _gate(gate, frame)
             if reason:
                 telemetry.skipped(reason)
                 source.ack(frame)
@@ -212,7 +231,8 @@ def _inspect_loop(
         store.add(records)
         stored = time.monotonic()
         for frame, record in zip(wanted, records, strict=True):
-            done.add(frame.key)
+            if done is not None:
+                done.add(frame.key)
             source.ack(frame)
             telemetry.inspected(record.verdict, stored - frame.monotonic, stored - taken)
 
