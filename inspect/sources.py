@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -42,7 +41,7 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
-from crackscope.inspect.images import ImageReadError, is_image_file, read_image
+from crackscope.inspect.images import DEFAULT_MAX_PIXELS, ImageReadError, file_digest, is_image_file, load_frame
 
 log = logging.getLogger(__name__)
 
@@ -153,16 +152,18 @@ class HotFolderConfig:
         poll_s: how often the folder is listed.
         after: ``move`` inspected files to ``processed`` (the default), or ``keep`` them in place.
         processed: folder for inspected files; a relative name is inside the hot folder.
+        max_pixels: larger images get an ERROR record instead of being decoded (as in batch runs).
     """
 
     settle_s: float = 1.0
     poll_s: float = 0.5
     after: Literal["move", "keep"] = "move"
     processed: str = "processed"
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
-        if self.settle_s < 0 or self.poll_s <= 0:
-            raise ValueError(f"hot folder needs settle_s >= 0 and poll_s > 0, got {self}")
+        if self.settle_s < 0 or self.poll_s <= 0 or self.max_pixels < 1:
+            raise ValueError(f"hot folder needs settle_s >= 0, poll_s > 0 and max_pixels >= 1, got {self}")
 
 
 @dataclass(frozen=True)
@@ -198,12 +199,12 @@ class FrameSource(Protocol):
 
 
 def pixels_sha256(image: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(image).data).hexdigest()
+    return file_digest(np.ascontiguousarray(image))
 
 
 def _sha256_of(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_digest(path.read_bytes())
     except OSError:
         return None
 
@@ -629,17 +630,20 @@ class HotFolderSource:
             log.warning("%s: cannot read (%s); it will be tried again if it changes", path, error.strerror or error)
             self._handled[path] = stat
             return None
-        sha256 = hashlib.sha256(data).hexdigest()
+        sha256 = file_digest(data)
         source = str(path)
-        if (source, sha256) in self._done:
+        if (source, sha256) in self._done:  # hashed before decoding: a restart does not decode what is done
             self._resumed += 1
             self._handled[path] = stat
             self._let_go(path, sha256)
             return None
         image, error = None, None
         try:
-            image = read_image(path)
+            loaded = load_frame(path, max_pixels=self.config.max_pixels)
+            image, sha256 = loaded.image, loaded.sha256
         except ImageReadError as failure:
+            if self._changed_since(path, stat):  # a writer that paused longer than settle_s: not finished yet
+                return None
             error = failure.reason
         now = time.time()
         with self._lock:
@@ -648,6 +652,13 @@ class HotFolderSource:
             self._last_time = now
         self._handled[path] = stat
         return Frame(image, source, index, now, time.monotonic(), sha256, error)
+
+    def _changed_since(self, path: Path, stat: tuple[int, int]) -> bool:
+        try:
+            now = path.stat()
+        except OSError:
+            return True
+        return (now.st_size, now.st_mtime_ns) != stat
 
     def batches(self, stop: threading.Event, max_frames: int = 1) -> Iterator[list[Frame]]:
         while not stop.is_set():

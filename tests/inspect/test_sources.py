@@ -256,6 +256,35 @@ def test_an_undecodable_file_becomes_an_error_frame_not_an_exception(tmp_path):
     assert source.poll() == []  # handled: not offered again while unchanged
 
 
+def test_a_cut_jpeg_that_stopped_growing_gets_an_error_frame_that_says_it_is_truncated(tmp_path):
+    data = _jpeg_bytes(3)
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    source = HotFolderSource(tmp_path, HotFolderConfig(settle_s=0.0, after="keep"))
+    source.poll()
+    [path] = source.poll()
+    frame = source.load(path)
+    assert frame.image is None and "truncated" in frame.error
+    assert frame.sha256 == hashlib.sha256(data[: len(data) // 2]).hexdigest()
+
+
+def test_a_file_that_grows_again_after_it_looked_stable_is_left_for_the_next_poll(tmp_path):
+    data = _jpeg_bytes(4)
+    path = tmp_path / "slow.jpg"
+    path.write_bytes(data[:100])
+    source = HotFolderSource(tmp_path, HotFolderConfig(settle_s=0.0))
+    source.poll()
+    assert source.poll() == [path]
+    with path.open("ab") as handle:  # the writer resumes after a pause longer than settle_s, still not done
+        handle.write(data[100:200])
+    assert source.load(path) is None  # unreadable, but it changed since it looked ready: not an ERROR record
+    with path.open("ab") as handle:
+        handle.write(data[200:])
+    source.poll()
+    [again] = source.poll()
+    frame = source.load(again)
+    assert frame.error is None and frame.sha256 == hashlib.sha256(data).hexdigest()
+
+
 def test_keep_mode_leaves_files_in_place_and_offers_each_once(tmp_path):
     _jpeg(tmp_path / "a.jpg", 1)
     source = HotFolderSource(tmp_path, HotFolderConfig(settle_s=0.0, after="keep"))
