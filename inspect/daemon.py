@@ -3,8 +3,9 @@
 The loop is source -> trigger -> :func:`~crackscope.inspect.pipeline.inspect_frames` ->
 :func:`~crackscope.inspect.sinks.record_inspection` -> :meth:`ResultStore.add` (one transaction per small batch of
 frames already waiting), then the source is told the frame is done (a hot-folder file moves to ``processed/``).
-DEFECT and REVIEW frames are saved with heatmap and overlay under ``OUT/review/``. Frames whose ``(source,
-sha256)`` is already stored are skipped, so a restarted daemon does not inspect anything twice.
+DEFECT and REVIEW frames are saved with heatmap and overlay under ``OUT/review/``. Frames of a video file and
+files of a hot folder whose ``(source, sha256)`` is already stored are skipped, so a restart does not inspect them
+twice.
 
 SIGTERM and SIGINT finish the frames in flight, flush, and return; a video file source returns at its end. While it
 runs, ``/healthz`` and Prometheus ``/metrics`` are served on 127.0.0.1 when a metrics port is given.
