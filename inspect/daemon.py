@@ -27,7 +27,6 @@ import signal
 import threading
 import time
 import types
-import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,10 +126,9 @@ class DaemonConfig:
 
 
 def daemon_config(file_values: Mapping[str, Any] | None, flags: Mapping[str, Any]) -> DaemonConfig:
-    """The config from YAML values and flags (flags set to None were not given); every value's type is checked first,
-    so a mistake is reported with its key (``inspect.overlap: expected a number, got 'wide'``)."""
+    """The config from YAML values and flags (flags set to None were not given); every value's type is checked as it
+    is read (:func:`crackscope.config.from_dict`), so a mistake is reported with its key."""
     values = merge(file_values or {}, flags)
-    _check_types(DaemonConfig, values, "")
     try:
         return from_dict(DaemonConfig, values, "daemon config")
     except ConfigError:
@@ -303,65 +301,3 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 def exit_code(summary: RunSummary) -> int:
     """0 for a stop or the end of a video, 1 when the source failed for good (its backoff attempts ran out)."""
     return 1 if summary.source.state is SourceState.FAILED else 0
-
-
-# --- config type checks ---------------------------------------------------------------------------------------------
-
-
-def _check_types(cls: type, values: Mapping[str, Any], where: str) -> None:
-    """Check each value against its field's annotation before building the config, naming the key on a mismatch.
-
-    Unknown keys are left to :func:`crackscope.config.from_dict`, which lists the known ones.
-    """
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{where.rstrip('.') or 'config'}: expected a mapping of keys to values, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    for name, value in values.items():
-        if name not in hints:
-            continue
-        annotation, key = hints[name], f"{where}{name}"
-        if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
-            _check_types(annotation, value, f"{key}.")
-        elif not _fits(value, annotation):
-            raise ConfigError(f"{key}: expected {_describe(annotation)}, got {value!r}")
-
-
-def _fits(value: Any, annotation: Any) -> bool:
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation is Any:
-        return True
-    if annotation is type(None):
-        return value is None
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, arg) for arg in args)
-    if origin is Literal:
-        return value in args
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_fits(item, args[0]) for item in value)
-        return len(value) == len(args) and all(_fits(item, arg) for item, arg in zip(value, args, strict=True))
-    if isinstance(annotation, type):
-        return isinstance(value, annotation)
-    return True
-
-
-def _describe(annotation: Any) -> str:
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(arg) for arg in args)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of ({_describe(args[0])})"
-        return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
-    names = {type(None): "nothing (null)", bool: "true or false", int: "an integer", float: "a number", str: "text"}
-    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))

@@ -78,10 +78,13 @@ def test_yaml_values_are_defaults_and_flags_override_them_down_to_nested_keys():
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"queue_size": "8"}, "queue_size: expected an integer, got '8'"),
-        ({"inspect": {"overlap": "wide"}}, "inspect.overlap: expected a number, got 'wide'"),
-        ({"trigger": {"mode": "sometimes"}}, "trigger.mode: expected one of 'none', 'interval', 'motion'"),
-        ({"save_frame": "yes"}, "save_frame: expected true or false"),
+        ({"queue_size": "8"}, "config.queue_size: expected int, got str '8'"),
+        ({"inspect": {"overlap": "wide"}}, "config.inspect.overlap: expected float, got str 'wide'"),
+        (
+            {"trigger": {"mode": "sometimes"}},
+            "config.trigger.mode: expected 'none' or 'interval' or 'motion', got str 'sometimes'",
+        ),
+        ({"save_frame": "yes"}, "config.save_frame: expected bool, got str 'yes'"),
         ({"hot_folder": 5}, "hot_folder: expected a mapping"),
         ({"reconnect": {"initial_s": 1, "wait": 3}}, "unknown key(s) wait"),
         ({"inspect": {"overlap": 1.5}}, "overlap must be in [0, 1)"),
