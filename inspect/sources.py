@@ -314,6 +314,10 @@ class CaptureSource:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
         self.spec = spec
         self.name = spec.name
+        # A live camera's frame numbers restart with the daemon: the start time keeps record names unique, so a
+        # covered lens (identical pixels) at the same frame number after a restart is still a new record.
+        live = spec.kind in ("camera", "stream")
+        self._frame_prefix = f"{spec.name}@{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}" if live else spec.name
         self.policy = Policy(policy)
         self.queue_size = 1 if self.policy is Policy.LATEST else queue_size
         self.backoff = backoff or Backoff()
@@ -454,7 +458,7 @@ class CaptureSource:
             if not ok or image is None:
                 break
             now, clock = time.time(), time.monotonic()
-            frame = Frame(image, f"{self.name}#{self._read:06d}", self._read, now, clock, pixels_sha256(image))
+            frame = Frame(image, f"{self._frame_prefix}#{self._read:06d}", self._read, now, clock, pixels_sha256(image))
             with self._cond:
                 self._read += 1
                 self._last_time = now
