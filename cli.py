@@ -265,6 +265,84 @@ def _run_inspect(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
+# --- daemon ---------------------------------------------------------------------------------------------------------
+
+
+def _add_daemon(subparsers) -> None:
+    p = _parser(
+        subparsers,
+        "daemon",
+        "Inspect a camera, stream, video file or hot folder continuously into a results folder (the same store as "
+        "batch runs), serving /healthz and Prometheus /metrics on 127.0.0.1.",
+        "crackscope daemon --source 0 --model model.onnx --out line1 --metrics-port 9108\n"
+        "  crackscope daemon --source inbox/ --model model.onnx --out line1 --config daemon.yaml",
+    )
+    p.add_argument("--source", help="camera index (0), video file, rtsp:// or http:// URL, or hot folder")
+    p.add_argument("--model", help="ONNX model written by crackscope export")
+    p.add_argument("--out", help="results folder: results.sqlite, results.jsonl, review/ (flagged frames)")
+    p.add_argument("--config", help="YAML file of defaults (trigger:, reconnect:, hot_folder:, inspect: ...)")
+    p.add_argument("--metrics-port", type=int, help="serve /healthz and /metrics on this port (0: any free one)")
+    p.add_argument("--metrics-host", help="address to serve on (default 127.0.0.1)")
+    p.add_argument(
+        "--policy",
+        choices=["latest", "every"],
+        help="drop stale frames, or inspect every frame "
+        "(default: every for files and folders, latest for cameras and streams)",
+    )
+    p.add_argument(
+        "--trigger",
+        choices=["none", "interval", "motion"],
+        help="inspect all frames (default), one per --interval, or only frames that changed",
+    )
+    p.add_argument("--interval", type=float, help="seconds between inspected frames with --trigger interval")
+    p.add_argument("--motion-threshold", type=float, help="mean grey-level change (0-255) that counts as motion")
+    p.add_argument(
+        "--realtime",
+        action="store_const",
+        const=True,
+        help="video file: deliver frames at its frame rate, as a camera would (replays)",
+    )
+    p.add_argument(
+        "--after",
+        choices=["move", "keep"],
+        help="hot folder: move inspected files to processed/ (default) or keep them in place",
+    )
+    p.add_argument(
+        "--save",
+        choices=["defect", "all", "none"],
+        help="frames saved with overlay and heatmap in review/ (default defect: DEFECT and REVIEW)",
+    )
+    p.add_argument("--providers", help="ONNX Runtime providers: auto (default), cpu, cuda, ...")
+    p.set_defaults(handler=_run_daemon)
+
+
+def _run_daemon(args: argparse.Namespace) -> int:
+    import json
+
+    from crackscope.config import read_yaml
+    from crackscope.inspect.daemon import daemon_config, exit_code, run_daemon
+
+    flags = {
+        "source": args.source,
+        "model": args.model,
+        "out": args.out,
+        "metrics_port": args.metrics_port,
+        "metrics_host": args.metrics_host,
+        "policy": args.policy,
+        "realtime": args.realtime,
+        "save": args.save,
+        "providers": args.providers,
+        "trigger": {"mode": args.trigger, "interval_s": args.interval, "motion_threshold": args.motion_threshold},
+        "hot_folder": {"after": args.after},
+    }
+    config = daemon_config(read_yaml(args.config) if args.config else None, flags)
+    if not args.verbose:
+        logging.getLogger("crackscope").setLevel(logging.INFO)  # a daemon's log is its diary: start, port, drops
+    summary = run_daemon(config)
+    print(json.dumps(summary.describe()), flush=True)
+    return exit_code(summary)
+
+
 # --- review -------------------------------------------------------------------------------------------------------
 
 
@@ -384,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crackscope {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_export, _add_inspect, _add_review, _add_demo):
+    for add in (_add_train, _add_evaluate, _add_export, _add_inspect, _add_daemon, _add_review, _add_demo):
         add(subparsers)
     return parser
 
