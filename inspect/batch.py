@@ -138,27 +138,15 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     with OnnxModel(config.model, providers=config.providers, intra_op_threads=config.threads) as model:
         _announce(model, len(files))
         with ResultStore(out) as store:
-            _check_same_model(store, model)
+            store.claim(model.model_id, str(model.path), model.card)
             remove_partials(out)
             write_yaml(config, out / "inspect-config.yaml")  # the resolved config, to repeat the run exactly
-            store.set_meta(model_id=model.model_id, model_path=str(model.path), card=model.card.to_metadata())
             inspected, skipped = _inspect_all(model, files, store, config)
             counts = store.counts()
             report = write_report(store, out) if config.report else None
     gate = FAIL_ON.get(config.fail_on or "", ())
     failed = any(counts[v.value] for v in gate)
     return BatchSummary(out, counts, inspected, skipped, time.perf_counter() - started, report, failed)
-
-
-def _check_same_model(store: ResultStore, model: OnnxModel) -> None:
-    """A results folder holds the decisions of one model: resuming with another would mix them up."""
-    meta = store.meta()
-    earlier = meta.get("model_id")
-    if earlier and earlier != model.model_id:
-        raise InputError(
-            f"{store.folder} holds results of another model ({str(earlier)[:12]}..., {meta.get('model_path')}); "
-            f"{model.path} is {model.model_id[:12]}...: use a new --out folder, or the same model to resume"
-        )
 
 
 def _announce(model: OnnxModel, count: int) -> None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from crackscope.config import ConfigError, from_dict, merge, to_dict, write_yaml
+from crackscope.config import ConfigError, from_dict, merge, write_yaml
 from crackscope.inspect.decision import is_identity
 from crackscope.inspect.model import OnnxModel
 from crackscope.inspect.pipeline import InspectConfig, inspect_frames
@@ -174,12 +174,12 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
 
 
 def _prepare_output(config: DaemonConfig, out: Path, store: ResultStore, model: OnnxModel) -> None:
+    store.claim(model.model_id, str(model.path), model.card)
     remove_partials(out)
     # The saved config must not carry a stream's password: results folders get copied around.
     source = redact_url(config.source) if isinstance(config.source, str) else config.source
     write_yaml(dataclasses.replace(config, source=source), out / CONFIG_NAME)
     calibration = model.card.calibration
-    store.set_meta(model_id=model.model_id, model_path=str(model.path), calibration=to_dict(calibration))
     if is_identity(calibration):
         log.warning(
             "%s is not calibrated (identity calibration: one threshold at probability 0.5, no REVIEW band); "

@@ -278,8 +278,8 @@ class ReviewStore:
     def calibration_for(self, model_id: str) -> Calibration | None:
         """The calibration in force for records of ``model_id``, when the store says which it is.
 
-        The store's ``meta`` describes the model of its latest run: a batch run stores the model card (``card``),
-        the daemon the calibration itself (``calibration``). Records of an earlier model have no known calibration.
+        The store's ``meta`` holds the card of the one model that decides in this folder (batch runs and the daemon
+        refuse a folder of another model), so this is None only for a store written without one.
         """
         meta = self.meta()
         if meta.get("model_id") != model_id:
@@ -287,8 +287,6 @@ class ReviewStore:
         try:
             if isinstance(meta.get("card"), dict):
                 return ModelCard.from_metadata(meta["card"]).calibration
-            if isinstance(meta.get("calibration"), dict):
-                return Calibration(**meta["calibration"])
         except (ValueError, TypeError):
             return None
         return None

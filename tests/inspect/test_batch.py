@@ -16,7 +16,7 @@ import pytest
 
 from crackscope.cli import main
 from crackscope.inspect.batch import BatchConfig, InputError, expand_inputs, run_batch
-from crackscope.inspect.sinks import ResultStore
+from crackscope.inspect.sinks import ResultStore, StoreError
 from crackscope.training.synthetic import make_frame
 
 pytestmark = pytest.mark.slow
@@ -170,6 +170,6 @@ def test_a_results_folder_of_another_model_is_refused_before_anything_changes(in
     out = tmp_path / "out"
     run_batch(_config(inputs, line_model, out))
     before = (out / "results.jsonl").read_bytes()
-    with pytest.raises(InputError, match="another model"):
+    with pytest.raises(StoreError, match="another model"):
         run_batch(BatchConfig(inputs=(str(inputs),), model=str(line_model.int8), out=str(out), progress=False))
     assert (out / "results.jsonl").read_bytes() == before

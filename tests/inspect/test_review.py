@@ -269,13 +269,6 @@ def test_the_calibration_in_force_is_known_only_for_the_stores_model(results):
         assert store.calibration_for(OTHER_MODEL) is None
 
 
-def test_a_daemon_store_gives_its_calibration_directly(results):
-    with ResultStore(results) as store:
-        store.set_meta(card=None, calibration={"ok_below": 0.3, "defect_at_or_above": 0.6, "temperature": 1.5})
-    with ReviewStore(results) as store:
-        assert store.calibration_for(MODEL) == Calibration(temperature=1.5, ok_below=0.3, defect_at_or_above=0.6)
-
-
 # --- stats ----------------------------------------------------------------------------------------------------------
 
 
