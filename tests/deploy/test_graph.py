@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from timm.layers import Conv2dSame
 
 from crackscope.deploy.graph import export_copy, fold_pads_into_convs, staticise_same_padding
+from crackscope.deploy.quantize import Int8Recipe, float_nodes, requantisation_pairs
 from crackscope.training.backbones import build_model
 
 
@@ -29,16 +30,18 @@ def test_static_padding_equals_tf_same_padding_for_even_and_odd_sizes(size, kern
         torch.testing.assert_close(features(image), expected, atol=0, rtol=0)
 
 
-def test_export_copy_gives_the_training_models_outputs_and_leaves_it_untouched():
+@pytest.mark.parametrize("backbone", ["tf_efficientnet_lite0", "resnet18", "mobilenet_v3_large"])
+def test_export_copy_gives_the_training_models_outputs_and_leaves_it_untouched(backbone):
     torch.manual_seed(0)
-    model = build_model("tf_efficientnet_lite0", pretrained=False, input_size=64).eval()
+    model = build_model(backbone, pretrained=False, input_size=64).eval()  # ImageNet mean/std: BGR order matters
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     tiles = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8))
     copy = export_copy(model)
     with torch.inference_mode():
         for ours, theirs in zip(copy.forward_with_cam(tiles), model.forward_with_cam(tiles), strict=True):
             torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
-    assert sum(isinstance(module, Conv2dSame) for module in model.modules()) == 5  # training keeps TF-"same"
+    if backbone == "tf_efficientnet_lite0":
+        assert sum(isinstance(module, Conv2dSame) for module in model.modules()) == 5  # training keeps TF-"same"
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
 
 
@@ -81,20 +84,55 @@ def _optimised(path, tmp_path) -> onnx.GraphProto:
     return onnx.load(options.optimized_model_filepath).graph
 
 
-def _assert_static_and_transposed_once_on_uint8(graph: onnx.GraphProto) -> None:
+def _assert_static_and_transposed_first_on_uint8(graph: onnx.GraphProto) -> Counter:
     ops = Counter(node.op_type for node in graph.node)
     assert not {"Pad", "Shape", "Gather", "Slice", "Ceil", "ConstantOfShape"} & set(ops), ops
-    assert ops["Transpose"] == 1 and ops["ReorderInput"] == 0 and ops["ReorderOutput"] <= 1, ops
-    first_conv = next(i for i, node in enumerate(graph.node) if node.op_type == "Conv")
+    first_conv = next(i for i, node in enumerate(graph.node) if node.op_type in ("Conv", "FusedConv"))
     (transpose,) = [node for node in graph.node[:first_conv] if node.op_type == "Transpose"]
     assert list(transpose.input) == ["image"]  # the uint8 input itself: the layout changes before the cast
     assert list(helper.get_attribute_value(transpose.attribute[0])) == [0, 3, 1, 2]
+    return ops
 
 
 @pytest.mark.slow
 def test_exported_graph_has_no_padding_arithmetic_and_one_transpose_of_the_uint8_input(exported, tmp_path):
     path = next(m.path for m in exported.models if m.precision == "fp32")
-    proto = onnx.load(str(path)).graph
-    _assert_static_and_transposed_once_on_uint8(proto)
-    assert Counter(node.op_type for node in proto.node)["Cast"] == 1
-    _assert_static_and_transposed_once_on_uint8(_optimised(path, tmp_path))
+    ops = _assert_static_and_transposed_first_on_uint8(onnx.load(str(path)).graph)
+    assert ops["Transpose"] == 1 and ops["Cast"] == 1, ops
+    ops = _assert_static_and_transposed_first_on_uint8(_optimised(path, tmp_path))
+    assert ops["Transpose"] == 1 and ops["ReorderInput"] == 0 and ops["ReorderOutput"] <= 1, ops
+
+
+@pytest.mark.slow
+def test_int8_graph_keeps_activations_int8_between_convolutions_and_preprocessing_float_nchw(exported, tmp_path):
+    path = next(m.path for m in exported.models if m.precision == "int8")
+    optimised = _optimised(path, tmp_path)
+    ops = _assert_static_and_transposed_first_on_uint8(optimised)
+    assert requantisation_pairs(optimised) == 0, ops  # no int8 -> float -> int8 round trips left
+    assert ops["QLinearConv"] >= 40 and ops["Conv"] == 2, ops  # every conv but the stem and the last one
+    # Besides the input's, ONNX Runtime may add one Transpose into its NHWC int8 kernels and one back out.
+    assert ops["Transpose"] <= 3 and ops["QuantizeLinear"] <= 1 and ops["DequantizeLinear"] <= 1, ops
+
+
+def test_the_default_int8_recipe_keeps_preprocessing_stem_last_conv_and_head_float():
+    nodes = [
+        helper.make_node(op, [], [f"{name}_out"], name=name)
+        for op, name in [
+            ("Transpose", "transpose"),
+            ("Cast", "cast"),
+            ("Mul", "scale"),
+            ("Add", "shift"),
+            ("Conv", "stem"),
+            ("Clip", "stem_act"),
+            ("Conv", "block"),
+            ("Add", "residual"),
+            ("Conv", "last"),
+            ("Clip", "last_act"),
+            ("Einsum", "cam"),
+            ("Add", "bias"),
+        ]
+    ]
+    graph = helper.make_graph(nodes, "g", [], [])
+    kept = set(float_nodes(graph, Int8Recipe()))
+    assert kept == {"transpose", "cast", "scale", "shift", "stem", "last", "last_act", "cam", "bias"}
+    assert set(float_nodes(graph, Int8Recipe(float_stem=False, float_last_conv=False))) == kept - {"stem", "last"}
