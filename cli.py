@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -371,6 +372,165 @@ def _run_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- daemon ---------------------------------------------------------------------------------------------------------
+
+
+def _add_daemon(subparsers) -> None:
+    p = _parser(
+        subparsers,
+        "daemon",
+        "Inspect a camera, stream, video file or hot folder continuously into a results folder (the same store as "
+        "batch runs), serving /healthz and Prometheus /metrics on 127.0.0.1.",
+        "crackscope daemon --source 0 --model model.onnx --out line1 --metrics-port 9108\n"
+        "  crackscope daemon --source inbox/ --model model.onnx --out line1 --config daemon.yaml",
+    )
+    p.add_argument("--source", help="camera index (0), video file, rtsp:// or http:// URL, or hot folder")
+    p.add_argument("--model", help="ONNX model written by crackscope export")
+    p.add_argument("--out", help="results folder: results.sqlite, results.jsonl, review/ (flagged frames)")
+    p.add_argument("--config", help="YAML file of defaults (trigger:, reconnect:, hot_folder:, inspect: ...)")
+    p.add_argument("--metrics-port", type=int, help="serve /healthz and /metrics on this port (0: any free one)")
+    p.add_argument("--metrics-host", help="address to serve on (default 127.0.0.1)")
+    p.add_argument(
+        "--policy",
+        choices=["latest", "every"],
+        help="drop stale frames, or inspect every frame "
+        "(default: every for files and folders, latest for cameras and streams)",
+    )
+    p.add_argument(
+        "--trigger",
+        choices=["none", "interval", "motion"],
+        help="inspect all frames (default), one per --interval, or only frames that changed",
+    )
+    p.add_argument("--interval", type=float, help="seconds between inspected frames with --trigger interval")
+    p.add_argument("--motion-threshold", type=float, help="mean grey-level change (0-255) that counts as motion")
+    p.add_argument(
+        "--realtime",
+        action="store_const",
+        const=True,
+        help="video file: deliver frames at its frame rate, as a camera would (replays)",
+    )
+    p.add_argument(
+        "--after",
+        choices=["move", "keep"],
+        help="hot folder: move inspected files to processed/ (default) or keep them in place",
+    )
+    p.add_argument(
+        "--save",
+        choices=["defect", "all", "none"],
+        help="frames saved with overlay and heatmap in review/ (default defect: DEFECT and REVIEW)",
+    )
+    p.add_argument("--providers", help="ONNX Runtime providers: auto (default), cpu, cuda, ...")
+    p.set_defaults(handler=_run_daemon)
+
+
+def _run_daemon(args: argparse.Namespace) -> int:
+    import json
+
+    from crackscope.config import read_yaml
+    from crackscope.inspect.daemon import daemon_config, exit_code, run_daemon
+
+    flags = {
+        "source": args.source,
+        "model": args.model,
+        "out": args.out,
+        "metrics_port": args.metrics_port,
+        "metrics_host": args.metrics_host,
+        "policy": args.policy,
+        "realtime": args.realtime,
+        "save": args.save,
+        "providers": args.providers,
+        "trigger": {"mode": args.trigger, "interval_s": args.interval, "motion_threshold": args.motion_threshold},
+        "hot_folder": {"after": args.after},
+    }
+    config = daemon_config(read_yaml(args.config) if args.config else None, flags)
+    if not args.verbose:
+        logging.getLogger("crackscope").setLevel(logging.INFO)  # a daemon's log is its diary: start, port, drops
+    summary = run_daemon(config)
+    print(json.dumps(summary.describe()), flush=True)
+    return exit_code(summary)
+
+
+# --- review -------------------------------------------------------------------------------------------------------
+
+
+def _add_review(subparsers) -> None:
+    p = _parser(
+        subparsers,
+        "review",
+        "Serve the QA review web app over a results folder (of 'crackscope inspect' or 'crackscope daemon') on "
+        "127.0.0.1: the queue (REVIEW, DEFECT, a sample of OK), each item with its heatmap, decisions with keyboard "
+        "shortcuts, and stats. 'crackscope review export' writes the reviewed items as a training dataset.",
+        "crackscope review --results runs/line3\n"
+        "  crackscope review export --results runs/line3 --out datasets/line3-reviewed",
+    )
+    p.usage = (
+        "crackscope review --results DIR [--host HOST] [--port N] [--token TOKEN] [--ok-sample N]\n"
+        "       crackscope review export --results DIR --out DATASET"
+    )
+    p.add_argument("--results", metavar="DIR", help="results folder holding results.sqlite")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, metavar="N", help="port (default 8765; 0: any free one)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("CRACKSCOPE_REVIEW_TOKEN"),
+        help="access token every browser must present once (default $CRACKSCOPE_REVIEW_TOKEN); "
+        "required with a --host other than loopback",
+    )
+    p.add_argument(
+        "--ok-sample", type=int, default=50, metavar="N", help="OK records sampled into the queue (default 50)"
+    )
+    p.set_defaults(handler=_needs_review_extras(_run_review))
+    actions = p.add_subparsers(dest="review_action", title="actions", metavar="export")
+    export = _parser(
+        actions,
+        "export",
+        "Write the reviewed items of a results folder as a training dataset: crack/, ok/, ambiguous/ (reviewers who "
+        "disagree make an item ambiguous), votes.csv when several reviewers labelled an item, and "
+        "review-export.csv tracing each image to its record. Exporting again to the same folder replaces it.",
+        "crackscope review export --results runs/line3 --out datasets/line3-reviewed",
+    )
+    export.add_argument("--results", dest="export_results", metavar="DIR", required=True, help="results folder")
+    export.add_argument(
+        "--out", metavar="DATASET", required=True, help="dataset folder to write (new, empty, or an earlier export)"
+    )
+    export.set_defaults(handler=_run_review_export)
+
+
+def _needs_review_extras(handler: Handler) -> Handler:
+    """``handler``, with a missing web dependency turned into one line that says what to install."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except ModuleNotFoundError as error:
+            if (error.name or "").split(".")[0] not in ("flask", "werkzeug", "jinja2"):
+                raise
+            raise MissingExtras(
+                f"the review server needs its extras: pip install 'crackscope[review]' (missing module {error.name!r})"
+            ) from error
+
+    return run
+
+
+def _run_review(args: argparse.Namespace) -> int:
+    if not args.results:
+        raise ValueError("no results folder: pass --results DIR (the --out folder of crackscope inspect or daemon)")
+    from crackscope.inspect.review import ReviewConfig, serve
+
+    serve(
+        ReviewConfig(results=args.results, host=args.host, port=args.port, token=args.token, ok_sample=args.ok_sample)
+    )
+    return 0
+
+
+def _run_review_export(args: argparse.Namespace) -> int:
+    from crackscope.inspect.review_export import export_dataset
+
+    print(export_dataset(args.export_results, args.out).describe())
+    return 0
+
+
 # --- demo -----------------------------------------------------------------------------------------------------------
 
 
@@ -409,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crackscope {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_export, _add_calibrate, _add_audit, _add_inspect, _add_demo):
+    commands = (_add_train, _add_evaluate, _add_export, _add_calibrate, _add_audit, _add_inspect, _add_daemon)
+    for add in (*commands, _add_review, _add_demo):
         add(subparsers)
     return parser
 

@@ -3,7 +3,8 @@
 Generates a synthetic crack / no-crack patch set (with a few ambiguous items and one corrupt file, so the
 robustness paths are exercised too), fine-tunes the pretrained default backbone for a minute or two on CPU,
 evaluates on a held-out synthetic set, exports fp32 and int8 ONNX models (each verified against the trained model
-before it is written) and prints where everything is.
+before it is written), inspects a folder of generated large frames (one of them corrupt) with the int8 model, and
+prints where everything is: the results store, the report page and the verdict counts.
 
 Example:
     $ crackscope demo --out demo-out
@@ -11,14 +12,20 @@ Example:
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import cv2
+import numpy as np
+
 from crackscope.training.data import DataConfig
 
 if TYPE_CHECKING:
+    from crackscope.deploy.export import ExportResult
+    from crackscope.inspect.batch import BatchSummary
     from crackscope.training.evaluate import Evaluation
 
 
@@ -32,6 +39,9 @@ class DemoConfig:
     test_per_class: int = 150
     test_ambiguous: int = 40
     epochs: int = 6
+    frames: int = 9
+    frame_height: int = 768
+    frame_width: int = 1024
     workers: int = 1
     progress: bool = True
 
@@ -62,7 +72,7 @@ def run_demo(config: DemoConfig) -> Evaluation:
         size=config.patch_size,
         seed=config.seed + 1000,
     )
-    print(f"[1/4] synthetic data: {train_dir} (train, incl. 1 corrupt file), {test_dir} (held-out test)")
+    print(f"[1/5] synthetic data: {train_dir} (train, incl. 1 corrupt file), {test_dir} (held-out test)")
     train_config = TrainConfig(
         data=str(train_dir),
         out=str(out / "run"),
@@ -78,11 +88,11 @@ def run_demo(config: DemoConfig) -> Evaluation:
         patience=2,
         data_config=DataConfig(ambiguous="soft"),
     )
-    print(f"[2/4] fine-tuning {train_config.backbone} (ImageNet weights, bundled) for {config.epochs} epochs")
+    print(f"[2/5] fine-tuning {train_config.backbone} (ImageNet weights, bundled) for {config.epochs} epochs")
     result = train(train_config)
-    print("[3/4] evaluating on the held-out set")
+    print("[3/5] evaluating on the held-out set")
     evaluation = evaluate_checkpoint(result.checkpoint, test_dir, out / "eval", workers=config.workers)
-    print("[4/4] exporting ONNX (fp32 + int8 calibrated on training tiles), each checked against PyTorch first")
+    print("[4/5] exporting ONNX (fp32 + int8 calibrated on training tiles), each checked against PyTorch first")
     exported = export(
         ExportConfig(
             checkpoint=str(result.checkpoint),
@@ -93,11 +103,45 @@ def run_demo(config: DemoConfig) -> Evaluation:
             seed=config.seed,
         )
     )
+    deployed = _deployable(exported)
+    print(
+        f"[5/5] inspecting {config.frames} generated {config.frame_height}x{config.frame_width} frames (and one "
+        f"corrupt file) with {deployed.name}"
+    )
+    inspection = _inspect_frames(out, deployed, config)
     _print_summary(evaluation, result.run_dir, out, time.perf_counter() - started)
     print("  exported models (parity measured before writing):")
     for line in exported.describe().splitlines():
         print(f"    {line}")
+    counts = ", ".join(f"{verdict} {n}" for verdict, n in inspection.counts.items())
+    print(f"  inspection      {counts}")
+    print(f"  report          {inspection.report}")
+    print(f"  results         {inspection.out / 'results.sqlite'} (and results.jsonl)")
     return evaluation
+
+
+def _deployable(exported: ExportResult) -> Path:
+    """The int8 model when its gate passed (the edge deployable), else the verified fp32 one."""
+    by_precision = {m.precision: m.path for m in exported.models}
+    return by_precision.get("int8", by_precision["fp32"])
+
+
+def _inspect_frames(out: Path, model: Path, config: DemoConfig) -> BatchSummary:
+    from crackscope.inspect.batch import BatchConfig, run_batch
+    from crackscope.training import synthetic
+
+    frames = out / "data" / "frames"
+    results = out / "inspect"
+    shutil.rmtree(frames, ignore_errors=True)  # the demo regenerates everything: no results of an earlier model
+    shutil.rmtree(results, ignore_errors=True)
+    frames.mkdir(parents=True)
+    rng = np.random.default_rng(config.seed + 2000)
+    for index in range(config.frames):
+        cracks = 0 if index % 3 == 0 else int(rng.integers(1, 3))
+        image, _ = synthetic.make_frame(config.frame_height, config.frame_width, rng, n_cracks=cracks)
+        cv2.imwrite(str(frames / f"frame_{index:03d}.jpg"), image)
+    (frames / "frame_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return run_batch(BatchConfig(inputs=(str(frames),), model=str(model), out=str(results), progress=config.progress))
 
 
 def _print_summary(evaluation: Evaluation, run_dir: Path, out: Path, seconds: float) -> None:

@@ -13,6 +13,7 @@ and ``benchmarks/localization.py`` measure these very models on images they neve
 Run:
     python benchmarks/accuracy.py                     # both sets, about 20 min on 2 idle CPU cores
     python benchmarks/accuracy.py --only magnetic-tile --epochs 6
+    python benchmarks/accuracy.py --export-only      # re-export the trained checkpoints (same split, current exporter)
     python benchmarks/accuracy.py --only magnetic-tile --epochs 1 --steps-per-epoch 2 --max-items 60   # smoke run
 """
 
@@ -94,6 +95,7 @@ class Options:
     steps_per_epoch: int | None = None  # cap on training batches per epoch (smoke runs)
     max_items: int | None = None  # a class-balanced subset of this many source images per job (smoke runs)
     export: bool = True
+    export_only: bool = False  # re-export the checkpoints of an earlier run with the current exporter
 
 
 def run(job: Job, options: Options) -> list[dict]:
@@ -102,6 +104,12 @@ def run(job: Job, options: Options) -> list[dict]:
     samples = subset(dataset.samples, options.max_items, seed) if options.max_items else list(dataset.samples)
     rest, test = split_by_group(samples, 0.2, seed)
     train_part, val_part = split_by_group(rest, 0.125, seed + 1)
+    if options.export_only:  # the same seeded split, the checkpoint of an earlier run, the current exporter
+        checkpoint = options.out_root / job.name / "model.pt"
+        if not checkpoint.is_file():
+            raise SystemExit(f"{checkpoint}: no trained model; run benchmarks/accuracy.py --only {job.name} first")
+        save_models(checkpoint, rest, _held_out(job, options, test, train_part, val_part), options)
+        return []
     summary = {"train": len(train_part), "val": len(val_part), "test": len(test), **dataset.summary()}
     config = TrainConfig(
         data=str(data_root / job.folder),
@@ -138,17 +146,20 @@ def run(job: Job, options: Options) -> list[dict]:
         cross = predict(model, load_samples(data_root / folder, data_config).samples, batch_size=64, workers=workers)
         rows.append(_row(label, f"trained on {job.name}", metrics_for(cross), {"input_px": config.input_size}))
     if options.export:
-        held_out = HeldOut(
-            job=job.name,
-            dataset=job.folder,
-            seed=seed,
-            input_size=config.input_size,
-            test=tuple(sorted({s.group for s in test})),
-            never_seen=tuple(folder for _, folder, _ in job.cross if folder != job.folder),
-            counts={"train": len(train_part), "val": len(val_part), "test": len(test)},
-        )
-        save_models(result.checkpoint, rest, held_out, options)
+        save_models(result.checkpoint, rest, _held_out(job, options, test, train_part, val_part), options)
     return rows
+
+
+def _held_out(job: Job, options: Options, test: list, train_part: list, val_part: list) -> HeldOut:
+    return HeldOut(
+        job=job.name,
+        dataset=job.folder,
+        seed=options.seed,
+        input_size=job.input_size,
+        test=tuple(sorted({s.group for s in test})),
+        never_seen=tuple(folder for _, folder, _ in job.cross if folder != job.folder),
+        counts={"train": len(train_part), "val": len(val_part), "test": len(test)},
+    )
 
 
 def _row(name: str, split_note: str, metrics: Metrics, extra: dict) -> dict:
@@ -242,6 +253,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--models", default=str(MODELS_DIR), help="where the exported models go (default: %(default)s)")
     parser.add_argument("--no-export", action="store_true", help="train and score only; write no ONNX models")
+    parser.add_argument(
+        "--export-only", action="store_true", help="re-export an earlier run's checkpoints (same split), no training"
+    )
     parser.add_argument("--steps-per-epoch", type=int, help="smoke runs: cap training batches per epoch")
     parser.add_argument("--max-items", type=int, help="smoke runs: a class-balanced subset of N source images per job")
     args = parser.parse_args()
@@ -255,6 +269,7 @@ def main() -> int:
         steps_per_epoch=args.steps_per_epoch,
         max_items=args.max_items,
         export=not args.no_export,
+        export_only=args.export_only,
     )
     if not options.data_root.is_dir():
         print(f"datasets not found at {options.data_root} (set CRACKSCOPE_DATA)", file=sys.stderr)
@@ -265,6 +280,8 @@ def main() -> int:
         if args.only and job.name not in args.only:
             continue
         rows += run(job, options)
+    if options.export_only:
+        return 0
     print(f"\n{table(rows)}\n")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "

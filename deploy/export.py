@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 import crackscope
+from crackscope.deploy.graph import export_copy, fold_pads_into_convs
 from crackscope.deploy.quantize import convert_fp16, quantize_int8
 from crackscope.deploy.verify import ParityError, ParityReport, onnx_parity, torch_parity
 from crackscope.inspect.card import INPUT_NAME, OUTPUT_NAMES, Calibration, ModelCard, save_atomically, with_card
@@ -102,28 +103,41 @@ class ExportError(ValueError):
 
 
 class CamModel(nn.Module):
-    """The exported graph: uint8 tiles -> (logit, cam), or the logit alone (for measuring what the CAM costs)."""
+    """The exported graph: uint8 tiles -> (logit, cam), or the logit alone (for measuring what the CAM costs).
+
+    The CAM is :meth:`CrackNet.forward_with_cam`'s, with the feature map's area known before tracing, so the graph
+    holds ``w / (h*w)`` as one constant instead of reading the feature map's shape at run time.
+    """
 
     def __init__(self, model: CrackNet, with_cam: bool = True) -> None:
         super().__init__()
         self.model = model
         self.with_cam = with_cam
+        side = feature_size(model)
+        self.register_buffer("cam_weights", model.fc.weight[0].detach() / (side * side), persistent=False)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.model.forward_with_cam(image) if self.with_cam else (self.model(image),)
+        if not self.with_cam:
+            return (self.model(image),)
+        cam = torch.einsum("nchw,c->nhw", self.model.feature_map(image), self.cam_weights)
+        return cam.sum(dim=(1, 2)) + self.model.fc.bias[0], cam
 
 
 def to_onnx_bytes(model: CrackNet, opset: int = 17, *, with_cam: bool = True) -> bytes:
-    """Trace the model to ONNX (dynamic batch) and return the serialised graph."""
+    """Trace the model to ONNX (dynamic batch, fixed tile size) and return the serialised graph.
+
+    What is traced is :func:`~crackscope.deploy.graph.export_copy` of the model (static padding, preprocessing
+    transposed on uint8 first), and constant ``Pad`` nodes are folded into their convolutions afterwards.
+    """
     # The wrapper must be in eval mode itself: export restores the top module's mode afterwards, and a
     # train-mode wrapper would switch the wrapped model (and its BatchNorm) back to training.
-    wrapper = CamModel(model, with_cam).eval()
+    wrapper = CamModel(export_copy(model), with_cam).eval()
     outputs = list(OUTPUT_NAMES if with_cam else OUTPUT_NAMES[:1])
     size = model.spec.input_size
     example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic in TF-'same' padding
+        warnings.simplefilter("ignore")  # tracer warnings (none expected once the padding is static)
         torch.onnx.export(
             wrapper,
             (example,),
@@ -135,7 +149,7 @@ def to_onnx_bytes(model: CrackNet, opset: int = 17, *, with_cam: bool = True) ->
             dynamo=False,
             do_constant_folding=True,
         )
-    return buffer.getvalue()
+    return fold_pads_into_convs(onnx.load_from_string(buffer.getvalue())).SerializeToString()
 
 
 def feature_size(model: CrackNet) -> int:

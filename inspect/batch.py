@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from crackscope.config import write_yaml
 from crackscope.inspect.decision import Verdict, is_identity
 from crackscope.inspect.images import (
     DEFAULT_MAX_PIXELS,
@@ -137,8 +138,9 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     with OnnxModel(config.model, providers=config.providers, intra_op_threads=config.threads) as model:
         _announce(model, len(files))
         with ResultStore(out) as store:
+            store.claim(model.model_id, str(model.path), model.card)
             remove_partials(out)
-            store.set_meta(model_id=model.model_id, model_path=str(model.path), card=model.card.to_metadata())
+            write_yaml(config, out / "inspect-config.yaml")  # the resolved config, to repeat the run exactly
             inspected, skipped = _inspect_all(model, files, store, config)
             counts = store.counts()
             report = write_report(store, out) if config.report else None

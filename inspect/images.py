@@ -49,17 +49,23 @@ def read_image(path: str | os.PathLike, *, grayscale: bool = False) -> np.ndarra
         ImageReadError: the file is missing, empty, or not a decodable image.
     """
     path = Path(path)
+    data = _file_bytes(path)
+    flags = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
+    image = cv2.imdecode(data, flags)
+    if image is None:
+        raise ImageReadError(path, "not a decodable image (corrupt or unsupported format)")
+    return image
+
+
+def _file_bytes(path: Path) -> np.ndarray:
+    """A file's bytes as uint8, or an :class:`ImageReadError` saying why there are none."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as error:
         raise ImageReadError(path, f"cannot read file ({error.strerror or error})") from error
     if data.size == 0:
         raise ImageReadError(path, "file is empty")
-    flags = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
-    image = cv2.imdecode(data, flags)
-    if image is None:
-        raise ImageReadError(path, "not a decodable image (corrupt or unsupported format)")
-    return image
+    return data
 
 
 def fit_to_input(image: np.ndarray, size: int) -> np.ndarray:
@@ -105,12 +111,7 @@ def load_frame(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         ImageReadError: naming the file and the reason.
     """
     path = Path(path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as error:
-        raise ImageReadError(path, f"cannot read file ({error.strerror or error})") from error
-    if data.size == 0:
-        raise ImageReadError(path, "file is empty")
+    data = _file_bytes(path)
     raw = data.tobytes()
     _check_complete(path, raw)
     size = header_size(raw)

@@ -43,8 +43,9 @@ def render_overlay(frame: np.ndarray, inspection: FrameInspection) -> np.ndarray
     base = to_bgr8(frame)
     heat = normalised_heat(inspection.heatmap)
     strength = 0.55 if inspection.verdict in (Verdict.DEFECT, Verdict.REVIEW) else 0.25
-    alpha = (heat * strength)[:, :, None]
-    blended = (base * (1.0 - alpha) + colour_heatmap(inspection.heatmap) * alpha).astype(np.uint8)
+    alpha = (heat * strength).astype(np.float32)
+    # blendLinear is OpenCV's per-pixel weighted sum (vectorised, threaded): a 5 MP frame in a few ms.
+    blended = cv2.blendLinear(base, colour_heatmap(inspection.heatmap), 1.0 - alpha, alpha)
     thickness = max(2, round(max(base.shape[:2]) / 400))
     for region in inspection.regions:
         x, y, w, h = region.box

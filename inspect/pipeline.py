@@ -28,8 +28,10 @@ from crackscope.inspect.model import OnnxModel
 from crackscope.inspect.tiling import (
     TileGrid,
     cut_tiles,
+    heat_factor,
     pad_to_grid,
     polygon_mask,
+    scaled_grid,
     stitch,
     tile_coverage,
     tile_grid,
@@ -175,17 +177,33 @@ def decide(
         )
         for i, lg, p in zip(indices, logits, probs, strict=True)
     )
-    heatmap = stitch(upsample_cams(cams, item.grid.size), item.grid, indices)
-    regions = find_regions(heatmap, item.grid, tiles, config)
+    factor = heat_factor(item.grid.size)
+    small = scaled_grid(item.grid, factor)
+    coarse = stitch(upsample_cams(cams, small.size), small, indices)
+    height, width = item.frame.shape[:2]
+    cell = small.size // cams.shape[-1] if cams.ndim == 3 and cams.shape[-1] else 1  # one CAM cell, coarse pixels
+    regions = find_regions(coarse, small, tiles, config, factor, (height, width), join=max(1, cell // 2))
+    heatmap = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_LINEAR) if factor > 1 else coarse
     frame_verdict = worst(t.verdict for t in tiles)
     score = float(probs.max()) if len(probs) else 0.0
-    return FrameInspection(frame_verdict, score, tiles, regions, heatmap, item.frame.shape[:2], len(item.grid))
+    return FrameInspection(frame_verdict, score, tiles, regions, heatmap, (height, width), len(item.grid))
 
 
 def find_regions(
-    heatmap: np.ndarray, grid: TileGrid, tiles: Sequence[TileResult], config: InspectConfig
+    heatmap: np.ndarray,
+    grid: TileGrid,
+    tiles: Sequence[TileResult],
+    config: InspectConfig,
+    factor: int = 1,
+    frame_shape: tuple[int, int] | None = None,
+    join: int = 1,
 ) -> tuple[Region, ...]:
-    """Connected components of the thresholded heatmap inside DEFECT/REVIEW tiles, as boxes (largest score first)."""
+    """Connected components of the thresholded heatmap inside DEFECT/REVIEW tiles, as boxes (largest score first).
+
+    ``heatmap`` and ``grid`` may be ``factor`` times coarser than the frame (see ``heat_factor``); boxes come back
+    in frame pixels, clipped to ``frame_shape``. Hot spots closer than ``join`` heatmap pixels (half a CAM cell by
+    default) are one region: a crack lights up cell by cell, and a person wants one box per crack, not one per cell.
+    """
     flagged = [t for t in tiles if t.verdict in (Verdict.DEFECT, Verdict.REVIEW)]
     if not flagged:
         return ()
@@ -194,17 +212,21 @@ def find_regions(
     if peak <= 0:
         return ()
     hot = ((heatmap >= config.region_threshold * peak) & inside).astype(np.uint8)
+    if join > 1:
+        hot = cv2.morphologyEx(hot, cv2.MORPH_CLOSE, np.ones((join, join), np.uint8)) & inside.astype(np.uint8)
     count, _, stats, _ = cv2.connectedComponentsWithStats(hot, connectivity=8)
+    height, width = frame_shape or heatmap.shape
     regions = []
     for label in range(1, count):
         x, y, w, h, area = (int(v) for v in stats[label])
-        if area < config.min_region_area:
+        if area * factor * factor < config.min_region_area:
             continue
+        peak_heat = float(heatmap[y : y + h, x : x + w].max())
+        x, y = x * factor, y * factor
+        w, h = min(w * factor, width - x), min(h * factor, height - y)
         touching = [t for t in flagged if _overlaps((x, y, w, h), t.box)]
         worst_tile = max(touching, key=lambda t: t.probability)
-        regions.append(
-            Region((x, y, w, h), worst_tile.probability, float(heatmap[y : y + h, x : x + w].max()), worst_tile.verdict)
-        )
+        regions.append(Region((x, y, w, h), worst_tile.probability, peak_heat, worst_tile.verdict))
     return tuple(sorted(regions, key=lambda r: (-r.score, -r.peak)))
 
 

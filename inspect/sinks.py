@@ -32,6 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from crackscope.inspect.card import ModelCard
 from crackscope.inspect.decision import Verdict
 from crackscope.inspect.overlay import colour_heatmap, render_overlay
 from crackscope.inspect.pipeline import FrameInspection
@@ -106,6 +107,21 @@ class ResultStore:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                 [(key, json.dumps(value, sort_keys=True)) for key, value in values.items()],
             )
+
+    def claim(self, model_id: str, model_path: str, card: ModelCard) -> None:
+        """Record which model decides here; a folder holding another model's results is refused (never mixed).
+
+        Batch runs and the daemon both call this before their first record, so resuming a run, or pointing a daemon
+        at an old folder, with a different model stops with a clear error instead of mixing two models' decisions.
+        """
+        meta = self.meta()
+        earlier = meta.get("model_id")
+        if earlier and earlier != model_id:
+            raise StoreError(
+                f"{self.folder} holds results of another model ({str(earlier)[:12]}..., {meta.get('model_path')}); "
+                f"{model_path} is {model_id[:12]}...: use a new output folder, or the same model to resume"
+            )
+        self.set_meta(model_id=model_id, model_path=model_path, card=card.to_metadata())
 
     def meta(self) -> dict[str, object]:
         rows = self._db.execute("SELECT key, value FROM meta WHERE key != 'schema_version'").fetchall()

@@ -195,16 +195,60 @@ def stitch(tile_maps: np.ndarray, grid: TileGrid, indices: np.ndarray | None = N
     if len(indices) != len(tile_maps):
         raise ValueError(f"{len(tile_maps)} tile maps for {len(indices)} tiles")
     size = grid.size
-    window = blend_window(size)
+    weighted = tile_maps * blend_window(size)
     total = np.zeros((grid.height, grid.width), np.float32)
-    weight = np.zeros((grid.height, grid.width), np.float32)
-    for tile_map, index in zip(tile_maps, indices, strict=True):
-        x, y = grid.boxes[index, :2]
-        total[y : y + size, x : x + size] += tile_map * window
-        weight[y : y + size, x : x + size] += window
+    for tile_map, (x, y) in zip(weighted, grid.boxes[indices, :2], strict=True):
+        total[y : y + size, x : x + size] += tile_map
+    weight = _weight_sum(grid) if len(indices) == len(grid) else _weights_of(grid, indices)
     np.divide(total, weight, out=total, where=weight > 0)
     height, width = grid.frame_shape
     return total[:height, :width]
+
+
+def _weights_of(grid: TileGrid, indices: np.ndarray) -> np.ndarray:
+    window = blend_window(grid.size)
+    weight = np.zeros((grid.height, grid.width), np.float32)
+    for x, y in grid.boxes[indices, :2]:
+        weight[y : y + grid.size, x : x + grid.size] += window
+    return weight
+
+
+_WEIGHT_CACHE: dict[tuple[int, int, int, int], np.ndarray] = {}
+
+
+def _weight_sum(grid: TileGrid) -> np.ndarray:
+    """The summed windows of a whole grid: the same for every frame of a size, so computed once per size."""
+    key = (grid.height, grid.width, grid.size, grid.stride)
+    if key not in _WEIGHT_CACHE:
+        if len(_WEIGHT_CACHE) >= 8:
+            _WEIGHT_CACHE.pop(next(iter(_WEIGHT_CACHE)))
+        weight = _weights_of(grid, np.arange(len(grid)))
+        weight.setflags(write=False)
+        _WEIGHT_CACHE[key] = weight
+    return _WEIGHT_CACHE[key]
+
+
+def heat_factor(size: int) -> int:
+    """How much coarser than the frame the heatmap is stitched: 4 where the tile side allows it.
+
+    A CAM cell covers 32 px of a tile (the backbone's stride), so a heatmap at a quarter of the frame's resolution
+    loses nothing; stitching and region finding then touch 16x fewer pixels.
+    """
+    return next(f for f in (4, 2, 1) if size % f == 0 and size // f >= 8) if size >= 8 else 1
+
+
+def scaled_grid(grid: TileGrid, factor: int) -> TileGrid:
+    """The same grid on a frame ``factor`` times smaller (tile sides must divide by ``factor``)."""
+    if factor == 1:
+        return grid
+    if grid.size % factor:
+        raise ValueError(f"tile side {grid.size} does not divide by {factor}")
+    boxes = grid.boxes.copy()
+    boxes[:, :2] //= factor
+    boxes[:, 2:] //= factor
+    height, width = -(-grid.height // factor), -(-grid.width // factor)
+    frame = (-(-grid.frame_shape[0] // factor), -(-grid.frame_shape[1] // factor))
+    return TileGrid(height, width, grid.size // factor, max(1, grid.stride // factor), boxes, frame)
 
 
 def tile_coverage(grid: TileGrid, indices: np.ndarray) -> np.ndarray:

@@ -35,3 +35,24 @@ def test_inspect_subpackage_imports_as_part_of_crackscope():
 def test_no_top_level_module_shadows_the_standard_library():
     top_level = {p.stem for p in REPO_ROOT.glob("*.py")} | {p.name for p in REPO_ROOT.iterdir() if p.is_dir()}
     assert not (top_level & set(sys.stdlib_module_names) - {"inspect"})
+
+
+def test_the_runtime_imports_neither_training_nor_deploy_nor_pytorch():
+    # The factory-line install has no PyTorch, and the runtime must not depend on the packages that need it.
+    modules = sorted(f"crackscope.inspect.{p.stem}" for p in (REPO_ROOT / "inspect").glob("*.py"))
+    code = (
+        "import importlib, importlib.abc, sys\n"
+        "BLOCKED = ('torch', 'torchvision', 'timm', 'albumentations', 'pytorch_grad_cam', "
+        "'crackscope.training', 'crackscope.deploy')\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.startswith(BLOCKED):\n"
+        "            raise ImportError(name + ' imported by the runtime')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"for module in {modules!r}:\n"
+        "    importlib.import_module(module)\n"
+        "print(len(sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert len(modules) >= 10

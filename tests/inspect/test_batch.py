@@ -16,7 +16,7 @@ import pytest
 
 from crackscope.cli import main
 from crackscope.inspect.batch import BatchConfig, InputError, expand_inputs, run_batch
-from crackscope.inspect.sinks import ResultStore
+from crackscope.inspect.sinks import ResultStore, StoreError
 from crackscope.training.synthetic import make_frame
 
 pytestmark = pytest.mark.slow
@@ -164,3 +164,12 @@ def test_sixteen_bit_and_grey_png_inputs_are_inspected(line_model, tmp_path):
     cv2.imwrite(str(folder / "deep.png"), grey.astype(np.uint16) * 257)
     summary = run_batch(_config(folder, line_model, tmp_path / "out"))
     assert summary.counts["ERROR"] == 0 and summary.inspected == 2
+
+
+def test_a_results_folder_of_another_model_is_refused_before_anything_changes(inputs, line_model, tmp_path):
+    out = tmp_path / "out"
+    run_batch(_config(inputs, line_model, out))
+    before = (out / "results.jsonl").read_bytes()
+    with pytest.raises(StoreError, match="another model"):
+        run_batch(BatchConfig(inputs=(str(inputs),), model=str(line_model.int8), out=str(out), progress=False))
+    assert (out / "results.jsonl").read_bytes() == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -9,9 +10,11 @@ from crackscope.inspect.tiling import (
     blend_window,
     cut_tiles,
     grid_positions,
+    heat_factor,
     pad_to_grid,
     patch_boxes,
     polygon_mask,
+    scaled_grid,
     stitch,
     stride_for,
     tile_grid,
@@ -148,3 +151,20 @@ def test_upsample_cams_applies_relu_and_resizes_many_tiles_at_once():
     up = upsample_cams(cams, 96)
     assert up.shape == (800, 96, 96)
     assert up[0].max() == 0.0 and up[1].min() == pytest.approx(2.0) and up[-1].min() == pytest.approx(2.0)
+
+
+def test_a_scaled_grid_stitches_to_the_same_heatmap_at_a_quarter_resolution():
+    grid = tile_grid(300, 410, 64, 0.25)
+    rng = np.random.default_rng(3)
+    cams = rng.normal(size=(len(grid), 4, 4)).astype(np.float32)
+    full = stitch(upsample_cams(cams, 64), grid)
+    small = scaled_grid(grid, 4)
+    coarse = stitch(upsample_cams(cams, 16), small)
+    assert coarse.shape == (75, 103)
+    resized = cv2.resize(coarse, (410, 300), interpolation=cv2.INTER_LINEAR)
+    assert np.corrcoef(full.ravel(), resized.ravel())[0, 1] > 0.97
+
+
+@pytest.mark.parametrize(("size", "factor"), [(224, 4), (96, 4), (64, 4), (30, 2), (9, 1)])
+def test_heat_factor_divides_the_tile_side(size, factor):
+    assert heat_factor(size) == factor

@@ -1,0 +1,303 @@
+"""The camera daemon: a source inspected without end, every result in the same store as batch runs.
+
+The loop is source -> trigger -> :func:`~crackscope.inspect.pipeline.inspect_frames` ->
+:func:`~crackscope.inspect.sinks.record_inspection` -> :meth:`ResultStore.add` (one transaction per small batch of
+frames already waiting), then the source is told the frame is done (a hot-folder file moves to ``processed/``).
+DEFECT and REVIEW frames are saved with heatmap and overlay under ``OUT/review/``. Frames of a video file and
+files of a hot folder whose ``(source, sha256)`` is already stored are skipped, so a restart does not inspect them
+twice.
+
+SIGTERM and SIGINT finish the frames in flight, flush, and return; a video file source returns at its end. While it
+runs, ``/healthz`` and Prometheus ``/metrics`` are served on 127.0.0.1 when a metrics port is given.
+
+Example:
+    >>> config = DaemonConfig(source="line.avi", model="model.onnx", out="results", metrics_port=0)
+    >>> summary = run_daemon(config)                                      # doctest: +SKIP
+    >>> summary.describe()["inspected"]                                   # doctest: +SKIP
+    120
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+import types
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from crackscope.config import ConfigError, from_dict, merge, write_yaml
+from crackscope.inspect.decision import is_identity
+from crackscope.inspect.model import OnnxModel
+from crackscope.inspect.pipeline import InspectConfig, inspect_frames
+from crackscope.inspect.results import InspectionResult, error_result
+from crackscope.inspect.sinks import ResultStore, SavePolicy, record_inspection, remove_partials
+from crackscope.inspect.sources import (
+    Backoff,
+    Frame,
+    FrameSource,
+    HotFolderConfig,
+    Policy,
+    SourceOptions,
+    SourceSpec,
+    SourceState,
+    open_source,
+    parse_source,
+    redact_url,
+)
+from crackscope.inspect.telemetry import HealthServer, RunSummary, Telemetry
+from crackscope.inspect.trigger import FrameGate, TriggerConfig
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "daemon.yaml"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Everything one daemon run needs (defaults < ``--config`` YAML < flags); saved as ``OUT/daemon.yaml``.
+
+    Attributes:
+        source: camera index, video file, RTSP/HTTP URL, or hot folder.
+        model: the ONNX model written by ``crackscope export``.
+        out: results folder (the same store as batch runs).
+        policy: ``latest`` (drop stale frames) or ``every``; unset: ``every`` for files, ``latest`` for live sources.
+        queue_size: frames the reader may read ahead of the inspector (``every``).
+        realtime: video files only: deliver frames at the file's frame rate, as a camera would (replays, benchmarks).
+        batch_frames: most frames inspected (and stored) together, taken only from frames already waiting.
+        trigger: inspect every frame, one per interval, or only frames that changed (cameras and videos).
+        reconnect: backoff between attempts to (re)open a source.
+        hot_folder: settle time, polling, and what happens to inspected files.
+        inspect: tiling and decision options (overlap, max_batch, roi, skip_uniform_std, ...).
+        save: which frames get image, overlay and heatmap in ``OUT/review/``: ``defect`` (DEFECT and REVIEW),
+            ``all`` or ``none``.
+        save_frame: also save the frame itself, not only overlay and heatmap.
+        metrics_host, metrics_port: where ``/healthz`` and ``/metrics`` are served; port 0 picks a free one;
+            unset: no HTTP server.
+        providers: ONNX Runtime providers (``auto``, ``cpu``, ``cuda``, ...).
+        threads: ONNX Runtime intra-op threads (unset: ONNX Runtime's choice).
+    """
+
+    source: str | int | None = None
+    model: str | None = None
+    out: str | None = None
+    policy: Literal["latest", "every"] | None = None
+    queue_size: int = 8
+    realtime: bool = False
+    batch_frames: int = 4
+    trigger: TriggerConfig = field(default_factory=TriggerConfig)
+    reconnect: Backoff = field(default_factory=Backoff)
+    hot_folder: HotFolderConfig = field(default_factory=HotFolderConfig)
+    inspect: InspectConfig = field(default_factory=InspectConfig)
+    save: Literal["defect", "all", "none"] = "defect"
+    save_frame: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    providers: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("source", "model", "out"):
+            if getattr(self, name) in (None, ""):
+                raise ConfigError(f"no {name}: pass --{name} (or set '{name}' in --config)")
+        if self.queue_size < 1 or self.batch_frames < 1:
+            raise ConfigError(
+                f"queue_size and batch_frames must be at least 1, got {self.queue_size}, {self.batch_frames}"
+            )
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
+        if self.trigger.mode != "none" and parse_source(self.source).kind == "folder":
+            raise ConfigError("trigger applies to cameras and videos; a hot folder inspects every file")
+
+    def source_options(self) -> SourceOptions:
+        return SourceOptions(
+            policy=Policy(self.policy) if self.policy else None,
+            queue_size=self.queue_size,
+            realtime=self.realtime,
+            backoff=self.reconnect,
+            hot_folder=self.hot_folder,
+        )
+
+
+def daemon_config(file_values: Mapping[str, Any] | None, flags: Mapping[str, Any]) -> DaemonConfig:
+    """The config from YAML values and flags (flags set to None were not given); every value's type is checked as it
+    is read (:func:`crackscope.config.from_dict`), so a mistake is reported with its key."""
+    values = merge(file_values or {}, flags)
+    try:
+        return from_dict(DaemonConfig, values, "daemon config")
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:  # range checks of the nested configs
+        raise ConfigError(f"daemon config: {error}") from error
+
+
+# --- the run --------------------------------------------------------------------------------------------------------
+
+
+def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> RunSummary:
+    """Inspect ``config.source`` until it ends (a video file) or ``stop`` is set (SIGTERM/SIGINT in the main thread).
+
+    Returns:
+        What was done: frames by verdict, skipped frames by reason, the source's final status, recent latencies.
+
+    Raises:
+        ModelLoadError, SourceError, ConfigError, StoreError: before anything is inspected.
+    """
+    stop = stop or threading.Event()
+    out = Path(config.out)
+    spec = parse_source(config.source)  # a value that cannot be a source fails before the model is loaded
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_stop_on_signals(stop))  # first: a SIGTERM during start-up is a clean stop too
+        model = stack.enter_context(
+            OnnxModel(config.model, providers=config.providers, intra_op_threads=config.threads)
+        )
+        store = stack.enter_context(ResultStore(out))
+        _prepare_output(config, out, store, model)
+        done = _resume_keys(store, spec)
+        source = stack.enter_context(
+            open_source(config.source, config.source_options(), done if done is not None else ())
+        )
+        telemetry = Telemetry(source.status, model)
+        if config.metrics_port is not None:
+            stack.enter_context(HealthServer(telemetry, config.metrics_host, config.metrics_port))
+        log.info("inspecting %s with %s into %s", source.name, model.path, out)
+        _inspect_loop(source, model, store, config, telemetry, stop, done)
+    summary = telemetry.summary()
+    log.info("stopped: %s", summary.describe())
+    return summary
+
+
+def _prepare_output(config: DaemonConfig, out: Path, store: ResultStore, model: OnnxModel) -> None:
+    store.claim(model.model_id, str(model.path), model.card)
+    remove_partials(out)
+    # The saved config must not carry a stream's password: results folders get copied around.
+    source = redact_url(config.source) if isinstance(config.source, str) else config.source
+    write_yaml(dataclasses.replace(config, source=source), out / CONFIG_NAME)
+    calibration = model.card.calibration
+    if is_identity(calibration):
+        log.warning(
+            "%s is not calibrated (identity calibration: one threshold at probability 0.5, no REVIEW band); "
+            "its scores are not calibrated probabilities and nothing goes to review",
+            model.path,
+        )
+
+
+def _resume_keys(store: ResultStore, spec: SourceSpec) -> set[tuple[str, str]] | None:
+    """The stored keys of this source's inputs, for a video file or a hot folder; None for a live source.
+
+    Only those are kept in memory: a camera's frames are new by nature (and the store's unique index still refuses
+    a duplicate), and a store that has collected months of camera frames should not cost their keys in memory.
+    """
+    if spec.kind == "video":
+        prefix = f"{spec.name}#"
+    elif spec.kind == "folder":
+        prefix = spec.name.rstrip(os.sep) + os.sep
+    else:
+        return None
+    return {key for key in store.done_keys() if key[0].startswith(prefix)}
+
+
+def _inspect_loop(
+    source: FrameSource,
+    model: OnnxModel,
+    store: ResultStore,
+    config: DaemonConfig,
+    telemetry: Telemetry,
+    stop: threading.Event,
+    done: set[tuple[str, str]] | None,
+) -> None:
+    gate = FrameGate(config.trigger)
+    policy = SavePolicy(config.save)
+    for batch in source.batches(stop, config.batch_frames):
+        taken = time.monotonic()
+        wanted = []
+        for frame in batch:
+            reason = "done" if done is not None and frame.key in done else _gate(gate, frame)
+            if reason:
+                telemetry.skipped(reason)
+                source.ack(frame)
+            else:
+                wanted.append(frame)
+        if not wanted:
+            continue
+        records = _inspect(model, wanted, config, policy)
+        store.add(records)
+        stored = time.monotonic()
+        for frame, record in zip(wanted, records, strict=True):
+            if done is not None:
+                done.add(frame.key)
+            source.ack(frame)
+            telemetry.inspected(record.verdict, stored - frame.monotonic, stored - taken)
+
+
+def _gate(gate: FrameGate, frame: Frame) -> str | None:
+    return None if frame.image is None else gate.admit(frame.image, frame.monotonic)
+
+
+def _inspect(model: OnnxModel, frames: list[Frame], config: DaemonConfig, policy: SavePolicy) -> list[InspectionResult]:
+    """One record per frame, in order; a frame that cannot be inspected gets an ERROR record, not an exception."""
+    started = time.monotonic()
+    images = [f.image for f in frames if f.image is not None]
+    failure = None
+    try:
+        inspections = iter(inspect_frames(model, images, config.inspect) if images else ())
+    except Exception as error:  # one bad frame must not stop the line; the records say what happened
+        log.exception("inspection of %d frame(s) failed", len(images))
+        inspections, failure = iter(()), f"inspection failed: {error}"
+    out = Path(config.out)
+    records = []
+    for frame in frames:
+        timings = {"queue": started - frame.monotonic}
+        inspection = next(inspections, None) if frame.image is not None else None
+        if inspection is None:
+            reason = frame.error or failure or "not inspected"
+            records.append(error_result(frame.source, frame.sha256, model.model_id, reason, timings))
+            continue
+        records.append(
+            record_inspection(
+                out,
+                frame.image,
+                inspection,
+                source=frame.source,
+                sha256=frame.sha256,
+                model_id=model.model_id,
+                policy=policy,
+                save_frame=config.save_frame,
+                timings=timings,
+            )
+        )
+    return records
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT set ``stop`` (the frames in flight are finished); only the main thread can install handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(number: int, _frame: types.FrameType | None) -> None:
+        name = signal.Signals(number).name
+        if stop.is_set():
+            log.info("%s again: already stopping", name)
+        else:
+            log.info("%s: finishing the frames in flight, then stopping", name)
+        stop.set()
+
+    previous = {number: signal.signal(number, handler) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
+
+
+def exit_code(summary: RunSummary) -> int:
+    """0 for a stop or the end of a video, 1 when the source failed for good (its backoff attempts ran out)."""
+    return 1 if summary.source.state is SourceState.FAILED else 0

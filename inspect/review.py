@@ -1,0 +1,516 @@
+"""``crackscope review``: a small local web app where QA reviews decisions with their heatmaps and relabels them.
+
+Pages (server-rendered Flask templates in ``templates/review``, one CSS and one JS file, no build step):
+
+* ``/``: the queue (REVIEW, then DEFECT by score, then a random sample of OK), with counts and filters by verdict,
+  review status, time, source and model id. It polls ``/api/summary`` and offers a reload when a daemon adds
+  records (every page reads the live ``results.sqlite``).
+* ``/item/<id>``: the frame with its heatmap stacked on top (opacity slider, toggle), region boxes, the score of
+  each tile under the pointer, the model id and the calibration in force, the decisions so far, and buttons with
+  keyboard shortcuts: ``o`` ok, ``d`` defect, ``a`` ambiguous (each saves and moves to the next item), ``n`` next,
+  ``p`` previous, ``h`` heatmap on or off.
+* ``/stats``: reviewed counts, agreement with the model per verdict, and the escape and false-reject rates the
+  decisions imply against the calibration's targets (:mod:`.review_stats`).
+
+Decisions go to their own tables in the same SQLite file; the records are never changed (:mod:`.review_store`).
+
+Security: the server binds 127.0.0.1 unless told otherwise, and refuses to bind any other address without an
+access token (asked for once per browser, then kept in a cookie). Only image files inside the results folder are
+served (no ``..``, absolute paths or symlinks out). Every change is a POST carrying the page's form token, from the
+same origin; requests naming another Host are refused (DNS rebinding), and pages may not be framed.
+
+Example:
+    $ crackscope review --results runs/line3
+    $ crackscope review --results runs/line3 --host 0.0.0.0 --port 8765 --token "$(openssl rand -hex 16)"
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import math
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import cv2
+import numpy as np
+from flask import (
+    Flask,
+    Response,
+    abort,
+    current_app,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from crackscope.inspect.decision import Verdict
+from crackscope.inspect.review_stats import review_stats
+from crackscope.inspect.review_store import (
+    STATUS_CHOICES,
+    VERDICT_CHOICES,
+    Label,
+    QueueFilter,
+    ReviewError,
+    ReviewStore,
+    clean_reviewer,
+)
+
+DEFAULT_PORT = 8765
+SERVED_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})  # what a browser can show
+REVIEWER_COOKIE, TOKEN_COOKIE = "crackscope_reviewer", "crackscope_token"
+LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
+_KEYS = {Label.OK: "o", Label.DEFECT: "d", Label.AMBIGUOUS: "a"}
+_FILTER_KEYS = ("verdict", "status", "since", "until", "source", "model")
+
+
+@dataclass(frozen=True)
+class ReviewConfig:
+    """What ``crackscope review`` serves, and where."""
+
+    results: str = ""
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT  # 0: any free port
+    token: str | None = None  # required by every request when set; required to bind a non-loopback address
+    ok_sample: int = 50  # OK records the queue samples for review
+    page_size: int = 60
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_config(config: ReviewConfig) -> None:
+    """Refuse what must not start: no results store, or a reachable address without a token."""
+    if not is_loopback(config.host) and not config.token:
+        raise ReviewError(
+            f"refusing to serve on {config.host} without an access token: anyone who can reach it could read the "
+            "images and change decisions; add --token SECRET (or keep the default --host 127.0.0.1)"
+        )
+    if config.token is not None and len(config.token) < 8:
+        raise ReviewError("--token must be at least 8 characters")
+    if config.ok_sample < 0 or config.page_size < 1:
+        raise ReviewError("ok_sample must be at least 0 and page_size at least 1")
+    with ReviewStore(config.results):  # a usable store (and the decision tables, created once here)
+        pass
+
+
+# --- the app ----------------------------------------------------------------------------------------------------
+
+
+def create_app(config: ReviewConfig, port: int | None = None) -> Flask:
+    """The review app over ``config.results`` (``port``: the port actually bound, for the Host check)."""
+    check_config(config)
+    app = Flask(__name__, template_folder="templates/review", static_folder="static/review", static_url_path="/static")
+    app.url_map.merge_slashes = False  # "/files//etc/passwd" must reach the path check, not a redirect
+    app.config.update(
+        REVIEW=config,
+        RESULTS=Path(config.results).resolve(),
+        FORM_TOKEN=secrets.token_urlsafe(32),
+        ALLOWED_HOSTS=_allowed_hosts(config.host, port if port is not None else config.port),
+        MAX_CONTENT_LENGTH=64 * 1024,
+    )
+    app.jinja_env.globals.update(
+        verdicts=[v.value for v in Verdict],
+        verdict_choices=VERDICT_CHOICES,
+        status_choices=STATUS_CHOICES,
+        labels=list(Label),
+        keys=_KEYS,
+        short=lambda model_id: (model_id or "")[:12],
+        when=lambda time: (time or "").replace("T", " ")[:19] + " UTC" if time else "",
+        percent=lambda value: "—" if value is None else f"{100 * value:.1f}%",
+        filename=lambda source: (
+            Path(source.split("#")[0]).name + ("#" + source.split("#", 1)[1] if "#" in source else "")
+        ),
+    )
+    app.context_processor(_page_context)
+    app.before_request(_guard)
+    app.after_request(_headers)
+    app.teardown_appcontext(_close_store)
+    app.register_error_handler(ReviewError, lambda error: _message(400, "Cannot do that", str(error)))
+    for code, title in ((404, "Not found"), (405, "Method not allowed"), (413, "Request too large")):
+        app.register_error_handler(code, lambda error, code=code, title=title: _message(code, title, error.description))
+    _routes(app)
+    return app
+
+
+def _allowed_hosts(host: str, port: int) -> frozenset[str] | None:
+    """Host headers accepted on a loopback server (None: any, the token guards a reachable one)."""
+    if not is_loopback(host):
+        return None
+    names = {host, "127.0.0.1", "localhost", "[::1]"} | ({f"[{host}]"} if ":" in host else set())
+    return frozenset(f"{name}:{port}".lower() for name in names)
+
+
+def _store() -> ReviewStore:
+    if "store" not in g:
+        g.store = ReviewStore(current_config().results, create=False)
+    return g.store
+
+
+def _close_store(_: BaseException | None) -> None:
+    store = g.pop("store", None)
+    if store is not None:
+        store.close()
+
+
+def current_config() -> ReviewConfig:
+    return current_app.config["REVIEW"]
+
+
+def _guard() -> Response | None:
+    """Host check, access token, and the form token and origin of every POST."""
+    # Refusals before the token is checked are plain pages: they must not carry the form token.
+    allowed = current_app.config["ALLOWED_HOSTS"]
+    if allowed is not None and request.host.lower() not in allowed:
+        return _refusal(400, "This server answers only on the address it was started with.")
+    token = current_config().token
+    if token is not None:
+        offered = request.args.get("token")
+        if offered is not None and _same(offered, token):
+            query = {k: v for k, v in request.args.items() if k != "token"}
+            response = redirect(request.path + ("?" + urlencode(query) if query else ""), 303)
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
+            return response
+        held = request.cookies.get(TOKEN_COOKIE) or request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if not _same(held, token):
+            return _refusal(401, "Access token needed: open the address printed when the server started.")
+    if request.method == "POST":
+        origin = request.headers.get("Origin")
+        if origin and origin != "null" and urlsplit(origin).netloc.lower() != request.host.lower():
+            return _message(403, "Refused", "This form was sent from another site.")
+        if not _same(request.form.get("csrf"), current_app.config["FORM_TOKEN"]):
+            return _message(403, "Refused", "The form is out of date: reload the page and try again.")
+    return None
+
+
+def _same(offered: str | None, expected: str) -> bool:
+    """Constant-time comparison that also takes missing and non-ASCII input."""
+    return hmac.compare_digest((offered or "").encode("utf-8"), expected.encode("utf-8"))
+
+
+def _refusal(code: int, text: str) -> Response:
+    return Response(f"<!doctype html><title>crackscope review</title><p>{text}</p>", code, mimetype="text/html")
+
+
+def _headers(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; img-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self'; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _message(code: int, title: str, text: str | None) -> tuple[str, int]:
+    return render_template("message.html", title=title, text=text or "", code=code), code
+
+
+# --- routes -----------------------------------------------------------------------------------------------------
+
+
+def _routes(app: Flask) -> None:
+    app.add_url_rule("/", "queue", _queue_page)
+    app.add_url_rule("/item/<result_id>", "item", _item_page)
+    app.add_url_rule("/item/<result_id>/decision", "decide", _decide, methods=["POST"])
+    app.add_url_rule("/reviewer", "reviewer", _set_reviewer, methods=["POST"])
+    app.add_url_rule("/stats", "stats", _stats_page)
+    app.add_url_rule("/files/<path:relpath>", "files", _file)
+    app.add_url_rule("/heat/<result_id>.png", "heat", _heat)
+    app.add_url_rule("/api/summary", "summary", _summary)
+
+
+def _selection() -> QueueFilter:
+    args = request.args
+    return QueueFilter(
+        verdict=args.get("verdict") or "queue",
+        status=args.get("status") or "any",
+        since=(args.get("since") or "").strip(),
+        until=(args.get("until") or "").strip(),
+        source=(args.get("source") or "").strip(),
+        model_id=(args.get("model") or "").strip(),
+        ok_sample=current_config().ok_sample,
+    )
+
+
+def _filter_args() -> dict[str, str]:
+    """The filters of this request that are set, to carry over in links."""
+    return {k: request.args[k] for k in _FILTER_KEYS if request.args.get(k)}
+
+
+def _reviewer() -> str | None:
+    try:
+        return clean_reviewer(request.cookies.get(REVIEWER_COOKIE, ""))
+    except ReviewError:
+        return None
+
+
+def _page_context() -> dict[str, Any]:
+    """What every page (the error pages too) needs: the reviewer, the form token, the filters, the folder."""
+    return {
+        "reviewer": _reviewer(),
+        "csrf": current_app.config["FORM_TOKEN"],
+        "filters": _filter_args(),
+        "results": current_app.config["RESULTS"],
+    }
+
+
+def _queue_page() -> str:
+    store, selection = _store(), _selection()
+    size = store.queue_size(selection)
+    pages = max(1, math.ceil(size / current_config().page_size))
+    page = min(max(1, request.args.get("page", 1, type=int) or 1), pages)
+    rows = store.queue(selection, (page - 1) * current_config().page_size, current_config().page_size)
+    return render_template(
+        "queue.html",
+        rows=rows,
+        size=size,
+        page=page,
+        pages=pages,
+        selection=selection,
+        counts=store.counts(selection),
+        models=store.model_ids(),
+        last_rowid=store.last_rowid(),
+    )
+
+
+def _item_page(result_id: str) -> str:
+    store = _store()
+    record = store.record(result_id)
+    if record is None:
+        abort(404, "No such record in this results folder.")
+    ids = store.queue_ids(_selection())
+    previous, following, position = _neighbours(ids, result_id)
+    reviewer = _reviewer()
+    decisions = store.decisions(result_id)
+    saved_id = request.args.get("saved")
+    saved = next((d for d in store.decisions(saved_id) if d.reviewer == reviewer), None) if saved_id else None
+    return render_template(
+        "item.html",
+        record=record,
+        files={k: _servable(getattr(record, f"{k}_path")) for k in ("image", "overlay", "heatmap")},
+        decisions=decisions,
+        mine=next((d.label for d in decisions if d.reviewer == reviewer), None),
+        history=store.history(result_id),
+        calibration=store.calibration_for(record.model_id),
+        previous=previous,
+        following=following,
+        position=position,
+        queue_size=len(ids),
+        saved=saved,
+        saved_record=store.record(saved_id) if saved else None,
+        tiles=[list(t) for t in record.tiles],
+        regions=list(record.regions),
+    )
+
+
+def _neighbours(ids: list[str], result_id: str) -> tuple[str | None, str | None, int | None]:
+    """Previous and next ids in the queue, and the 1-based position (None when the item is not in it)."""
+    if result_id not in ids:
+        return None, ids[0] if ids else None, None
+    index = ids.index(result_id)
+    previous = ids[index - 1] if index > 0 else None
+    following = ids[index + 1] if index + 1 < len(ids) else None
+    return previous, following, index + 1
+
+
+def _decide(result_id: str) -> Response:
+    reviewer = _reviewer()
+    if reviewer is None:
+        raise ReviewError("Enter your name (top right) before deciding: each decision is stored with it.")
+    try:
+        label = Label(request.form.get("label", ""))
+    except ValueError:
+        raise ReviewError("A decision is ok, defect or ambiguous.") from None
+    store = _store()
+    ids = store.queue_ids(_selection())  # before deciding: a status filter may drop this item from the queue
+    _, following, _ = _neighbours(ids, result_id)
+    if result_id not in ids:
+        following = None
+    store.decide(result_id, reviewer, label)
+    target = following or result_id
+    return redirect(url_for("item", result_id=target, saved=result_id, **_filter_args()), 303)
+
+
+def _set_reviewer() -> Response:
+    name = clean_reviewer(request.form.get("name", ""))
+    target = request.form.get("next", "")
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        target = url_for("queue")
+    response = redirect(target, 303)
+    response.set_cookie(REVIEWER_COOKIE, name, max_age=365 * 24 * 3600, httponly=True, samesite="Strict")
+    return response
+
+
+def _stats_page() -> str:
+    store = _store()
+    models = store.model_ids()
+    current = store.meta().get("model_id")
+    model_id = request.args.get("model") or (current if current in models else (models[-1] if models else ""))
+    if model_id and model_id not in models:
+        matches = [m for m in models if m.startswith(model_id)]
+        model_id = matches[0] if len(matches) == 1 else model_id
+    calibration = store.calibration_for(model_id) if model_id else None
+    stats = review_stats(model_id, store.verdict_totals(model_id), store.reviewed(model_id), calibration)
+    return render_template("stats.html", stats=stats, models=models, model_id=model_id, calibration=calibration)
+
+
+def _summary() -> Response:
+    store = _store()
+    counts = store.counts(QueueFilter(verdict="all"))
+    return jsonify(last_rowid=store.last_rowid(), counts={k: v["records"] for k, v in counts.items()})
+
+
+def _file(relpath: str) -> Response:
+    path = served_file(current_app.config["RESULTS"], relpath)
+    if path is None:
+        abort(404, "No such image in this results folder.")
+    response = send_file(path, conditional=True, max_age=3600)
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+def _heat(result_id: str) -> Response:
+    """The record's saved colour heatmap with cold areas transparent, to lay over the frame."""
+    record = _store().record(result_id)
+    path = served_file(current_app.config["RESULTS"], record.heatmap_path or "") if record is not None else None
+    heat = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR) if path is not None else None
+    if heat is None:
+        abort(404, "No heatmap saved for this record.")
+    ok, png = cv2.imencode(".png", transparent_heatmap(heat))
+    if not ok:
+        abort(404, "No heatmap saved for this record.")
+    response = Response(png.tobytes(), mimetype="image/png")
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+def transparent_heatmap(heat: np.ndarray) -> np.ndarray:
+    """BGRA: a JET-coloured heatmap whose alpha follows its heat (blue = cold = clear, red = hot = opaque).
+
+    The saved heatmap (:func:`~crackscope.inspect.overlay.colour_heatmap`) has no alpha; JET's hue runs from blue
+    (120 in OpenCV's 0-180 scale) at the coldest to red (0) at the hottest, so the hue gives the heat back.
+    """
+    hue = cv2.cvtColor(heat, cv2.COLOR_BGR2HSV)[:, :, 0].astype(np.float32)
+    hue[hue > 150] = 0.0  # reds just past 0 wrap round to 179
+    level = np.clip((120.0 - hue) / 120.0, 0.0, 1.0)
+    alpha = np.clip((level - 0.1) / 0.9, 0.0, 1.0)
+    return np.dstack([heat, (alpha * 255.0 + 0.5).astype(np.uint8)])
+
+
+def served_file(root: Path, relpath: str) -> Path | None:
+    """The image file ``relpath`` names inside ``root``, or None for anything else.
+
+    Refused: absolute paths, ``..`` and empty segments, backslashes, NUL, paths that resolve (through symlinks)
+    outside ``root``, and files that are not images (``results.sqlite`` stays private).
+    """
+    if not relpath or relpath.startswith("/") or "\\" in relpath or "\x00" in relpath:
+        return None
+    if any(part in ("", ".", "..") for part in relpath.split("/")):
+        return None
+    try:
+        resolved = (root / relpath).resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):
+        return None
+    if not resolved.is_relative_to(root) or not resolved.is_file() or resolved.suffix.lower() not in SERVED_SUFFIXES:
+        return None
+    return resolved
+
+
+def _servable(relpath: str | None) -> str | None:
+    """The URL of a saved image when the file is there to serve, else None (the page shows what it has)."""
+    if not relpath or served_file(current_app.config["RESULTS"], relpath) is None:
+        return None
+    return url_for("files", relpath=relpath)
+
+
+# --- serving ----------------------------------------------------------------------------------------------------
+
+
+class ReviewServer:
+    """The review app on a real HTTP server in a background thread (a context manager; tests and the CLI)."""
+
+    def __init__(self, config: ReviewConfig) -> None:
+        check_config(config)
+        self.config = config
+        self._server: BaseWSGIServer = make_server(
+            config.host, config.port, _placeholder, threaded=True, request_handler=_QuietHandler
+        )
+        self.port = int(self._server.server_port)
+        self._server.app = create_app(config, port=self.port)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"http://{host}:{self.port}/"
+
+    @property
+    def login_url(self) -> str:
+        """The address to open first: it carries the token when one is required."""
+        return self.url + (f"?token={self.config.token}" if self.config.token else "")
+
+    def start(self) -> ReviewServer:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="review-server", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=10)
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> ReviewServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No log line per request (errors are still logged)."""
+
+    def log_request(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+def _placeholder(environ: dict, start_response: Any) -> list[bytes]:
+    start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+    return [b"starting"]
+
+
+def serve(config: ReviewConfig) -> None:
+    """Serve until Ctrl-C (``crackscope review``)."""
+    server = ReviewServer(config)
+    print(f"crackscope review: {Path(config.results).resolve()} on {server.login_url}  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()

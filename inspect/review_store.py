@@ -1,0 +1,433 @@
+"""The QA review's view of a results folder: read the inspection records, store the reviewers' decisions.
+
+The review reads ``results.sqlite`` while a batch run or the daemon may still be writing it, so it never uses
+:class:`~crackscope.inspect.sinks.ResultStore` (which also appends to ``results.jsonl``): it opens the database
+itself, reads the ``results`` table and writes only its own tables, which leave the records untouched:
+
+* ``review_decisions``: the current decision of each reviewer on each record (``ok``, ``defect`` or
+  ``ambiguous``, with the time). A reviewer who changes their mind replaces their own row; several reviewers each
+  keep theirs, and an item whose reviewers disagree counts as ambiguous (:func:`consensus`).
+* ``review_log``: every decision ever made, append-only, so a changed decision stays auditable.
+
+Every query runs against the live database, so records a daemon adds appear on the next page load.
+
+The review queue puts what a person must look at first: REVIEW items, then DEFECT items by score (highest first),
+then a sample of OK items: the records with the lowest ids. Ids are random (uuid4), so the sample is uniform, not
+the most or least suspicious OK items, and a sampled item stays in it until enough new records with lower ids
+arrive. Reviewing that sample is what lets the stats page estimate the escape rate.
+
+Example:
+    >>> with ReviewStore("runs/line3") as store:                     # doctest: +SKIP
+    ...     row = store.queue(QueueFilter())[0]
+    ...     store.decide(row.id, "alice", Label.DEFECT)
+    ...     store.decisions(row.id)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, fields, replace
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+
+from crackscope.inspect.card import Calibration, ModelCard
+from crackscope.inspect.decision import Verdict
+from crackscope.inspect.results import SCHEMA_VERSION, InspectionResult, utc_now
+from crackscope.inspect.sinks import DB_NAME
+
+_JSON_COLUMNS = ("regions", "tiles", "timings")
+_RECORD_FIELDS = frozenset(f.name for f in fields(InspectionResult))
+_QUEUE_ORDER = (
+    "CASE r.verdict WHEN 'REVIEW' THEN 0 WHEN 'DEFECT' THEN 1 WHEN 'OK' THEN 2 ELSE 3 END, r.score DESC, r.rowid"
+)
+VERDICT_CHOICES = ("queue", "REVIEW", "DEFECT", "OK", "ERROR", "all")
+STATUS_CHOICES = ("any", "unreviewed", "reviewed", "disputed")
+MAX_REVIEWER_LENGTH = 60
+
+
+class ReviewError(ValueError):
+    """A results folder the review cannot use, or a request it cannot carry out (unknown item, bad reviewer)."""
+
+
+class Label(str, Enum):
+    """What a person says about an item."""
+
+    OK = "ok"
+    DEFECT = "defect"
+    AMBIGUOUS = "ambiguous"  # cannot tell, even looking closely
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One reviewer's current decision on one record."""
+
+    result_id: str
+    reviewer: str
+    label: Label
+    time: str
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    """Which records the queue shows.
+
+    Attributes:
+        verdict: ``queue`` (REVIEW, DEFECT, then a sample of OK), one verdict (all of its records), or ``all``.
+        since, until: ISO 8601 times (UTC unless they say otherwise); ``since`` inclusive, ``until`` exclusive.
+        source: text that the record's source must contain.
+        model_id: the model's sha256, or its first characters.
+        status: ``any``, ``unreviewed`` (nobody decided yet), ``reviewed``, ``disputed`` (reviewers disagree).
+        ok_sample: how many OK records the ``queue`` view samples.
+    """
+
+    verdict: str = "queue"
+    since: str = ""
+    until: str = ""
+    source: str = ""
+    model_id: str = ""
+    status: str = "any"
+    ok_sample: int = 50
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICT_CHOICES:
+            raise ReviewError(f"verdict must be one of {', '.join(VERDICT_CHOICES)}, got {self.verdict!r}")
+        if self.status not in STATUS_CHOICES:
+            raise ReviewError(f"status must be one of {', '.join(STATUS_CHOICES)}, got {self.status!r}")
+        if self.ok_sample < 0:
+            raise ReviewError(f"ok_sample must be at least 0, got {self.ok_sample}")
+        for value in (self.since, self.until):
+            if value:
+                utc_bound(value)
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    """What the queue shows of one record (no tiles: a queue page stays small)."""
+
+    id: str
+    source: str
+    time: str
+    verdict: Verdict
+    score: float | None
+    model_id: str
+    regions: int
+    image_path: str | None
+    overlay_path: str | None
+    error: str | None
+    labels: tuple[Label, ...] = ()  # the reviewers' current decisions
+
+    @property
+    def thumbnail(self) -> str | None:
+        return self.overlay_path or self.image_path
+
+    @property
+    def consensus(self) -> Label | None:
+        return consensus(self.labels)
+
+
+def consensus(labels: Iterable[Label]) -> Label | None:
+    """The item's label: what every reviewer said, AMBIGUOUS when they disagree, None when nobody decided."""
+    distinct = set(labels)
+    if not distinct:
+        return None
+    return distinct.pop() if len(distinct) == 1 else Label.AMBIGUOUS
+
+
+def utc_bound(value: str) -> str:
+    """An ISO 8601 time (a date, or a date and time; UTC unless it names a zone) in the records' format."""
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ReviewError(f"{value!r} is not a time; use ISO 8601, e.g. 2025-11-29T14:30") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def clean_reviewer(name: str) -> str:
+    """A reviewer's name as stored: trimmed, 1-60 printable characters."""
+    name = " ".join((name or "").split())
+    if not name or len(name) > MAX_REVIEWER_LENGTH or not name.isprintable():
+        raise ReviewError(f"a reviewer name is 1 to {MAX_REVIEWER_LENGTH} printable characters")
+    return name
+
+
+class ReviewStore:
+    """A results folder opened for review: records read live, decisions written beside them (a context manager)."""
+
+    def __init__(self, folder: str | os.PathLike, *, create: bool = True) -> None:
+        self.folder = Path(folder)
+        self.db_path = self.folder / DB_NAME
+        if not self.db_path.is_file():
+            raise ReviewError(
+                f"{self.folder}: no {DB_NAME} here; --results takes the --out folder of 'crackscope inspect' "
+                "or 'crackscope daemon'"
+            )
+        # No check_same_thread: the web app opens one store per request, but the server may close it on another
+        # thread than the one that opened it.
+        self._db = sqlite3.connect(self.db_path, timeout=30, check_same_thread=False)
+        self._check_schema()
+        if create:  # the web app creates the decision tables once at start, not on every page load
+            self._create_tables()
+
+    # --- schema -------------------------------------------------------------------------------------------------
+
+    def _check_schema(self) -> None:
+        try:
+            found = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            self._db.execute("SELECT id FROM results LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as error:
+            self.close()
+            raise ReviewError(f"{self.db_path}: not a crackscope results store ({error})") from error
+        if found is None or int(found[0]) != SCHEMA_VERSION:
+            self.close()
+            raise ReviewError(
+                f"{self.db_path}: results schema version {found[0] if found else 'missing'}, this crackscope "
+                f"reads {SCHEMA_VERSION}"
+            )
+
+    def _create_tables(self) -> None:
+        with self._db:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS review_decisions ("
+                " result_id TEXT NOT NULL, reviewer TEXT NOT NULL,"
+                " label TEXT NOT NULL CHECK (label IN ('ok', 'defect', 'ambiguous')), time TEXT NOT NULL,"
+                " PRIMARY KEY (result_id, reviewer))"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS review_log ("
+                " result_id TEXT NOT NULL, reviewer TEXT NOT NULL, label TEXT NOT NULL, time TEXT NOT NULL)"
+            )
+
+    # --- decisions ----------------------------------------------------------------------------------------------
+
+    def decide(self, result_id: str, reviewer: str, label: Label | str) -> Decision:
+        """Record (or replace) ``reviewer``'s decision on a record; the record itself is not touched."""
+        label = Label(label)
+        reviewer = clean_reviewer(reviewer)
+        if self.verdict_of(result_id) in (None, Verdict.ERROR):
+            raise ReviewError(f"no inspected record {result_id!r} to decide on")
+        decision = Decision(result_id, reviewer, label, utc_now())
+        row = (decision.result_id, decision.reviewer, decision.label.value, decision.time)
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO review_decisions VALUES (?, ?, ?, ?)", row)
+            self._db.execute("INSERT INTO review_log VALUES (?, ?, ?, ?)", row)
+        return decision
+
+    def decisions(self, result_id: str) -> list[Decision]:
+        rows = self._db.execute(
+            "SELECT result_id, reviewer, label, time FROM review_decisions WHERE result_id = ? ORDER BY time",
+            (result_id,),
+        )
+        return [Decision(r[0], r[1], Label(r[2]), r[3]) for r in rows]
+
+    def all_decisions(self) -> dict[str, list[Decision]]:
+        """Every current decision, by record id."""
+        found: dict[str, list[Decision]] = defaultdict(list)
+        for row in self._db.execute("SELECT result_id, reviewer, label, time FROM review_decisions ORDER BY time"):
+            found[row[0]].append(Decision(row[0], row[1], Label(row[2]), row[3]))
+        return dict(found)
+
+    def history(self, result_id: str) -> list[Decision]:
+        """Every decision ever made on a record, oldest first (changed ones included)."""
+        rows = self._db.execute(
+            "SELECT result_id, reviewer, label, time FROM review_log WHERE result_id = ? ORDER BY rowid", (result_id,)
+        )
+        return [Decision(r[0], r[1], Label(r[2]), r[3]) for r in rows]
+
+    # --- records ------------------------------------------------------------------------------------------------
+
+    def record(self, result_id: str) -> InspectionResult | None:
+        cursor = self._db.execute("SELECT * FROM results WHERE id = ?", (result_id,))
+        row = cursor.fetchone()
+        return None if row is None else _record(cursor.description, row)
+
+    def records(self, ids: Iterable[str]) -> Iterator[InspectionResult]:
+        """The records with these ids, in the order given (unknown ids are left out)."""
+        for result_id in ids:
+            record = self.record(result_id)
+            if record is not None:
+                yield record
+
+    def verdict_of(self, result_id: str) -> Verdict | None:
+        row = self._db.execute("SELECT verdict FROM results WHERE id = ?", (result_id,)).fetchone()
+        return None if row is None else Verdict(row[0])
+
+    def last_rowid(self) -> int:
+        """Grows when a record is added: the page polls it to offer a reload."""
+        return int(self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM results").fetchone()[0])
+
+    def model_ids(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT DISTINCT model_id FROM results ORDER BY model_id")]
+
+    def meta(self) -> dict[str, object]:
+        rows = self._db.execute("SELECT key, value FROM meta WHERE key != 'schema_version'").fetchall()
+        found = {}
+        for key, value in rows:
+            try:
+                found[key] = json.loads(value)
+            except json.JSONDecodeError:
+                found[key] = value
+        return found
+
+    def calibration_for(self, model_id: str) -> Calibration | None:
+        """The calibration in force for records of ``model_id``, when the store says which it is.
+
+        The store's ``meta`` holds the card of the one model that decides in this folder (batch runs and the daemon
+        refuse a folder of another model), so this is None only for a store written without one.
+        """
+        meta = self.meta()
+        if meta.get("model_id") != model_id:
+            return None
+        try:
+            if isinstance(meta.get("card"), dict):
+                return ModelCard.from_metadata(meta["card"]).calibration
+        except (ValueError, TypeError):
+            return None
+        return None
+
+    # --- the queue ----------------------------------------------------------------------------------------------
+
+    def queue(self, selection: QueueFilter, offset: int = 0, limit: int = 100) -> list[QueueRow]:
+        """One page of the queue, in review order, with each record's current decisions."""
+        where, params = _where(selection)
+        query = (
+            "SELECT r.id, r.source, r.time, r.verdict, r.score, r.model_id, COALESCE(json_array_length(r.regions), 0),"
+            f" r.image_path, r.overlay_path, r.error FROM results r WHERE {where} ORDER BY {_QUEUE_ORDER}"
+            " LIMIT ? OFFSET ?"
+        )
+        rows = self._db.execute(query, (*params, limit, offset)).fetchall()
+        labels = self._labels([row[0] for row in rows])
+        return [
+            QueueRow(*row[:3], Verdict(row[3]), row[4], row[5], int(row[6]), *row[7:], tuple(labels.get(row[0], ())))
+            for row in rows
+        ]
+
+    def queue_ids(self, selection: QueueFilter) -> list[str]:
+        """Every id of the queue, in review order (for next / previous)."""
+        where, params = _where(selection)
+        return [
+            r[0] for r in self._db.execute(f"SELECT r.id FROM results r WHERE {where} ORDER BY {_QUEUE_ORDER}", params)
+        ]
+
+    def queue_size(self, selection: QueueFilter) -> int:
+        where, params = _where(selection)
+        return int(self._db.execute(f"SELECT COUNT(*) FROM results r WHERE {where}", params).fetchone()[0])
+
+    def counts(self, selection: QueueFilter) -> dict[str, dict[str, int]]:
+        """Records and reviewed records per verdict, within the selection's time, source and model filters."""
+        where, params = _where(replace(selection, verdict="all", status="any"))
+        query = (
+            "SELECT r.verdict, COUNT(*),"
+            " SUM(EXISTS (SELECT 1 FROM review_decisions d WHERE d.result_id = r.id))"
+            f" FROM results r WHERE {where} GROUP BY r.verdict"
+        )
+        found = {row[0]: (int(row[1]), int(row[2] or 0)) for row in self._db.execute(query, params)}
+        return {v.value: dict(zip(("records", "reviewed"), found.get(v.value, (0, 0)), strict=True)) for v in Verdict}
+
+    def _labels(self, ids: list[str]) -> dict[str, list[Label]]:
+        found: dict[str, list[Label]] = defaultdict(list)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            for result_id, label in self._db.execute(
+                f"SELECT result_id, label FROM review_decisions WHERE result_id IN ({marks}) ORDER BY reviewer", chunk
+            ):
+                found[result_id].append(Label(label))
+        return found
+
+    # --- what the stats page and the export read ----------------------------------------------------------------
+
+    def verdict_totals(self, model_id: str) -> dict[str, int]:
+        """Records per verdict of one model."""
+        rows = self._db.execute(
+            "SELECT verdict, COUNT(*) FROM results WHERE model_id = ? GROUP BY verdict", (model_id,)
+        )
+        found = Counter(dict(rows.fetchall()))
+        return {v.value: int(found.get(v.value, 0)) for v in Verdict}
+
+    def reviewed(self, model_id: str | None = None) -> list[tuple[str, Verdict, list[Decision]]]:
+        """``(record id, model verdict, current decisions)`` of every reviewed record (of one model, if given)."""
+        decisions = self.all_decisions()
+        query = "SELECT id, verdict, model_id FROM results WHERE id IN (SELECT result_id FROM review_decisions)"
+        found = []
+        for result_id, verdict, record_model in self._db.execute(query + " ORDER BY rowid"):
+            if model_id is None or record_model == model_id:
+                found.append((result_id, Verdict(verdict), decisions.get(result_id, [])))
+        return found
+
+    # --- lifetime -----------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> ReviewStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _record(description: tuple, row: tuple) -> InspectionResult:
+    """An :class:`InspectionResult` from a ``results`` row (columns this crackscope does not know are left out)."""
+    values = {column[0]: value for column, value in zip(description, row, strict=True)}
+    values = {k: v for k, v in values.items() if k in _RECORD_FIELDS}
+    for name in _JSON_COLUMNS:
+        if name in values:
+            values[name] = json.loads(values[name]) if values[name] is not None else None
+    values["timings"] = values.get("timings") or {}
+    return InspectionResult.from_json(values)
+
+
+def _where(selection: QueueFilter) -> tuple[str, list[object]]:
+    """The SQL condition (on ``results r``) and its parameters for a queue filter."""
+    conditions, params = _scope(selection, "r")
+    if selection.verdict == "queue":
+        # The OK sample is drawn within the time, source and model filters, before the status filter, so
+        # reviewing a sampled item does not pull another one in.
+        sample, sample_params = _scope(selection, "o")
+        sample = " AND ".join(["o.verdict = 'OK'", *sample])
+        conditions.append(
+            f"(r.verdict IN ('REVIEW', 'DEFECT') OR r.id IN (SELECT o.id FROM results o WHERE {sample}"
+            " ORDER BY o.id LIMIT ?))"
+        )
+        params = [*params, *sample_params, selection.ok_sample]
+    elif selection.verdict != "all":
+        conditions.append("r.verdict = ?")
+        params.append(selection.verdict)
+    reviewed = "EXISTS (SELECT 1 FROM review_decisions d WHERE d.result_id = r.id)"
+    status = {
+        "any": None,
+        "unreviewed": f"NOT {reviewed}",
+        "reviewed": reviewed,
+        "disputed": "(SELECT COUNT(DISTINCT d.label) FROM review_decisions d WHERE d.result_id = r.id) > 1",
+    }[selection.status]
+    if status:
+        conditions.append(status)
+    return " AND ".join(conditions) or "1", params
+
+
+def _scope(selection: QueueFilter, table: str) -> tuple[list[str], list[object]]:
+    """Conditions on ``table`` of the time, source and model filters (the scope the queue and the counts share)."""
+    conditions: list[str] = []
+    params: list[object] = []
+    if selection.since:
+        conditions.append(f"{table}.time >= ?")
+        params.append(utc_bound(selection.since))
+    if selection.until:
+        conditions.append(f"{table}.time < ?")
+        params.append(utc_bound(selection.until))
+    if selection.source:
+        conditions.append(f"instr({table}.source, ?) > 0")
+        params.append(selection.source)
+    if selection.model_id:
+        conditions.append(f"substr({table}.model_id, 1, ?) = ?")
+        params += [len(selection.model_id), selection.model_id]
+    return conditions, params

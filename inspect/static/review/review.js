@@ -1,0 +1,121 @@
+// crackscope review: keyboard shortcuts, heatmap controls, per-tile scores on hover, live queue. No dependencies.
+(function () {
+  "use strict";
+  const page = document.body.dataset.page;
+
+  // Shortcuts stay off while a person types (name field, filters), but not after using the slider or a checkbox.
+  function typing(event) {
+    const target = event.target;
+    if (event.ctrlKey || event.metaKey || event.altKey || !target) return true;
+    if (target.isContentEditable || ["TEXTAREA", "SELECT"].includes(target.tagName)) return true;
+    return target.tagName === "INPUT" && !["range", "checkbox", "radio", "button", "submit"].includes(target.type);
+  }
+
+  function liveQueue() {
+    const last = Number(document.body.dataset.lastRowid || 0);
+    const url = document.body.dataset.summaryUrl;
+    const banner = document.getElementById("live-banner");
+    if (!url || !banner) return;
+    setInterval(function () {
+      fetch(url, { credentials: "same-origin" })
+        .then(function (response) { return response.ok ? response.json() : null; })
+        .then(function (summary) { if (summary && summary.last_rowid > last) banner.hidden = false; })
+        .catch(function () {});
+    }, 5000);
+  }
+
+  function heatmapControls() {
+    const heat = document.getElementById("heat");
+    const on = document.getElementById("heat-on");
+    const slider = document.getElementById("heat-opacity");
+    const value = document.getElementById("heat-value");
+    if (!heat || !on || !slider) return null;
+    slider.value = heat.dataset.default || slider.value;
+    on.checked = Number(slider.value) > 0;
+    function apply() {
+      heat.style.opacity = on.checked ? String(Number(slider.value) / 100) : "0";
+      if (value) value.textContent = slider.value + "%";
+    }
+    slider.addEventListener("input", function () { on.checked = true; apply(); });
+    on.addEventListener("change", apply);
+    apply();
+    return function toggle() {
+      on.checked = !on.checked;
+      if (on.checked && Number(slider.value) === 0) slider.value = 60;
+      apply();
+    };
+  }
+
+  function boxControls() {
+    const boxes = document.getElementById("boxes");
+    const on = document.getElementById("boxes-on");
+    if (!boxes || !on) return null;
+    on.addEventListener("change", function () { boxes.hidden = !on.checked; });
+    return function toggle() { on.checked = !on.checked; boxes.hidden = !on.checked; };
+  }
+
+  function tileScores() {
+    const viewer = document.getElementById("viewer");
+    const data = document.getElementById("tiles-data");
+    const tip = document.getElementById("tip");
+    const outline = document.getElementById("tile-outline");
+    if (!viewer || !data || !tip || !outline) return;
+    const tiles = JSON.parse(data.textContent || "[]");
+    const width = Number(viewer.dataset.width), height = Number(viewer.dataset.height);
+    if (!tiles.length || !width || !height) return;
+    viewer.addEventListener("mousemove", function (event) {
+      const rect = viewer.getBoundingClientRect();
+      const x = (event.clientX - rect.left) / rect.width * width;
+      const y = (event.clientY - rect.top) / rect.height * height;
+      const under = tiles.filter(function (t) { return x >= t[0] && x < t[0] + t[2] && y >= t[1] && y < t[1] + t[3]; })
+        .sort(function (a, b) { return b[4] - a[4]; });
+      if (!under.length) { tip.hidden = true; outline.hidden = true; return; }
+      const best = under[0];
+      outline.style.left = (100 * best[0] / width) + "%";
+      outline.style.top = (100 * best[1] / height) + "%";
+      outline.style.width = (100 * best[2] / width) + "%";
+      outline.style.height = (100 * best[3] / height) + "%";
+      outline.hidden = false;
+      tip.textContent = under.slice(0, 4).map(function (t) {
+        return "tile " + t[0] + "," + t[1] + " (" + t[2] + "x" + t[3] + "): " + t[4].toFixed(3);
+      }).join("\n") + (under.length > 1 ? "\n(" + under.length + " overlapping tiles here)" : "");
+      tip.hidden = false;
+      const left = event.clientX - rect.left + 14, top = event.clientY - rect.top + 14;
+      tip.style.left = Math.min(left, rect.width - tip.offsetWidth - 4) + "px";
+      tip.style.top = Math.min(top, rect.height - tip.offsetHeight - 4) + "px";
+    });
+    viewer.addEventListener("mouseleave", function () { tip.hidden = true; outline.hidden = true; });
+  }
+
+  function itemPage() {
+    const toggleHeat = heatmapControls();
+    const toggleBoxes = boxControls();
+    tileScores();
+    document.addEventListener("keydown", function (event) {
+      if (typing(event)) return;
+      const key = event.key.toLowerCase();
+      const button = document.querySelector('#decision-form button[data-key="' + key + '"]');
+      if (button) {
+        event.preventDefault();
+        if (button.disabled) {
+          const name = document.getElementById("reviewer-name");
+          if (name) name.focus();
+          return;
+        }
+        button.click();
+        return;
+      }
+      const link = { n: "next", p: "previous" }[key];
+      if (link) {
+        const anchor = document.getElementById(link);
+        if (anchor) { event.preventDefault(); window.location.href = anchor.href; }
+        return;
+      }
+      if (key === "h" && toggleHeat) { event.preventDefault(); toggleHeat(); }
+      if (key === "b" && toggleBoxes) { event.preventDefault(); toggleBoxes(); }
+    });
+  }
+
+  if (page === "queue") liveQueue();
+  if (page === "item") itemPage();
+})();

@@ -1,0 +1,138 @@
+"""The exported graph is static at its input size: no padding arithmetic, one layout change on uint8."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from timm.layers import Conv2dSame
+
+from crackscope.deploy.graph import export_copy, fold_pads_into_convs, staticise_same_padding
+from crackscope.deploy.quantize import Int8Recipe, float_nodes, requantisation_pairs
+from crackscope.training.backbones import build_model
+
+
+@pytest.mark.parametrize("size", [7, 8, 64, 65])
+@pytest.mark.parametrize(("kernel", "stride"), [(3, 1), (3, 2), (5, 2), (1, 1)])
+def test_static_padding_equals_tf_same_padding_for_even_and_odd_sizes(size, kernel, stride):
+    torch.manual_seed(0)
+    features = torch.nn.Sequential(Conv2dSame(4, 6, kernel, stride=stride, groups=2, bias=True)).eval()
+    image = torch.randn(2, 4, size, size)
+    with torch.inference_mode():
+        expected = features(image)
+        assert staticise_same_padding(features, image) == 1
+        assert not any(isinstance(module, Conv2dSame) for module in features.modules())
+        torch.testing.assert_close(features(image), expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("backbone", ["tf_efficientnet_lite0", "resnet18", "mobilenet_v3_large"])
+def test_export_copy_gives_the_training_models_outputs_and_leaves_it_untouched(backbone):
+    torch.manual_seed(0)
+    model = build_model(backbone, pretrained=False, input_size=64).eval()  # ImageNet mean/std: BGR order matters
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    tiles = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8))
+    copy = export_copy(model)
+    with torch.inference_mode():
+        for ours, theirs in zip(copy.forward_with_cam(tiles), model.forward_with_cam(tiles), strict=True):
+            torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    if backbone == "tf_efficientnet_lite0":
+        assert sum(isinstance(module, Conv2dSame) for module in model.modules()) == 5  # training keeps TF-"same"
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+
+
+def _pad_then_conv(value: float) -> onnx.ModelProto:
+    pads = numpy_helper.from_array(np.array([0, 0, 0, 1, 0, 0, 1, 2], dtype=np.int64), "pads")
+    fill = numpy_helper.from_array(np.array(value, dtype=np.float32), "fill")
+    weight = numpy_helper.from_array(np.ones((1, 1, 3, 3), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Pad", ["x", "pads", "fill"], ["padded"]),
+            helper.make_node("Conv", ["padded", "w"], ["y"], strides=[2, 2]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [pads, fill, weight],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_a_zero_pad_is_folded_into_the_conv_with_the_same_result_and_any_other_pad_is_kept():
+    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    expected = _run(_pad_then_conv(0.0), x)
+    folded = fold_pads_into_convs(_pad_then_conv(0.0))
+    assert [node.op_type for node in folded.graph.node] == ["Conv"]
+    assert list(helper.get_attribute_value(folded.graph.node[0].attribute[-1])) == [0, 1, 1, 2]
+    np.testing.assert_array_equal(_run(folded, x), expected)
+    assert [node.op_type for node in fold_pads_into_convs(_pad_then_conv(1.0)).graph.node] == ["Pad", "Conv"]
+
+
+def _optimised(path, tmp_path) -> onnx.GraphProto:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return onnx.load(options.optimized_model_filepath).graph
+
+
+def _assert_static_and_transposed_first_on_uint8(graph: onnx.GraphProto) -> Counter:
+    ops = Counter(node.op_type for node in graph.node)
+    assert not {"Pad", "Shape", "Gather", "Slice", "Ceil", "ConstantOfShape"} & set(ops), ops
+    first_conv = next(i for i, node in enumerate(graph.node) if node.op_type in ("Conv", "FusedConv"))
+    (transpose,) = [node for node in graph.node[:first_conv] if node.op_type == "Transpose"]
+    assert list(transpose.input) == ["image"]  # the uint8 input itself: the layout changes before the cast
+    assert list(helper.get_attribute_value(transpose.attribute[0])) == [0, 3, 1, 2]
+    return ops
+
+
+@pytest.mark.slow
+def test_exported_graph_has_no_padding_arithmetic_and_one_transpose_of_the_uint8_input(exported, tmp_path):
+    path = next(m.path for m in exported.models if m.precision == "fp32")
+    ops = _assert_static_and_transposed_first_on_uint8(onnx.load(str(path)).graph)
+    assert ops["Transpose"] == 1 and ops["Cast"] == 1, ops
+    ops = _assert_static_and_transposed_first_on_uint8(_optimised(path, tmp_path))
+    assert ops["Transpose"] == 1 and ops["ReorderInput"] == 0 and ops["ReorderOutput"] <= 1, ops
+
+
+@pytest.mark.slow
+def test_int8_graph_keeps_activations_int8_between_convolutions_and_preprocessing_float_nchw(exported, tmp_path):
+    path = next(m.path for m in exported.models if m.precision == "int8")
+    optimised = _optimised(path, tmp_path)
+    ops = _assert_static_and_transposed_first_on_uint8(optimised)
+    assert requantisation_pairs(optimised) == 0, ops  # no int8 -> float -> int8 round trips left
+    assert ops["QLinearConv"] >= 40 and ops["Conv"] == 2, ops  # every conv but the stem and the last one
+    # Besides the input's, ONNX Runtime may add one Transpose into its NHWC int8 kernels and one back out.
+    assert ops["Transpose"] <= 3 and ops["QuantizeLinear"] <= 1 and ops["DequantizeLinear"] <= 1, ops
+
+
+def test_the_default_int8_recipe_keeps_preprocessing_stem_last_conv_and_head_float():
+    nodes = [
+        helper.make_node(op, [], [f"{name}_out"], name=name)
+        for op, name in [
+            ("Transpose", "transpose"),
+            ("Cast", "cast"),
+            ("Mul", "scale"),
+            ("Add", "shift"),
+            ("Conv", "stem"),
+            ("Clip", "stem_act"),
+            ("Conv", "block"),
+            ("Add", "residual"),
+            ("Conv", "last"),
+            ("Clip", "last_act"),
+            ("Einsum", "cam"),
+            ("Add", "bias"),
+        ]
+    ]
+    graph = helper.make_graph(nodes, "g", [], [])
+    kept = set(float_nodes(graph, Int8Recipe()))
+    assert kept == {"transpose", "cast", "scale", "shift", "stem", "last", "last_act", "cam", "bias"}
+    assert set(float_nodes(graph, Int8Recipe(float_stem=False, float_last_conv=False))) == kept - {"stem", "last"}
