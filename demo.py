@@ -38,6 +38,7 @@ class DemoConfig:
     train_ambiguous: int = 40
     test_per_class: int = 150
     test_ambiguous: int = 40
+    calib_per_class: int = 150  # 2% escape at 90% confidence needs >= 114 cracks (1% would need 230)
     epochs: int = 6
     frames: int = 9
     frame_height: int = 768
@@ -48,6 +49,7 @@ class DemoConfig:
 
 def run_demo(config: DemoConfig) -> Evaluation:
     """Generate data, train, evaluate; returns the evaluation on the held-out set."""
+    from crackscope.calibration.calibrate import calibrate_step
     from crackscope.deploy.export import ExportConfig, export
     from crackscope.training import synthetic
     from crackscope.training.evaluate import evaluate_checkpoint
@@ -72,7 +74,7 @@ def run_demo(config: DemoConfig) -> Evaluation:
         size=config.patch_size,
         seed=config.seed + 1000,
     )
-    print(f"[1/5] synthetic data: {train_dir} (train, incl. 1 corrupt file), {test_dir} (held-out test)")
+    print(f"[1/6] synthetic data: {train_dir} (train, incl. 1 corrupt file), {test_dir} (held-out test)")
     train_config = TrainConfig(
         data=str(train_dir),
         out=str(out / "run"),
@@ -88,11 +90,11 @@ def run_demo(config: DemoConfig) -> Evaluation:
         patience=2,
         data_config=DataConfig(ambiguous="soft"),
     )
-    print(f"[2/5] fine-tuning {train_config.backbone} (ImageNet weights, bundled) for {config.epochs} epochs")
+    print(f"[2/6] fine-tuning {train_config.backbone} (ImageNet weights, bundled) for {config.epochs} epochs")
     result = train(train_config)
-    print("[3/5] evaluating on the held-out set")
+    print("[3/6] evaluating on the held-out set")
     evaluation = evaluate_checkpoint(result.checkpoint, test_dir, out / "eval", workers=config.workers)
-    print("[4/5] exporting ONNX (fp32 + int8 calibrated on training tiles), each checked against PyTorch first")
+    print("[4/6] exporting ONNX (fp32 + int8 calibrated on training tiles), each checked against PyTorch first")
     exported = export(
         ExportConfig(
             checkpoint=str(result.checkpoint),
@@ -104,8 +106,18 @@ def run_demo(config: DemoConfig) -> Evaluation:
         )
     )
     deployed = _deployable(exported)
+    calib_dir = synthetic.write_patch_dataset(
+        out / "data" / "calib",
+        n_crack=config.calib_per_class,
+        n_ok=config.calib_per_class,
+        n_ambiguous=config.test_ambiguous,
+        size=config.patch_size,
+        seed=config.seed + 3000,
+    )
+    print(f"[5/6] calibrating {deployed.name} on a held-out synthetic split, ambiguous items included ({calib_dir})")
+    calibrate_step(deployed, calib_dir, out / "calibration", progress=config.progress)
     print(
-        f"[5/5] inspecting {config.frames} generated {config.frame_height}x{config.frame_width} frames (and one "
+        f"[6/6] inspecting {config.frames} generated {config.frame_height}x{config.frame_width} frames (and one "
         f"corrupt file) with {deployed.name}"
     )
     inspection = _inspect_frames(out, deployed, config)
@@ -117,6 +129,8 @@ def run_demo(config: DemoConfig) -> Evaluation:
     print(f"  inspection      {counts}")
     print(f"  report          {inspection.report}")
     print(f"  results         {inspection.out / 'results.sqlite'} (and results.jsonl)")
+    print(f"  calibration     {out / 'calibration' / 'calibration.html'}")
+    print(f"  QA review       crackscope review --results {inspection.out}   (then open http://127.0.0.1:8765)")
     return evaluation
 
 
