@@ -69,6 +69,19 @@ def _parser(subparsers, name: str, summary: str, example: str) -> argparse.Argum
     )
 
 
+def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of every command that runs an exported model."""
+    p.add_argument("--providers", help="auto (default: TensorRT > CUDA > CPU), cpu, cuda, ...")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core)")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
+
+
+def _add_layout_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of every command that reads a labelled dataset."""
+    p.add_argument("--data-mode", choices=["auto", "folder", "mask"], help="how --data is laid out (default auto)")
+    p.add_argument("--patch-size", type=int, help="patch side for mask datasets (default 128)")
+
+
 # --- train ----------------------------------------------------------------------------------------------------------
 
 
@@ -92,8 +105,7 @@ def _add_train(subparsers) -> None:
     p.add_argument("--lr", type=float, help="head learning rate (default 1e-3); backbone gets lr x 0.1")
     p.add_argument("--augment", choices=["none", "light", "heavy"], help="augmentation preset (default heavy)")
     p.add_argument("--ambiguous", choices=["soft", "exclude"], help="train on ambiguous items as soft targets, or not")
-    p.add_argument("--data-mode", choices=["auto", "folder", "mask"], help="how --data is laid out (default auto)")
-    p.add_argument("--patch-size", type=int, help="patch side for mask datasets (default 128)")
+    _add_layout_flags(p)
     p.add_argument("--val-fraction", type=float, help="share of source images held out (default 0.2)")
     p.add_argument("--steps-per-epoch", type=int, help="cap on batches per epoch, for quick runs")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 3)")
@@ -236,9 +248,7 @@ def _add_inspect(subparsers) -> None:
     p.add_argument("--fail-on", choices=["defect", "review"], help="exit 3 when any input reaches this verdict")
     p.add_argument("--max-pixels", type=int, help="refuse larger images with an ERROR record (default 100 MP)")
     p.add_argument("--workers", type=int, help="decoding threads (default 2)")
-    p.add_argument("--providers", help="auto (default: TensorRT > CUDA > CPU), cpu, cuda, ...")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core)")
-    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
+    _add_runtime_flags(p)
     p.set_defaults(handler=_run_inspect)
 
 
@@ -288,12 +298,9 @@ def _add_calibrate(subparsers) -> None:
     p.add_argument("--false-reject-rate", type=float, help="most good items called DEFECT (default 0.05)")
     p.add_argument("--confidence", type=float, help="probability that each bound holds (default 0.9)")
     p.add_argument("--config", help="YAML file of defaults (keys of CalibrateConfig); flags given here override it")
-    p.add_argument("--data-mode", choices=["auto", "folder", "mask"], help="how --data is laid out (default auto)")
-    p.add_argument("--patch-size", type=int, help="patch side for mask datasets (default 128)")
+    _add_layout_flags(p)
     p.add_argument("--batch-size", type=int, help="images per model call (default 32)")
-    p.add_argument("--providers", help="auto (default: TensorRT > CUDA > CPU), cpu, cuda, ...")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core)")
-    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
+    _add_runtime_flags(p)
     p.set_defaults(handler=_run_calibrate)
 
 
@@ -343,12 +350,9 @@ def _add_audit(subparsers) -> None:
     p.add_argument("--out", required=True, help="folder for audit.csv and audit.html")
     p.add_argument("--config", help="YAML file of defaults (keys of AuditConfig); flags given here override it")
     p.add_argument("--sheet-items", type=int, help="items on the contact sheet, most suspicious first (default 120)")
-    p.add_argument("--data-mode", choices=["auto", "folder", "mask"], help="how --data is laid out (default auto)")
-    p.add_argument("--patch-size", type=int, help="patch side for mask datasets (default 128)")
+    _add_layout_flags(p)
     p.add_argument("--batch-size", type=int, help="images per model call (default 32)")
-    p.add_argument("--providers", help="auto (default: TensorRT > CUDA > CPU), cpu, cuda, ...")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core)")
-    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
+    _add_runtime_flags(p)
     p.set_defaults(handler=_run_audit)
 
 
