@@ -25,7 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from crackscope.config import write_yaml
-from crackscope.inspect.decision import Verdict, is_identity
+from crackscope.inspect.decision import Verdict, describe_calibration, is_identity
 from crackscope.inspect.images import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
@@ -151,12 +151,8 @@ def run_batch(config: BatchConfig) -> BatchSummary:
 
 def _announce(model: OnnxModel, count: int) -> None:
     calibration = model.card.calibration
-    if is_identity(calibration):
-        print(
-            f"note: {model.path} is not calibrated (temperature 1, one threshold at 0.5, no REVIEW band); "
-            "run 'crackscope calibrate' to get OK / REVIEW / DEFECT thresholds with a guaranteed escape rate",
-            file=sys.stderr,
-        )
+    prefix = "note: " if is_identity(calibration) else ""
+    print(f"{prefix}{model.path} is {describe_calibration(calibration)}", file=sys.stderr)
     print(
         f"inspecting {count} input(s) with {model.path.name} ({model.card.precision}, {model.providers[0]}), "
         f"OK below {calibration.ok_below:.3f}, DEFECT at or above {calibration.defect_at_or_above:.3f}",

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from crackscope.config import ConfigError, from_dict, merge, write_yaml
-from crackscope.inspect.decision import is_identity
+from crackscope.inspect.decision import describe_calibration, is_identity
 from crackscope.inspect.model import OnnxModel
 from crackscope.inspect.pipeline import InspectConfig, inspect_frames
 from crackscope.inspect.results import InspectionResult, error_result
@@ -180,12 +180,8 @@ def _prepare_output(config: DaemonConfig, out: Path, store: ResultStore, model: 
     source = redact_url(config.source) if isinstance(config.source, str) else config.source
     write_yaml(dataclasses.replace(config, source=source), out / CONFIG_NAME)
     calibration = model.card.calibration
-    if is_identity(calibration):
-        log.warning(
-            "%s is not calibrated (identity calibration: one threshold at probability 0.5, no REVIEW band); "
-            "its scores are not calibrated probabilities and nothing goes to review",
-            model.path,
-        )
+    # Once at start, either way: the line crew must know which thresholds decide (or that none were fitted).
+    (log.warning if is_identity(calibration) else log.info)("%s is %s", model.path, describe_calibration(calibration))
 
 
 def _resume_keys(store: ResultStore, spec: SourceSpec) -> set[tuple[str, str]] | None:

@@ -70,3 +70,17 @@ def worst(items: Iterable[Verdict]) -> Verdict:
 def is_identity(calibration: Calibration) -> bool:
     """True for an uncalibrated model (temperature 1, one threshold at 0.5, no REVIEW band)."""
     return calibration.method == "identity"
+
+
+def describe_calibration(calibration: Calibration) -> str:
+    """One line for the start of a run: the thresholds in force, or that the model is not calibrated."""
+    if is_identity(calibration):
+        return (
+            "not calibrated (temperature 1, one threshold at 0.5, no REVIEW band); run 'crackscope calibrate' to "
+            "get OK / REVIEW / DEFECT thresholds with a guaranteed escape rate"
+        )
+    targets = ", ".join(f"{k} {v}" for k, v in calibration.targets.items())
+    return (
+        f"calibrated ({calibration.method}): OK below {calibration.ok_below:.4f}, DEFECT at or above "
+        f"{calibration.defect_at_or_above:.4f}, REVIEW between" + (f"; targets {targets}" if targets else "")
+    )

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from crackscope.inspect.card import Calibration
-from crackscope.inspect.decision import Verdict, is_identity, probability, verdict, verdicts, worst
+from crackscope.inspect.decision import (
+    Verdict,
+    describe_calibration,
+    is_identity,
+    probability,
+    verdict,
+    verdicts,
+    worst,
+)
 
 BAND = Calibration(temperature=2.0, ok_below=0.2, defect_at_or_above=0.8, method="test")
 
@@ -49,3 +57,10 @@ def test_identity_calibration_has_no_review_band():
 )
 def test_the_worst_tile_decides_the_frame(items, expected):
     assert worst(items) is expected
+
+
+def test_the_start_of_run_line_names_the_thresholds_or_says_uncalibrated():
+    assert describe_calibration(Calibration()).startswith("not calibrated")
+    calibrated = Calibration(ok_below=0.2, defect_at_or_above=0.8, method="LTT", targets={"escape_rate": 0.01})
+    line = describe_calibration(calibrated)
+    assert "OK below 0.2000, DEFECT at or above 0.8000" in line and "escape_rate 0.01" in line
