@@ -33,6 +33,20 @@ def _graph_bytes(path: Path) -> bytes:
     return onnx.load(str(path)).graph.SerializeToString()
 
 
+def _calibrate(model: Path, data: Path, out: Path, *, false_reject_rate: float = 0.05):
+    """``calibrate`` at the loose targets these small sets can certify (escape 5%, 90% confidence)."""
+    return calibrate(
+        CalibrateConfig(
+            model=str(model),
+            data=str(data),
+            out=str(out),
+            progress=False,
+            escape_rate=0.05,
+            false_reject_rate=false_reject_rate,
+        )
+    )
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -64,16 +78,7 @@ def test_calibrate_writes_the_calibration_into_the_model_and_leaves_its_graph_by
 def test_the_runtime_gives_the_verdicts_calibrate_reported_for_the_calibration_items(
     brightness_model, grey_data, tmp_path
 ):
-    outcome = calibrate(
-        CalibrateConfig(
-            model=str(brightness_model),
-            data=str(grey_data),
-            out=str(tmp_path / "o"),
-            progress=False,
-            escape_rate=0.05,
-            false_reject_rate=0.05,
-        )
-    )
+    outcome = _calibrate(brightness_model, grey_data, tmp_path / "o")
     counts: dict[str, dict[str, int]] = {}
     with OnnxModel(brightness_model) as model:
         for label in ("crack", "ok", "ambiguous"):
@@ -87,16 +92,7 @@ def test_the_runtime_gives_the_verdicts_calibrate_reported_for_the_calibration_i
 def test_ambiguous_items_land_in_review_more_often_than_clear_ones_and_the_report_says_how_much(
     brightness_model, grey_data, tmp_path
 ):
-    outcome = calibrate(
-        CalibrateConfig(
-            model=str(brightness_model),
-            data=str(grey_data),
-            out=str(tmp_path / "o"),
-            progress=False,
-            escape_rate=0.05,
-            false_reject_rate=0.05,
-        )
-    )
+    outcome = _calibrate(brightness_model, grey_data, tmp_path / "o")
     saved = json.loads((tmp_path / "o" / "calibration.json").read_text())["calibration_set"]
     assert saved["ambiguous"]["review_share"] == outcome.ambiguous_review_share
     assert saved["ambiguous"]["review_share"] > 3 * saved["clear"]["review_rate"] > 0
@@ -190,26 +186,8 @@ def test_calibrate_runs_with_pytorch_unimportable(brightness_model, grey_data, t
 
 
 def test_calibrating_again_replaces_the_calibration_and_records_the_previous_one(brightness_model, grey_data, tmp_path):
-    first = calibrate(
-        CalibrateConfig(
-            model=str(brightness_model),
-            data=str(grey_data),
-            out=str(tmp_path / "a"),
-            progress=False,
-            escape_rate=0.05,
-            false_reject_rate=0.05,
-        )
-    )
-    calibrate(
-        CalibrateConfig(
-            model=str(brightness_model),
-            data=str(grey_data),
-            out=str(tmp_path / "b"),
-            progress=False,
-            escape_rate=0.05,
-            false_reject_rate=0.02,
-        )
-    )
+    first = _calibrate(brightness_model, grey_data, tmp_path / "a")
+    _calibrate(brightness_model, grey_data, tmp_path / "b", false_reject_rate=0.02)
     saved = json.loads((tmp_path / "b" / "calibration.json").read_text())
     assert saved["model"]["previous_calibration"]["defect_at_or_above"] == first.calibration.defect_at_or_above
     assert read_card(brightness_model).calibration.targets["false_reject_rate"] == 0.02
@@ -219,16 +197,7 @@ def test_a_model_whose_scores_never_overlap_gets_one_threshold_and_says_nothing_
     brightness_model, grey_dataset, tmp_path
 ):
     data = grey_dataset(tmp_path / "apart", {"crack": 60, "ok": 60}, means={"crack": 220.0, "ok": 40.0}, spread=4.0)
-    outcome = calibrate(
-        CalibrateConfig(
-            model=str(brightness_model),
-            data=str(data),
-            out=str(tmp_path / "o"),
-            progress=False,
-            escape_rate=0.05,
-            false_reject_rate=0.05,
-        )
-    )
+    outcome = _calibrate(brightness_model, data, tmp_path / "o")
     assert not outcome.fit.thresholds.review_band
     assert outcome.calibration.ok_below == outcome.calibration.defect_at_or_above
     assert "no REVIEW band" in outcome.describe()
