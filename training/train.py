@@ -52,7 +52,10 @@ from crackscope.training.data import (
     training_view,
 )
 from crackscope.training.dataset import PatchDataset, collate
-from crackscope.training.evaluate import Metrics, Predictions, metrics_for
+from crackscope.training.evaluate import Metrics, Predictions, metrics_for, predict
+from crackscope.training.head import fit_head
+from crackscope.training.sampling import EpochSampler, hardest
+from crackscope.training.schedule import Budget, Clock, Horizon, Schedule, few_steps_warning, plan_schedule
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +72,23 @@ class TrainConfig:
     input_size: int | None = None  # default: the backbone's
     dropout: float = 0.2
     augment: str = "heavy"
-    epochs: int = 8  # total, both stages
+    epochs: int | None = None  # total, both stages; None: enough fine-tuning epochs to reach target_steps
     head_epochs: int = 1  # stage 1: frozen backbone
-    batch_size: int = 32
+    head_fit: str = "logistic"  # logistic: one feature pass + logistic regression (seconds); sgd: head_epochs of SGD
+    batch_size: int | None = None  # per process; None: from the data size (8 / 16 / 32, see training.schedule)
+    target_steps: int = 200  # fine-tuning optimiser steps the automatic schedule aims for
+    max_epochs: int = 50  # most fine-tuning epochs the automatic schedule plans
+    max_minutes: float | None = None  # time budget for the whole run; the schedule shrinks to fit it
     lr: float = 1e-3  # head learning rate; the backbone gets lr * backbone_lr_scale in stage 2
     backbone_lr_scale: float = 0.1
+    freeze_batchnorm: bool = True  # fine-tuning keeps BatchNorm running statistics (small batches are noisy)
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.1  # share of each stage's steps spent warming up
     patience: int = 3  # epochs without validation improvement before stopping
     steps_per_epoch: int | None = None  # cap on batches per epoch (quick runs); None = the whole set
+    sampler: str = "shuffle"  # shuffle | balanced (cracks drawn at positive_share, no pos_weight)
+    positive_share: float = 0.5
+    hard_negatives: float | None = None  # keep this hardest share of ok items each fine-tuning epoch; None: all
     val_fraction: float = 0.2
     seed: int = 0
     workers: int = 2
@@ -118,7 +129,7 @@ class Runtime:
 class EpochRecord:
     stage: str
     epoch: int
-    train_loss: float
+    train_loss: float | None  # None for a logistic head fit
     val_loss: float
     val_accuracy: float | None
     val_roc_auc: float | None
@@ -226,30 +237,37 @@ def data_fingerprint(dataset: Dataset) -> str:
 
 
 def make_loader(
-    samples: list[Sample], config: TrainConfig, runtime: Runtime, *, train: bool
-) -> tuple[DataLoader, DistributedSampler | None]:
+    samples: list[Sample], config: TrainConfig, runtime: Runtime, *, train: bool, batch_size: int
+) -> tuple[DataLoader, EpochSampler | None]:
+    """The training loader (augmented, drawn by an :class:`EpochSampler`) or a plain validation loader."""
     size = config.resolved_input_size()
     transform = build_transform(config.augment, size) if train else eval_transform(size)
     dataset = PatchDataset(samples, transform)
     sampler = None
-    if runtime.distributed:
-        sampler = DistributedSampler(
-            dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=train, seed=config.seed
+    if train:
+        sampler = EpochSampler(
+            [int(s.label == 1 or s.clarity is Clarity.AMBIGUOUS) for s in samples],
+            balanced=config.sampler == "balanced",
+            positive_share=config.positive_share,
+            negatives_kept=config.hard_negatives or 1.0,
+            seed=config.seed,
+            rank=runtime.rank,
+            world_size=runtime.world_size,
         )
+    elif runtime.distributed:
+        sampler = DistributedSampler(dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=False)
     loader = DataLoader(
         dataset,
-        batch_size=config.batch_size,
-        shuffle=train and sampler is None,
+        batch_size=batch_size,
         sampler=sampler,
         num_workers=config.workers,
         collate_fn=collate,
-        drop_last=train and len(dataset) > config.batch_size,
+        drop_last=train and len(sampler or dataset) > batch_size,
         pin_memory=runtime.device.type == "cuda",
         worker_init_fn=_worker_seed,
         persistent_workers=config.workers > 0,
-        generator=torch.Generator().manual_seed(config.seed),
     )
-    return loader, sampler
+    return loader, sampler if train else None
 
 
 def positive_weight(samples: list[Sample]) -> float:
@@ -259,9 +277,11 @@ def positive_weight(samples: list[Sample]) -> float:
     return (len(clear) - positives) / positives if positives else 1.0
 
 
-def stages(config: TrainConfig) -> list[Stage]:
-    head = min(config.head_epochs, config.epochs)
-    plan = [Stage("head", head, train_backbone=False), Stage("finetune", config.epochs - head, train_backbone=True)]
+def stages(schedule: Schedule) -> list[Stage]:
+    plan = [
+        Stage("head", schedule.head_epochs, train_backbone=False),
+        Stage("finetune", schedule.finetune_epochs, train_backbone=True),
+    ]
     return [stage for stage in plan if stage.epochs > 0]
 
 
@@ -270,11 +290,21 @@ def set_backbone_trainable(model: CrackNet, trainable: bool) -> None:
         parameter.requires_grad_(trainable)
 
 
-def set_train_mode(model: CrackNet, train_backbone: bool) -> None:
-    """Head in train mode; a frozen backbone stays in eval mode so its BatchNorm statistics do not drift."""
+def set_train_mode(model: CrackNet, train_backbone: bool, freeze_batchnorm: bool = True) -> None:
+    """Head in train mode; a frozen backbone stays in eval mode so its BatchNorm statistics do not drift.
+
+    While fine-tuning, BatchNorm layers keep their ImageNet running statistics too (``freeze_batchnorm``; their
+    scale and shift still learn): batch statistics of 8 or 16 crack patches are noisy and far from what the
+    head was fitted on, and switching to them at the start of fine-tuning undoes the head fit (train loss jumped
+    from ~0 to ~15 on 80 Özgenel patches in batches of 8 when they were not frozen).
+    """
     model.train()
     if not train_backbone:
         model.features.eval()
+    elif freeze_batchnorm:
+        for module in model.features.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def make_optimizer(model: CrackNet, config: TrainConfig, stage: Stage) -> torch.optim.Optimizer:
@@ -284,14 +314,18 @@ def make_optimizer(model: CrackNet, config: TrainConfig, stage: Stage) -> torch.
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float):
-    """Linear warmup from 1% then cosine decay to 1% of each group's learning rate."""
-    warmup = max(1, int(total_steps * warmup_fraction))
+def warmup_cosine(optimizer: torch.optim.Optimizer, horizon: Horizon, warmup_fraction: float):
+    """Linear warmup from 1% then cosine decay to 1% of each group's learning rate at the horizon's end.
+
+    The horizon is read at every step, so when a time budget shortens the stage the decay tightens to finish
+    at the new end instead of stopping at a high learning rate.
+    """
+    warmup = max(1, int(horizon.planned * warmup_fraction))
 
     def factor(step: int) -> float:
         if step < warmup:
             return 0.01 + 0.99 * step / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        progress = min(1.0, (step - warmup) / max(1, horizon.total - warmup))
         return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -317,15 +351,19 @@ def train_one_epoch(
     runtime: Runtime,
     config: TrainConfig,
     description: str,
+    budget: Budget,
 ) -> tuple[float, int]:
-    """One pass over the training loader; returns (mean loss, images seen by this process)."""
+    """One pass over the training loader; returns (mean loss, images seen by this process).
+
+    Stops early at ``steps_per_epoch`` or when the stage's horizon (shortened by a time budget) is reached.
+    """
     total_loss, seen = 0.0, 0
     limit = config.steps_per_epoch or len(loader)
     bar = tqdm(
         total=min(limit, len(loader)), desc=description, leave=False, disable=not (config.progress and runtime.is_main)
     )
     for step, batch in enumerate(loader):
-        if step >= limit:
+        if step >= limit or budget.horizon.reached(scheduler.last_epoch):
             break
         images = batch.images.to(runtime.device, non_blocking=True)
         targets = batch.targets.to(runtime.device, non_blocking=True)
@@ -337,6 +375,7 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        budget.after_step(scheduler.last_epoch)
         total_loss += loss.item() * len(targets)
         seen += len(targets)
         bar.update(1)
@@ -440,25 +479,6 @@ class RunFolder:
             partial.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
 
 
-MIN_OPTIMISER_STEPS = 50  # below this a fine-tuned head has barely moved from its random start
-
-
-def few_steps_warning(config: TrainConfig, train_items: int, batches_per_epoch: int) -> str | None:
-    """A warning, saying how to fix it, when the whole run takes fewer than ``MIN_OPTIMISER_STEPS`` steps."""
-    per_epoch = min(config.steps_per_epoch or batches_per_epoch, batches_per_epoch)
-    steps = per_epoch * config.epochs
-    if steps >= MIN_OPTIMISER_STEPS:
-        return None
-    fixes = ["a smaller --batch-size", "more --epochs", "more data"]
-    if config.steps_per_epoch and config.steps_per_epoch < batches_per_epoch:
-        fixes.insert(0, "a larger --steps-per-epoch")
-    return (
-        f"this run takes only {steps} optimiser step(s) ({per_epoch} per epoch x {config.epochs} epoch(s); "
-        f"{train_items} training items in batches of {config.batch_size}), too few to train a useful model; "
-        f"use {', '.join(fixes[:-1])} or {fixes[-1]} (at least {MIN_OPTIMISER_STEPS} steps)"
-    )
-
-
 @dataclass(frozen=True)
 class Split:
     """Samples to train and validate on, for callers that split data themselves (benchmarks, cross-validation)."""
@@ -473,10 +493,23 @@ def train(config: TrainConfig, split: Split | None = None) -> TrainResult:
 
     The data comes from ``config.data`` / ``config.val_data`` unless an explicit ``split`` is given.
     """
-    if config.augment not in PRESETS:
-        raise ValueError(f"unknown augmentation preset {config.augment!r}; choose one of: {', '.join(PRESETS)}")
+    check_choices(config)
     with distributed_runtime(config.device) as runtime:
         return _train(config, runtime, split)
+
+
+def check_choices(config: TrainConfig) -> None:
+    """Refuse settings with no meaning before any data is read."""
+    choices = {"augment": PRESETS, "head_fit": ("logistic", "sgd"), "sampler": ("shuffle", "balanced")}
+    for key, allowed in choices.items():
+        if getattr(config, key) not in allowed:
+            raise ValueError(f"{key}: unknown value {getattr(config, key)!r}; choose one of: {', '.join(allowed)}")
+    if config.hard_negatives is not None and not 0.0 < config.hard_negatives <= 1.0:
+        raise ValueError(f"hard_negatives: expected a share in (0, 1], got {config.hard_negatives}")
+    if not 0.0 < config.positive_share < 1.0:
+        raise ValueError(f"positive_share: expected a share in (0, 1), got {config.positive_share}")
+    if config.max_minutes is not None and config.max_minutes <= 0:
+        raise ValueError(f"max_minutes: expected a positive number of minutes, got {config.max_minutes}")
 
 
 @dataclass(frozen=True)
@@ -486,8 +519,10 @@ class Fit:
     config: TrainConfig
     runtime: Runtime
     model: CrackNet
+    schedule: Schedule
+    train_samples: list[Sample]
     train_loader: DataLoader
-    train_sampler: DistributedSampler | None
+    sampler: EpochSampler
     val_loader: DataLoader
     val_samples: list[Sample]
     loss_fn: nn.Module
@@ -495,6 +530,7 @@ class Fit:
     run: RunFolder
     data_summary: dict
     emit: Callable[[str], None]
+    clock: Clock
 
 
 @dataclass(frozen=True)
@@ -509,18 +545,22 @@ class Best:
 
 def _train(config: TrainConfig, runtime: Runtime, split: Split | None) -> TrainResult:
     emit = print if runtime.is_main else (lambda _message: None)
+    clock = Clock(time.perf_counter(), config.max_minutes)
     seed_everything(config.seed)
     run = RunFolder(Path(config.out))
     run.check()
-    fit = _prepare(config, runtime, split, run, emit)  # reads and checks the data: nothing is written before this
-    _warn_if_few_steps(fit)
+    fit = _prepare(config, runtime, split, run, emit, clock)  # reads and checks the data: nothing written before
+    emit(f"schedule: {fit.schedule.describe()}")
+    _warn(fit, few_steps_warning(fit.schedule, capped=config.steps_per_epoch is not None))
     if run.earlier_files():
         emit(f"{run.path} holds an earlier run: its files are replaced when this run saves its first epoch")
     history: list[EpochRecord] = []
     best = Best()
-    for stage in stages(config):
+    for stage in stages(fit.schedule):
         records, best = _run_stage(fit, stage, len(history), best)
         history += records
+        if clock.expired():
+            break
     if best.metrics is None or best.epoch is None:
         raise RuntimeError(
             f"no epoch reached a finite validation loss (last: {history[-1].val_loss if history else 'none'}), so "
@@ -535,15 +575,14 @@ def _train(config: TrainConfig, runtime: Runtime, split: Split | None) -> TrainR
     return result
 
 
-def _warn_if_few_steps(fit: Fit) -> None:
-    message = few_steps_warning(fit.config, len(fit.train_loader.dataset), len(fit.train_loader))
+def _warn(fit: Fit, message: str | None) -> None:
     if message and fit.runtime.is_main:
         log.warning(message)
         fit.emit(f"WARNING: {message}")
 
 
-def _prepare(config: TrainConfig, runtime: Runtime, split: Split | None, run: RunFolder, emit) -> Fit:
-    """Data, model, loaders and loss for a run."""
+def _prepare(config: TrainConfig, runtime: Runtime, split: Split | None, run: RunFolder, emit, clock: Clock) -> Fit:
+    """Data, schedule, model, loaders and loss for a run."""
     if split is None:
         train_samples, val_samples, data_summary = load_split(config, emit)
     else:
@@ -556,39 +595,66 @@ def _prepare(config: TrainConfig, runtime: Runtime, split: Split | None, run: Ru
         f"model: {config.backbone} ({'ImageNet weights' if config.pretrained else 'random init'}), "
         f"input {model.spec.input_size}px, device {runtime.device}, {runtime.world_size} process(es)"
     )
-    train_loader, train_sampler = make_loader(train_samples, config, runtime, train=True)
-    val_loader, _ = make_loader(val_samples, config, runtime, train=False)
-    pos_weight = torch.tensor(positive_weight(train_samples), device=runtime.device)
+    schedule = plan_schedule(
+        items=-(-_epoch_items(train_samples, config) // runtime.world_size),
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        head_epochs=config.head_epochs,
+        target_steps=config.target_steps,
+        max_epochs=config.max_epochs,
+        steps_per_epoch=config.steps_per_epoch,
+    )
+    train_loader, sampler = make_loader(train_samples, config, runtime, train=True, batch_size=schedule.batch_size)
+    val_loader, _ = make_loader(val_samples, config, runtime, train=False, batch_size=max(32, schedule.batch_size))
+    # Balanced draws already show the network as many cracks as ok items: weighting their loss again would
+    # count the imbalance twice.
+    balance = 1.0 if config.sampler == "balanced" else positive_weight(train_samples)
     return Fit(
         config=config,
         runtime=runtime,
         model=model,
+        schedule=schedule,
+        train_samples=train_samples,
         train_loader=train_loader,
-        train_sampler=train_sampler,
+        sampler=sampler,
         val_loader=val_loader,
         val_samples=val_samples,
-        loss_fn=nn.BCEWithLogitsLoss(pos_weight=pos_weight),
+        loss_fn=nn.BCEWithLogitsLoss(pos_weight=torch.tensor(balance, device=runtime.device)),
         scaler=torch.amp.GradScaler("cuda", enabled=runtime.device.type == "cuda" and config.amp),
         run=run,
         data_summary=data_summary,
         emit=emit,
+        clock=clock,
     )
+
+
+def _epoch_items(samples: list[Sample], config: TrainConfig) -> int:
+    """Items one epoch draws: every item, or the positives plus the kept share of ok items."""
+    negatives = sum(1 for s in samples if s.label == 0 and s.clarity is Clarity.CLEAR)
+    if config.hard_negatives is None or not negatives:
+        return len(samples)
+    return len(samples) - negatives + max(1, round(config.hard_negatives * negatives))
 
 
 def _run_stage(fit: Fit, stage: Stage, epochs_done: int, best: Best) -> tuple[list[EpochRecord], Best]:
     """The epochs of one stage, with its own optimizer and schedule; stops early once fine-tuning stalls."""
+    if stage.name == "head" and fit.config.head_fit == "logistic":
+        return _fit_head_stage(fit, epochs_done + 1, best)
     config, runtime, model = fit.config, fit.runtime, fit.model
     set_backbone_trainable(model, stage.train_backbone)
     wrapped = DistributedDataParallel(model) if runtime.distributed else model
     optimizer = make_optimizer(model, config, stage)
-    steps = min(config.steps_per_epoch or len(fit.train_loader), len(fit.train_loader)) * stage.epochs
-    scheduler = warmup_cosine(optimizer, steps, config.warmup_fraction)
+    horizon = Horizon(fit.schedule.steps_per_epoch * stage.epochs)
+    scheduler = warmup_cosine(optimizer, horizon, config.warmup_fraction)
     records = []
     for stage_epoch in range(stage.epochs):
+        if horizon.reached(scheduler.last_epoch) or fit.clock.expired():
+            break
         epoch = epochs_done + stage_epoch + 1
-        if fit.train_sampler is not None:
-            fit.train_sampler.set_epoch(epoch)
-        set_train_mode(model, stage.train_backbone)
+        if stage.train_backbone and config.hard_negatives is not None:
+            _mine_hard_negatives(fit)
+        fit.sampler.set_epoch(epoch)
+        set_train_mode(model, stage.train_backbone, config.freeze_batchnorm)
         started = time.perf_counter()
         train_loss, seen = train_one_epoch(
             wrapped,
@@ -599,10 +665,12 @@ def _run_stage(fit: Fit, stage: Stage, epochs_done: int, best: Best) -> tuple[li
             fit.scaler,
             runtime,
             config,
-            f"epoch {epoch}/{config.epochs} {stage.name}",
+            f"epoch {epoch}/{fit.schedule.epochs} {stage.name}",
+            Budget(horizon, fit.clock, stage.epochs - stage_epoch, fit.schedule.steps_per_epoch),
         )
         seconds = time.perf_counter() - started
         metrics, val_loss = validate(model, fit.val_loader, fit.val_samples, runtime, config)
+        fit.clock.validation_took(time.perf_counter() - started - seconds)
         record = EpochRecord(
             stage.name,
             epoch,
@@ -614,28 +682,85 @@ def _run_stage(fit: Fit, stage: Stage, epochs_done: int, best: Best) -> tuple[li
             seen * runtime.world_size / seconds,
         )
         records.append(record)
-        improved = val_loss < best.val_loss
-        fit.emit(_epoch_line(record, improved))
-        if improved:
-            if runtime.is_main:
-                header = CheckpointHeader.for_model(
-                    model, config=to_dict(config), metrics=metrics.to_dict(), data=fit.data_summary, epoch=epoch
-                )
-                fit.run.save_epoch(model, header, first=best.epoch is None)
-            best = Best(val_loss, metrics, epoch, 0)
-        else:
-            best = replace(best, stale=best.stale + 1)
+        best = _keep_if_better(fit, record, metrics, best)
         if stage.train_backbone and best.stale >= config.patience and stage_epoch < stage.epochs - 1:
             fit.emit(f"early stop: validation loss has not improved for {best.stale} epochs")
             break
+    if horizon.total < fit.schedule.steps_per_epoch * stage.epochs:
+        _warn(fit, fit.clock.shortened_warning(horizon.total))
     return records, best
+
+
+def _keep_if_better(fit: Fit, record: EpochRecord, metrics: Metrics, best: Best) -> Best:
+    """Log the epoch; save the model when its validation loss is the best so far."""
+    improved = record.val_loss < best.val_loss
+    fit.emit(_epoch_line(record, improved))
+    if not improved:
+        return replace(best, stale=best.stale + 1)
+    if fit.runtime.is_main:
+        header = CheckpointHeader.for_model(
+            fit.model, config=to_dict(fit.config), metrics=metrics.to_dict(), data=fit.data_summary, epoch=record.epoch
+        )
+        fit.run.save_epoch(fit.model, header, first=best.epoch is None)
+    return Best(record.val_loss, metrics, record.epoch, 0)
+
+
+def _fit_head_stage(fit: Fit, epoch: int, best: Best) -> tuple[list[EpochRecord], Best]:
+    """Stage 1 as one logistic-regression fit on frozen features (every rank fits the same head)."""
+    config, runtime = fit.config, fit.runtime
+    started = time.perf_counter()
+    head = fit_head(
+        fit.model,
+        fit.train_samples,
+        batch_size=max(32, fit.schedule.batch_size),
+        workers=config.workers,
+        device=runtime.device,
+        progress=config.progress and runtime.is_main,
+    )
+    seconds = time.perf_counter() - started
+    fit.emit(head.describe())
+    metrics, val_loss = validate(fit.model, fit.val_loader, fit.val_samples, runtime, config)
+    fit.clock.validation_took(time.perf_counter() - started - seconds)
+    record = EpochRecord(
+        "head",
+        epoch,
+        None,
+        val_loss,
+        metrics.clear.accuracy,
+        metrics.clear.roc_auc,
+        seconds,
+        len(fit.train_samples) / seconds,
+    )
+    return [record], _keep_if_better(fit, record, metrics, best)
+
+
+def _mine_hard_negatives(fit: Fit) -> None:
+    """Rescore the clear ok items with the current model and keep the hardest share for the next epoch."""
+    negatives = [i for i, s in enumerate(fit.train_samples) if s.label == 0 and s.clarity is Clarity.CLEAR]
+    if not negatives:
+        return
+    scores = predict(
+        fit.model,
+        [fit.train_samples[i] for i in negatives],
+        batch_size=max(32, fit.schedule.batch_size),
+        workers=fit.config.workers,
+        device=str(fit.runtime.device),
+        progress=fit.config.progress and fit.runtime.is_main,
+    ).logits
+    kept = np.asarray(negatives)[hardest(scores, fit.config.hard_negatives or 1.0)]
+    fit.sampler.keep_negatives(kept)
+    fit.emit(
+        f"hard negatives: kept {len(kept)} of {len(negatives)} ok items (logits {scores.min():.2f} to "
+        f"{scores.max():.2f}; kept from {scores[hardest(scores, fit.config.hard_negatives or 1.0)[-1]]:.2f})"
+    )
 
 
 def _epoch_line(record: EpochRecord, improved: bool) -> str:
     accuracy = "n/a" if record.val_accuracy is None else f"{record.val_accuracy:.4f}"
     auc = "n/a" if record.val_roc_auc is None else f"{record.val_roc_auc:.4f}"
+    train_loss = "logistic fit |" if record.train_loss is None else f"train loss {record.train_loss:.4f} |"
     return (
-        f"epoch {record.epoch} [{record.stage}] train loss {record.train_loss:.4f} | val loss {record.val_loss:.4f} "
+        f"epoch {record.epoch} [{record.stage}] {train_loss} val loss {record.val_loss:.4f} "
         f"acc {accuracy} auc {auc} | {record.seconds:.0f}s, {record.images_per_second:.1f} img/s"
         + (" *" if improved else "")
     )
