@@ -8,6 +8,7 @@ source the model does badly on.
 
 Example:
     $ crackscope evaluate --checkpoint runs/demo/model.pt --data data/val --out runs/demo/eval
+    $ crackscope evaluate --checkpoint runs/mix/model.pt --data concrete/test --data tiles/test --out runs/mix/eval
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from crackscope.config import replacing
 from crackscope.training.augment import eval_transform
 from crackscope.training.backbones import CrackNet
 from crackscope.training.checkpoint import load_checkpoint
-from crackscope.training.data import Clarity, DataConfig, Sample, load_samples
+from crackscope.training.data import Clarity, DataArgument, DataConfig, Sample, load_sources
 from crackscope.training.dataset import PatchDataset, collate
 
 
@@ -256,7 +257,7 @@ class Evaluation:
 
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
-    data: str | os.PathLike,
+    data: DataArgument,
     out: str | os.PathLike | None = None,
     *,
     data_config: DataConfig | None = None,
@@ -264,9 +265,13 @@ def evaluate_checkpoint(
     workers: int = 0,
     device: str = "cpu",
 ) -> Evaluation:
-    """Score ``data`` with the checkpoint; write ``metrics.json`` and curves to ``out`` (default: beside it)."""
+    """Score ``data`` with the checkpoint; write ``metrics.json`` and curves to ``out`` (default: beside it).
+
+    ``data`` is one folder or several sources (folders or :class:`~crackscope.training.data.DataSource`); sources
+    without settings of their own are read with ``data_config``, by default the way the training data was read.
+    """
     model, header = load_checkpoint(checkpoint, device)
-    dataset = load_samples(data, data_config or header.data_config())
+    dataset = load_sources(data, data_config or header.data_config())
     predictions = predict(model, dataset.samples, batch_size=batch_size, workers=workers, device=device)
     out_dir = Path(out) if out else Path(checkpoint).parent / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -275,7 +280,9 @@ def evaluate_checkpoint(
         metrics=metrics_for(predictions),
         data=dataset.summary(),
         checkpoint=Path(checkpoint),
-        curves=tuple(plot_curves(clear_targets >= 0.5, clear_probs, out_dir, Path(data).name)),
+        curves=tuple(
+            plot_curves(clear_targets >= 0.5, clear_probs, out_dir, " + ".join(s.name for s in dataset.sources))
+        ),
         metrics_path=out_dir / "metrics.json",
     )
     with replacing(evaluation.metrics_path) as partial:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -270,3 +271,50 @@ def test_a_config_with_sources_round_trips_through_yaml_and_a_single_folder_stay
 def test_a_bad_value_in_a_source_is_rejected_with_its_key_path(text, message):
     with pytest.raises(ConfigError, match=f"^{message}"):
         from_dict(TrainConfig, inherit_data_config(yaml.safe_load(text)))
+
+
+# --- a real run on two sources --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_training_on_two_sources_writes_validation_metrics_per_source(tmp_path, capsys):
+    from crackscope.cli import main
+    from crackscope.training.train import train
+
+    crack_patches = synthetic.write_patch_dataset(tmp_path / "patches", n_crack=10, n_ok=10, size=64, seed=2)
+    frames = synthetic.write_frame_dataset(tmp_path / "frames", n=6, height=64, width=128, seed=2, crack_fraction=0.5)
+    config = TrainConfig(
+        data=(str(crack_patches), str(frames)),  # a folder of class folders and one of images + masks
+        out=str(tmp_path / "run"),
+        input_size=64,
+        epochs=1,
+        head_epochs=1,
+        batch_size=8,
+        steps_per_epoch=2,
+        workers=0,
+        augment="none",
+        progress=False,
+        val_fraction=0.34,
+        data_config=DataConfig(masks=MaskLabelling(patch_size=64, stride=64)),
+    )
+    result = train(config)
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert set(metrics["per_source"]) == {"patches", "frames"}
+    assert metrics["per_source"]["patches"]["n"] + metrics["per_source"]["frames"]["n"] == metrics["n"]
+    assert set(metrics["data"]["sources"]) == {"patches", "frames"}
+    # The checkpoint is evaluated on both sources again from the command line, read with the run's settings.
+    out = tmp_path / "eval"
+    arguments = [
+        "evaluate",
+        "--checkpoint",
+        str(result.checkpoint),
+        "--data",
+        str(crack_patches),
+        "--data",
+        str(frames),
+    ]
+    assert main([*arguments, "--out", str(out)]) == 0
+    evaluated = json.loads((out / "metrics.json").read_text())
+    assert set(evaluated["per_source"]) == {"patches", "frames"} and evaluated["per_source"]["patches"]["n"] == 20
+    assert evaluated["per_source"]["frames"]["n"] + evaluated["per_source"]["frames"]["ambiguous"]["n"] == 6 * 2
+    assert set(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["per_source"]) == {"patches", "frames"}
