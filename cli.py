@@ -3,6 +3,7 @@
 Example:
     $ crackscope demo
     $ crackscope train --data ../shared/datasets/ozgenel-concrete --out runs/concrete --epochs 3
+    $ crackscope train --data ../shared/datasets/ozgenel-concrete --data ../shared/datasets/magnetic-tile --out runs/mix
     $ crackscope evaluate --checkpoint runs/concrete/model.pt --data DIR --out runs/concrete/eval
     $ crackscope calibrate --model model.onnx --data calib/ --escape-rate 0.01 --confidence 0.9
 """
@@ -15,8 +16,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from crackscope import __version__
+
+if TYPE_CHECKING:  # the training extras may be missing: imported where a command needs them
+    from crackscope.training.train import TrainConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -89,11 +94,27 @@ def _add_train(subparsers) -> None:
     p = _parser(
         subparsers,
         "train",
-        "Fine-tune a pretrained CNN on crack / no-crack patches (head first, then the whole network).",
-        "crackscope train --data ../shared/datasets/ozgenel-concrete --out runs/concrete --epochs 3",
+        "Fine-tune a pretrained CNN on crack / no-crack patches (head first, then the whole network). Several "
+        "--data folders train one model; each is split apart and gets its own counts and validation metrics "
+        "(per_source in metrics.json). Give a source a name or settings of its own in --config: "
+        "data: [../a, {path: ../b, name: deepcrack, data_config: {mode: mask}}].",
+        "crackscope train --data ../shared/datasets/ozgenel-concrete --out runs/concrete --epochs 3\n"
+        "  crackscope train --data ../shared/datasets/ozgenel-concrete --data ../shared/datasets/deepcrack-train "
+        "--out runs/mix",
     )
-    p.add_argument("--data", help="dataset folder: class folders (crack/, ok/, ambiguous/) or images + masks")
-    p.add_argument("--val-data", help="validation folder (default: a grouped split of --data)")
+    p.add_argument(
+        "--data",
+        action="append",
+        metavar="DIR",
+        help="dataset folder: class folders (crack/, ok/, ambiguous/) or images + masks; repeat for several sources "
+        "(each named after its folder)",
+    )
+    p.add_argument(
+        "--val-data",
+        action="append",
+        metavar="DIR",
+        help="validation folder, repeatable (default: a grouped split of each --data source)",
+    )
     p.add_argument("--out", help="run folder for model.pt, config.yaml, metrics.json (default runs/train)")
     p.add_argument("--config", help="YAML file of defaults; flags given here override it")
     p.add_argument("--backbone", help="tf_efficientnet_lite0 (default), resnet18, mobilenet_v3_large, efficientnet_b0")
@@ -116,12 +137,26 @@ def _add_train(subparsers) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from crackscope.config import ConfigError, read_yaml, resolve
-    from crackscope.training.train import TrainConfig, train
+    from crackscope.config import ConfigError
+    from crackscope.training.train import train
+
+    config = train_config(args)
+    if not config.data:
+        raise ConfigError("no training data: pass --data DIR (or set 'data' in --config)")
+    train(config)
+    return 0
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The ``TrainConfig`` of ``crackscope train``'s flags over its --config file (each source inheriting the run's
+    data settings it does not set itself)."""
+    from crackscope.config import from_dict, merge, read_yaml
+    from crackscope.training.data import inherit_data_config
+    from crackscope.training.train import TrainConfig
 
     flags = {
-        "data": args.data,
-        "val_data": args.val_data,
+        "data": _one_or_many(args.data),
+        "val_data": _one_or_many(args.val_data),
         "out": args.out,
         "backbone": args.backbone,
         "pretrained": args.pretrained,
@@ -143,11 +178,15 @@ def _run_train(args: argparse.Namespace) -> int:
             "masks": {"patch_size": args.patch_size, "stride": args.patch_size},
         },
     }
-    config = resolve(TrainConfig, read_yaml(args.config) if args.config else None, flags)
-    if not config.data:
-        raise ConfigError("no training data: pass --data DIR (or set 'data' in --config)")
-    train(config)
-    return 0
+    values = merge(read_yaml(args.config) if args.config else {}, flags)
+    return from_dict(TrainConfig, inherit_data_config(values))
+
+
+def _one_or_many(folders: list[str] | None) -> str | list[str] | None:
+    """A repeatable flag's value: one folder as a plain string (as configs have always saved it), several as a list."""
+    if folders is None or len(folders) > 1:
+        return folders
+    return folders[0]
 
 
 # --- evaluate -------------------------------------------------------------------------------------------------------
@@ -157,11 +196,20 @@ def _add_evaluate(subparsers) -> None:
     p = _parser(
         subparsers,
         "evaluate",
-        "Score a checkpoint on a dataset; write metrics.json (clear and ambiguous items apart) and PR/ROC curves.",
-        "crackscope evaluate --checkpoint runs/concrete/model.pt --data DIR --out runs/concrete/eval",
+        "Score a checkpoint on a dataset; write metrics.json (clear and ambiguous items apart) and PR/ROC curves. "
+        "With several --data folders each is also scored on its own (per_source in metrics.json).",
+        "crackscope evaluate --checkpoint runs/concrete/model.pt --data DIR --out runs/concrete/eval\n"
+        "  crackscope evaluate --checkpoint runs/mix/model.pt --data concrete/test --data tiles/test "
+        "--out runs/mix/eval",
     )
     p.add_argument("--checkpoint", required=True, help="model.pt written by crackscope train")
-    p.add_argument("--data", required=True, help="dataset folder (same layouts as train)")
+    p.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        metavar="DIR",
+        help="dataset folder (same layouts as train); repeat for several sources, each named after its folder",
+    )
     p.add_argument("--out", help="folder for metrics.json and curves (default: <checkpoint dir>/eval)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0)
@@ -178,7 +226,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, args.out, batch_size=args.batch_size, workers=args.workers, device=args.device
     )
     metrics = evaluation.metrics
-    print(json.dumps({**metrics.clear.to_dict(), "ambiguous": metrics.ambiguous.to_dict()}))
+    printed = {**metrics.clear.to_dict(), "ambiguous": metrics.ambiguous.to_dict()}
+    if metrics.per_source:
+        printed["per_source"] = {name: m.clear.to_dict() for name, m in metrics.per_source.items()}
+    print(json.dumps(printed))
     return 0
 
 

@@ -122,12 +122,28 @@ def _check_plain(annotation: Any, value: Any, where: str) -> Any:
 def _check_union(args: tuple[Any, ...], value: Any, where: str) -> Any:
     if value is None and type(None) in args:
         return None
+    fitting: list[ConfigError] = []
     for arg in (a for a in args if a is not type(None)):
         try:
             return check_value(arg, value, where)
-        except ConfigError:
-            continue
+        except ConfigError as error:
+            if _has_shape_of(arg, value):
+                fitting.append(error)
+    # A list given for ``str | list[...]`` failed inside the list: saying where inside (``config.data[1].mode``)
+    # helps more than "expected str or list".
+    if fitting:
+        raise fitting[0]
     raise _mismatch(" or ".join(_type_name(a) for a in args), value, where)
+
+
+def _has_shape_of(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` is the kind of container ``annotation`` wants (a list for a list, a mapping for a dict)."""
+    origin = typing.get_origin(annotation)
+    if origin in (tuple, list):
+        return isinstance(value, (list, tuple))
+    if origin in (dict, Mapping) or annotation in (dict, Mapping) or _is_dataclass_type(annotation):
+        return isinstance(value, Mapping)
+    return False
 
 
 def _check_sequence(origin: type, args: tuple[Any, ...], value: Any, where: str) -> list[Any] | tuple[Any, ...]:
@@ -158,6 +174,12 @@ def _type_name(annotation: Any) -> str:
         return "None"
     if isinstance(annotation, type) and typing.get_origin(annotation) is None:
         return annotation.__name__
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (tuple, list) and args and (origin is list or args[-1] is Ellipsis):
+        item = _type_name(args[0])
+        return f"a list of ({item})" if " or " in item else f"a list of {item}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
     return str(annotation).replace("typing.", "")
 
 

@@ -63,6 +63,39 @@ def test_train_reads_a_yaml_config_and_flags_override_it(tmp_path, patch_data):
     assert "epochs: 1" in saved and "ambiguous: exclude" in saved and "batch_size: 32" in saved
 
 
+def test_repeated_data_flags_make_several_sources_and_a_single_one_stays_a_plain_folder():
+    from crackscope.cli import train_config
+
+    parse = build_parser().parse_args
+    several = train_config(parse(["train", "--data", "a", "--data", "b", "--val-data", "c", "--val-data", "d"]))
+    assert several.data == ("a", "b") and several.val_data == ("c", "d")
+    one = train_config(parse(["train", "--data", "a", "--val-data", "c"]))
+    assert one.data == "a" and one.val_data == "c"
+    assert parse(["evaluate", "--checkpoint", "m.pt", "--data", "a", "--data", "b"]).data == ["a", "b"]
+
+
+def test_sources_in_a_config_file_inherit_the_runs_flags_and_data_flags_replace_them(tmp_path):
+    from crackscope.cli import train_config
+    from crackscope.training.data import DataConfig, DataSource, MaskLabelling
+
+    config = tmp_path / "train.yaml"
+    config.write_text("data:\n  - ../a\n  - {path: ../b, name: cracks, data_config: {masks: {stride: 32}}}\n")
+    parse = build_parser().parse_args
+    read = train_config(parse(["train", "--config", str(config), "--data-mode", "mask", "--patch-size", "64"]))
+    expected = DataConfig(mode="mask", masks=MaskLabelling(patch_size=64, stride=32))  # stride: the source's own
+    assert read.data == ("../a", DataSource("../b", "cracks", expected))
+    assert train_config(parse(["train", "--config", str(config), "--data", "x"])).data == "x"
+
+
+def test_train_with_a_missing_second_source_fails_with_one_line_naming_it(tmp_path, patch_data, capsys):
+    code = main(["train", "--data", str(patch_data), "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")])
+    assert code == 2
+    err = capsys.readouterr().err
+    last_line = err.splitlines()[-1]  # after the progress bar of the first source, which was read
+    assert last_line.startswith("crackscope train: error: source 'missing': ") and err.count("\n") == 1
+    assert last_line.endswith("missing: data path does not exist") and not (tmp_path / "r").exists()
+
+
 @pytest.mark.slow
 def test_evaluate_writes_metrics_for_clear_and_ambiguous_items_and_curves(tiny_run, patch_data, tmp_path, capsys):
     out = tmp_path / "eval"

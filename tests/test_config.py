@@ -155,3 +155,44 @@ def test_a_yaml_file_with_a_wrong_type_fails_before_any_data_is_read(tmp_path, c
     err = capsys.readouterr().err
     assert "config.epochs: expected int, got str 'many'" in err and "no-such-folder" not in err
     assert not (tmp_path / "run").exists()
+
+
+# --- unions of a plain value and a container: a value of the container's shape is checked inside ----------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str
+    leaf: Leaf | None = None
+
+
+@dataclass(frozen=True)
+class Sources:
+    data: str | tuple[str | Entry, ...] = ""
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"data": "a"}, Sources("a")),
+        ({"data": ["a", "b"]}, Sources(("a", "b"))),
+        ({"data": ["a", {"path": "b", "leaf": {"patch_size": 64}}]}, Sources(("a", Entry("b", Leaf(64))))),
+    ],
+)
+def test_a_union_of_a_string_and_a_list_of_strings_or_dataclasses_reads_either(values, expected):
+    assert from_dict(Sources, values) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        # The list fits the list arm, so the error says where inside it, not "expected str or a list".
+        ({"data": ["a", {"path": "b", "leaf": {"patch_size": "many"}}]}, r"config\.data\[1\]\.leaf\.patch_size: "),
+        ({"data": ["a", {"pth": "b"}]}, r"config\.data\[1\]: unknown key\(s\) pth; known: leaf, path"),
+        ({"data": ["a", 3]}, r"config\.data\[1\]: expected str or Entry, got int 3"),
+        ({"data": 5}, r"config\.data: expected str or a list of \(str or Entry\), got int 5"),
+    ],
+)
+def test_a_bad_value_inside_a_union_names_the_deepest_key_path_it_reached(values, message):
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        from_dict(Sources, values)

@@ -12,10 +12,19 @@ Two layouts are read as they are:
 An optional ``votes.csv`` (``image,annotator,label``) turns annotator disagreement into soft targets. Every sample
 remembers its source image (``group``) so splits never put one photo in both train and validation.
 
+Several folders can be read into one run (:func:`load_sources`), each a :class:`DataSource` with its own name and,
+if it needs them, its own layout and labelling settings. Each sample remembers its source, groups are prefixed with
+the source's name, and :func:`split_by_source` splits each source apart, so per-source numbers stay comparable.
+
 Example:
-    >>> from crackscope.training.data import DataConfig, load_samples
+    >>> from crackscope.training.data import DataConfig, DataSource, load_samples, load_sources
     >>> dataset = load_samples("../shared/datasets/ozgenel-concrete", DataConfig())   # doctest: +SKIP
     >>> dataset.summary()                                                              # doctest: +SKIP
+    >>> both = load_sources(                                                           # doctest: +SKIP
+    ...     ["../shared/datasets/ozgenel-concrete",
+    ...      DataSource("../shared/datasets/deepcrack-train", "deepcrack", DataConfig(mode="mask"))]
+    ... )
+    >>> both.summary()["sources"]["deepcrack"]                                         # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -25,15 +34,18 @@ import fnmatch
 import logging
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from crackscope.config import from_dict, merge
 from crackscope.inspect.images import ImageReadError, is_image_file, read_image
 from crackscope.inspect.tiling import patch_boxes
 
@@ -79,6 +91,7 @@ class Sample:
     clarity: Clarity
     group: str
     box: tuple[int, int, int, int] | None = None  # x, y, width, height of the patch in the source image
+    source: str = ""  # name of the DataSource it came from; "" when read alone with load_samples
 
     @property
     def label(self) -> int:
@@ -116,6 +129,31 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class DataSource:
+    """One dataset folder of a run: where it is, what to call it, and how to read it.
+
+    ``name`` defaults to the folder's name; it prefixes the source's groups and keys its per-source counts and
+    metrics. ``data_config`` None means the run's :class:`DataConfig`; one given here replaces it for this folder
+    (in a YAML config, a source's ``data_config`` keys are merged over the run's, see :func:`inherit_data_config`).
+    """
+
+    path: str
+    name: str = ""
+    data_config: DataConfig | None = None
+
+    @property
+    def label(self) -> str:
+        """The name given, or the folder's name (``../data/ok-parts`` -> ``ok-parts``)."""
+        return self.name or Path(os.path.abspath(self.path)).name
+
+
+def class_counts(samples: Iterable[Sample]) -> dict[str, int]:
+    """Items per class: clear crack, clear ok, and ambiguous (whatever their soft target)."""
+    counter = Counter(AMBIGUOUS if s.clarity is Clarity.AMBIGUOUS else CLASS_NAMES[s.label] for s in samples)
+    return {name: counter.get(name, 0) for name in (CRACK, OK, AMBIGUOUS)}
+
+
+@dataclass(frozen=True)
 class Dataset:
     """Samples plus what was skipped while reading them."""
 
@@ -124,8 +162,7 @@ class Dataset:
     skipped: tuple[str, ...] = ()  # "path: reason" for each unreadable file
 
     def counts(self) -> dict[str, int]:
-        counter = Counter(AMBIGUOUS if s.clarity is Clarity.AMBIGUOUS else CLASS_NAMES[s.label] for s in self.samples)
-        return {name: counter.get(name, 0) for name in (CRACK, OK, AMBIGUOUS)}
+        return class_counts(self.samples)
 
     def summary(self) -> dict[str, object]:
         return {
@@ -387,8 +424,13 @@ def apply_votes(samples: list[Sample], root: Path, targets: dict[str, float]) ->
 
 def load_samples(root: str | os.PathLike, config: DataConfig | None = None) -> Dataset:
     """Read a dataset folder into samples, or raise :class:`DataError` before any training starts."""
-    config = config or DataConfig()
-    root = Path(root)
+    dataset = _read_folder(Path(root), config or DataConfig())
+    _check_classes(dataset)
+    return dataset
+
+
+def _read_folder(root: Path, config: DataConfig) -> Dataset:
+    """Samples of one folder, which may hold only one class (a folder of good parts, say)."""
     if not root.exists():
         raise DataError(f"{root}: data path does not exist")
     if not root.is_dir():
@@ -413,9 +455,7 @@ def load_samples(root: str | os.PathLike, config: DataConfig | None = None) -> D
         samples = apply_votes(
             samples, root, consensus_targets(read_votes(votes_path, config.class_map), config.consensus)
         )
-    dataset = Dataset(root, tuple(samples), tuple(skipped))
-    _check_classes(dataset)
-    return dataset
+    return Dataset(root, tuple(samples), tuple(skipped))
 
 
 def _check_classes(dataset: Dataset) -> None:
@@ -423,6 +463,156 @@ def _check_classes(dataset: Dataset) -> None:
     empty = [name for name in (CRACK, OK) if counts[name] == 0]
     if empty:
         raise DataError(f"{dataset.root}: no readable {' or '.join(empty)} images; counts: {counts}")
+
+
+# --- several sources ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MultiDataset:
+    """Several sources read as one sample list; each part keeps its own root, settings and skipped files."""
+
+    sources: tuple[DataSource, ...]  # resolved: every name and data_config filled in
+    parts: tuple[Dataset, ...]  # one per source, in the same order; their samples carry the source's name
+
+    @cached_property
+    def samples(self) -> tuple[Sample, ...]:
+        return tuple(sample for part in self.parts for sample in part.samples)
+
+    @property
+    def skipped(self) -> tuple[str, ...]:
+        return tuple(problem for part in self.parts for problem in part.skipped)
+
+    def counts(self) -> dict[str, int]:
+        return class_counts(self.samples)
+
+    def summary(self) -> dict[str, object]:
+        """Totals over all sources, then each source's own summary (root, items, groups, counts) by name."""
+        return {
+            "items": len(self.samples),
+            "groups": len({s.group for s in self.samples}),
+            **self.counts(),
+            "skipped_unreadable": len(self.skipped),
+            "sources": {source.name: part.summary() for source, part in zip(self.sources, self.parts, strict=True)},
+        }
+
+    def training_view(self, samples: Iterable[Sample]) -> list[Sample]:
+        """:func:`training_view` with each source's own ambiguous policy; the order of ``samples`` is kept."""
+        samples = list(samples)
+        configs = {source.name: source.data_config or DataConfig() for source in self.sources}
+        kept: set[Sample] = set()
+        for name, members in _by_source(samples).items():
+            kept.update(training_view(members, configs[name]))
+        return [s for s in samples if s in kept]
+
+
+DataArgument = str | os.PathLike | DataSource | Sequence[str | os.PathLike | DataSource]
+
+
+def resolve_sources(data: DataArgument, base: DataConfig | None = None) -> tuple[DataSource, ...]:
+    """``data`` as sources with their names and settings filled in (``base`` where a source has none).
+
+    ``data`` is what ``TrainConfig.data`` holds: one folder, or a list of folders and :class:`DataSource`. Two
+    sources may not share a name (their groups, counts and metrics would mix), nor read the same folder or one
+    inside the other (an image read twice could land in train and validation both): each is a DataError.
+    """
+    base = base or DataConfig()
+    entries = [data] if isinstance(data, (str, os.PathLike, DataSource)) else list(data)
+    if not entries:
+        raise DataError("no data: give at least one dataset folder")
+    sources = []
+    for entry in entries:
+        source = entry if isinstance(entry, DataSource) else DataSource(os.fspath(entry))
+        config = base if source.data_config is None else source.data_config
+        sources.append(replace(source, name=source.label, data_config=config))
+    _check_distinct(sources)
+    return tuple(sources)
+
+
+def _check_distinct(sources: Sequence[DataSource]) -> None:
+    for index, later in enumerate(sources):
+        for earlier in sources[:index]:
+            if later.name == earlier.name:
+                raise DataError(
+                    f"sources {earlier.path} and {later.path} are both named {later.name!r}; give one a name of its "
+                    "own (data: [{path: ..., name: ...}])"
+                )
+            a, b = Path(earlier.path).resolve(), Path(later.path).resolve()
+            if a == b or a.is_relative_to(b) or b.is_relative_to(a):
+                raise DataError(
+                    f"sources {earlier.path} and {later.path} overlap; each image must come from one source only"
+                )
+
+
+def load_sources(data: DataArgument, base: DataConfig | None = None) -> MultiDataset:
+    """Read every source with its own settings into one :class:`MultiDataset`, or raise :class:`DataError`.
+
+    Samples are tagged with their source's name and their groups prefixed with it, so a grouped split never
+    joins images of two sources. A source may hold a single class (a folder of good parts) as long as the
+    sources together hold both; an error in one source names it.
+    """
+    sources = resolve_sources(data, base)
+    parts = tuple(_read_source(source, several=len(sources) > 1) for source in sources)
+    dataset = MultiDataset(sources, parts)
+    _check_union(dataset)
+    return dataset
+
+
+def _read_source(source: DataSource, *, several: bool) -> Dataset:
+    try:
+        dataset = _read_folder(Path(source.path), source.data_config or DataConfig())
+        if not dataset.samples:
+            raise DataError(f"{source.path}: no readable images")
+    except DataError as error:
+        if not several:
+            raise
+        raise DataError(f"source {source.name!r}: {error}") from error
+    tagged = tuple(replace(s, source=source.name, group=f"{source.name}/{s.group}") for s in dataset.samples)
+    return replace(dataset, samples=tagged)
+
+
+def _check_union(dataset: MultiDataset) -> None:
+    if len(dataset.parts) == 1:
+        _check_classes(dataset.parts[0])  # the same message as for one folder read with load_samples
+        return
+    counts = dataset.counts()
+    empty = [name for name in (CRACK, OK) if counts[name] == 0]
+    if empty:
+        per_source = {source.name: part.counts() for source, part in zip(dataset.sources, dataset.parts, strict=True)}
+        raise DataError(f"no source holds readable {' or '.join(empty)} images; counts: {per_source}")
+
+
+def inherit_data_config(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Raw ``TrainConfig`` values (from YAML and flags) with each source's ``data_config`` merged over the run's.
+
+    A source then states only what differs: ``data: [../a, {path: ../b, data_config: {mode: mask}}]`` reads
+    ``../b`` as masks with the run's class map and mask thresholds. The run's ``data_config`` is checked first,
+    so a mistake in it is reported at its own key rather than at a source that inherited it.
+    """
+    run = values.get("data_config") or {}
+    if not isinstance(run, Mapping):
+        return dict(values)  # from_dict reports the bad value at its key
+    from_dict(DataConfig, run, "config.data_config")
+    merged = dict(values)
+    for key in ("data", "val_data"):
+        entries = values.get(key)
+        if isinstance(entries, (list, tuple)):
+            merged[key] = [_inherit(entry, run) for entry in entries]
+    return merged
+
+
+def _inherit(entry: Any, run: Mapping[str, Any]) -> Any:
+    if isinstance(entry, Mapping) and isinstance(entry.get("data_config"), Mapping):
+        return {**entry, "data_config": merge(run, entry["data_config"])}
+    return entry
+
+
+def _by_source(samples: Iterable[Sample]) -> dict[str, list[Sample]]:
+    """Samples by source name, sources in order of first appearance."""
+    by_source: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_source[sample.source].append(sample)
+    return by_source
 
 
 def training_view(samples: Iterable[Sample], config: DataConfig) -> list[Sample]:
@@ -459,6 +649,21 @@ def split_by_group(samples: Sequence[Sample], val_fraction: float, seed: int) ->
     return train, val
 
 
+def split_by_source(samples: Sequence[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """:func:`split_by_group` within each source, each with the same seed.
+
+    Every source gives about ``val_fraction`` of its images (of each stratum) to validation, so every source
+    gets validation metrics of its own, and a source's split does not change when another source is added.
+    """
+    train: list[Sample] = []
+    val: list[Sample] = []
+    for members in _by_source(samples).values():
+        source_train, source_val = split_by_group(members, val_fraction, seed)
+        train += source_train
+        val += source_val
+    return train, val
+
+
 def read_patch(sample: Sample) -> np.ndarray:
     """The sample's pixels, uint8 BGR (the whole image, or its patch box)."""
     image = read_image(sample.path)
@@ -468,10 +673,25 @@ def read_patch(sample: Sample) -> np.ndarray:
     return image[y : y + h, x : x + w]
 
 
-def describe(dataset: Dataset, emit: Callable[[str], None] = print) -> None:
-    summary = dataset.summary()
-    emit(
-        f"{summary['root']}: {summary['items']} items from {summary['groups']} images "
+def describe(dataset: Dataset | MultiDataset, emit: Callable[[str], None] = print) -> None:
+    """One line per source (items, source images, class counts, unreadable files), then one of totals."""
+    if isinstance(dataset, Dataset):
+        emit(_summary_line(str(dataset.root), dataset.summary()))
+        return
+    several = len(dataset.parts) > 1
+    for source, part in zip(dataset.sources, dataset.parts, strict=True):
+        line = _summary_line(f"{source.name} ({part.root})" if several else str(part.root), part.summary())
+        missing = [name for name in (CRACK, OK) if part.counts()[name] == 0]
+        if missing:
+            line += f"; no {' or '.join(missing)} items here: the other sources supply them"
+        emit(line)
+    if several:
+        emit(_summary_line(f"all {len(dataset.parts)} sources", dataset.summary()))
+
+
+def _summary_line(where: str, summary: dict[str, object]) -> str:
+    return (
+        f"{where}: {summary['items']} items from {summary['groups']} images "
         f"(crack {summary['crack']}, ok {summary['ok']}, ambiguous {summary['ambiguous']}); "
         f"{summary['skipped_unreadable']} unreadable skipped"
     )

@@ -2,18 +2,22 @@
 
 Clear items are scored with the usual binary metrics at a 0.5 probability threshold. Ambiguous items are reported
 apart: experts disagree on them, so what matters is where their scores fall (a calibrated model should put them
-near the middle, which is what later routes them to human review), not whether they are "right".
+near the middle, which is what later routes them to human review), not whether they are "right". When the items
+come from several sources, each source is also scored on its own (``per_source``): pooled numbers can hide a
+source the model does badly on.
 
 Example:
     $ crackscope evaluate --checkpoint runs/demo/model.pt --data data/val --out runs/demo/eval
+    $ crackscope evaluate --checkpoint runs/mix/model.pt --data concrete/test --data tiles/test --out runs/mix/eval
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +29,7 @@ from crackscope.config import replacing
 from crackscope.training.augment import eval_transform
 from crackscope.training.backbones import CrackNet
 from crackscope.training.checkpoint import load_checkpoint
-from crackscope.training.data import Clarity, DataConfig, Sample, load_samples
+from crackscope.training.data import Clarity, DataArgument, DataConfig, Sample, load_sources
 from crackscope.training.dataset import PatchDataset, collate
 
 
@@ -116,15 +120,23 @@ class AmbiguousReport:
 
 @dataclass(frozen=True)
 class Metrics:
-    """Evaluation of a model on a set: clear items and ambiguous items apart."""
+    """Evaluation of a model on a set: clear items and ambiguous items apart, and each source apart.
+
+    ``per_source`` is empty unless the set mixes several sources.
+    """
 
     clear: BinaryMetrics
     ambiguous: AmbiguousReport
+    per_source: dict[str, Metrics] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
-        """The JSON form: clear-item metrics at the top level and under ``clear``, then ``ambiguous``."""
+        """The JSON form: clear-item metrics at the top level and under ``clear``, then ``ambiguous``, then
+        ``per_source`` (each source's own form) when the set mixes several sources."""
         clear = self.clear.to_dict()
-        return {**clear, "clear": clear, "ambiguous": self.ambiguous.to_dict()}
+        written: dict[str, object] = {**clear, "clear": clear, "ambiguous": self.ambiguous.to_dict()}
+        if self.per_source:
+            written["per_source"] = {name: metrics.to_dict() for name, metrics in self.per_source.items()}
+        return written
 
 
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> BinaryMetrics:
@@ -164,7 +176,26 @@ def ambiguous_report(targets: np.ndarray, probabilities: np.ndarray) -> Ambiguou
 
 
 def metrics_for(predictions: Predictions) -> Metrics:
-    """Metrics of clear items, and of ambiguous items apart."""
+    """Metrics of clear items, of ambiguous items apart, and of each source apart when there are several."""
+    by_source = metrics_by_source(predictions)
+    pooled = _pooled_metrics(predictions)
+    return Metrics(pooled.clear, pooled.ambiguous, by_source if len(by_source) > 1 else {})
+
+
+def metrics_by_source(predictions: Predictions) -> dict[str, Metrics]:
+    """Each source's metrics (clear and ambiguous items apart), by source name in order of first appearance."""
+    positions: dict[str, list[int]] = defaultdict(list)
+    for index, sample in enumerate(predictions.samples):
+        positions[sample.source].append(index)
+    return {
+        name: _pooled_metrics(
+            Predictions(tuple(predictions.samples[i] for i in indices), predictions.logits[np.asarray(indices)])
+        )
+        for name, indices in positions.items()
+    }
+
+
+def _pooled_metrics(predictions: Predictions) -> Metrics:
     clear_targets, clear_probs = predictions.subset(Clarity.CLEAR)
     return Metrics(
         clear=binary_metrics(clear_targets >= 0.5, clear_probs),
@@ -209,7 +240,7 @@ class Evaluation:
     """What ``crackscope evaluate`` measured and wrote."""
 
     metrics: Metrics
-    data: dict[str, object]  # summary of the evaluated set (items, groups, counts, unreadable files skipped)
+    data: dict[str, object]  # the evaluated set: items, groups, counts, unreadable files skipped; each source's
     checkpoint: Path
     curves: tuple[Path, ...]  # pr_curve.png, roc_curve.png (none when one class is absent)
     metrics_path: Path
@@ -226,7 +257,7 @@ class Evaluation:
 
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
-    data: str | os.PathLike,
+    data: DataArgument,
     out: str | os.PathLike | None = None,
     *,
     data_config: DataConfig | None = None,
@@ -234,9 +265,13 @@ def evaluate_checkpoint(
     workers: int = 0,
     device: str = "cpu",
 ) -> Evaluation:
-    """Score ``data`` with the checkpoint; write ``metrics.json`` and curves to ``out`` (default: beside it)."""
+    """Score ``data`` with the checkpoint; write ``metrics.json`` and curves to ``out`` (default: beside it).
+
+    ``data`` is one folder or several sources (folders or :class:`~crackscope.training.data.DataSource`); sources
+    without settings of their own are read with ``data_config``, by default the way the training data was read.
+    """
     model, header = load_checkpoint(checkpoint, device)
-    dataset = load_samples(data, data_config or header.data_config())
+    dataset = load_sources(data, data_config or header.data_config())
     predictions = predict(model, dataset.samples, batch_size=batch_size, workers=workers, device=device)
     out_dir = Path(out) if out else Path(checkpoint).parent / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -245,7 +280,9 @@ def evaluate_checkpoint(
         metrics=metrics_for(predictions),
         data=dataset.summary(),
         checkpoint=Path(checkpoint),
-        curves=tuple(plot_curves(clear_targets >= 0.5, clear_probs, out_dir, Path(data).name)),
+        curves=tuple(
+            plot_curves(clear_targets >= 0.5, clear_probs, out_dir, " + ".join(s.name for s in dataset.sources))
+        ),
         metrics_path=out_dir / "metrics.json",
     )
     with replacing(evaluation.metrics_path) as partial:

@@ -45,10 +45,13 @@ from crackscope.training.data import (
     Clarity,
     DataConfig,
     Dataset,
+    DataSource,
+    MultiDataset,
     Sample,
+    class_counts,
     describe,
-    load_samples,
-    split_by_group,
+    load_sources,
+    split_by_source,
     training_view,
 )
 from crackscope.training.dataset import PatchDataset, collate
@@ -64,9 +67,9 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Everything a training run depends on; saved as ``config.yaml`` in the run folder."""
 
-    data: str = ""
+    data: str | tuple[str | DataSource, ...] = ""  # one folder, or several sources (folders or DataSource)
     out: str = "runs/train"
-    val_data: str | None = None
+    val_data: str | tuple[str | DataSource, ...] | None = None
     backbone: str = "tf_efficientnet_lite0"
     pretrained: bool = True
     input_size: int | None = None  # default: the backbone's
@@ -201,38 +204,55 @@ def _worker_seed(worker_id: int) -> None:
 
 
 def load_split(config: TrainConfig, emit) -> tuple[list[Sample], list[Sample], dict]:
-    """Train and validation samples (a grouped split of ``data`` unless ``val_data`` is given) and a summary."""
-    train_set = load_samples(config.data, config.data_config)
+    """Train and validation samples (a grouped split of each source of ``data`` unless ``val_data`` is given) and
+    a summary with per-source counts."""
+    train_set = load_sources(config.data, config.data_config)
     describe(train_set, emit)
     if config.val_data:
-        val_set = load_samples(config.val_data, config.data_config)
+        val_set = load_sources(config.val_data, config.data_config)
         describe(val_set, emit)
         train, val = list(train_set.samples), list(val_set.samples)
         skipped = len(train_set.skipped) + len(val_set.skipped)
     else:
-        train, val = split_by_group(train_set.samples, config.val_fraction, config.seed)
+        train, val = split_by_source(train_set.samples, config.val_fraction, config.seed)
         skipped = len(train_set.skipped)
-        emit(f"split by source image (seed {config.seed}): {len(train)} train, {len(val)} validation items")
-    train = training_view(train, config.data_config)
+        within = " within each source" if len(train_set.sources) > 1 else ""
+        emit(f"split by source image{within} (seed {config.seed}): {len(train)} train, {len(val)} validation items")
+    train = train_set.training_view(train)
     summary = {
         "train": _counts(train),
         "val": _counts(val),
         "skipped_unreadable": skipped,
         "fingerprint": data_fingerprint(train_set),
+        "sources": {
+            name: {"train": _counts(train, name), "val": _counts(val, name)}
+            for name in dict.fromkeys(s.source for s in (*train, *val))
+        },
     }
     return train, val, summary
 
 
-def _counts(samples: list[Sample]) -> dict[str, int]:
-    return Dataset(Path("."), tuple(samples)).counts()
+def _counts(samples: list[Sample], source: str | None = None) -> dict[str, int]:
+    """Items per class, of one source's samples when ``source`` is given."""
+    return class_counts(s for s in samples if source is None or s.source == source)
 
 
-def data_fingerprint(dataset: Dataset) -> str:
-    """sha256 over the sample list (paths relative to the root, boxes, targets): same data, same fingerprint."""
+def data_fingerprint(dataset: Dataset | MultiDataset) -> str:
+    """sha256 over the sample list (paths relative to the root, boxes, targets): same data, same fingerprint.
+
+    With several sources each path is relative to its source's root and prefixed with the source's name, and the
+    order of the sources does not matter; one source gives the same fingerprint as that folder alone.
+    """
+    if isinstance(dataset, MultiDataset):
+        named = sorted(zip((s.name for s in dataset.sources), dataset.parts, strict=True), key=lambda pair: pair[0])
+    else:
+        named = [("", dataset)]
     digest = hashlib.sha256()
-    for sample in sorted(dataset.samples, key=lambda s: s.key):
-        relative = sample.path.relative_to(dataset.root)
-        digest.update(f"{relative}|{sample.box}|{sample.target:.4f}\n".encode())
+    for name, part in named:
+        prefix = f"{name}/" if len(named) > 1 else ""
+        for sample in sorted(part.samples, key=lambda s: s.key):
+            relative = sample.path.relative_to(part.root)
+            digest.update(f"{prefix}{relative}|{sample.box}|{sample.target:.4f}\n".encode())
     return digest.hexdigest()
 
 

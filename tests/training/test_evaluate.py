@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from crackscope.training.data import Clarity, Sample
-from crackscope.training.evaluate import AmbiguousReport, BinaryMetrics, Metrics, Predictions, metrics_for
+from crackscope.training.evaluate import (
+    AmbiguousReport,
+    BinaryMetrics,
+    Metrics,
+    Predictions,
+    metrics_by_source,
+    metrics_for,
+)
 
 
 def _predictions(items: list[tuple[float, Clarity, float]]) -> Predictions:
@@ -79,3 +86,57 @@ def test_metrics_are_frozen():
     assert isinstance(metrics, Metrics) and isinstance(metrics.clear, BinaryMetrics)
     with pytest.raises(dataclasses.FrozenInstanceError):
         metrics.clear.accuracy = 1.0  # type: ignore[misc]
+
+
+# --- several sources ------------------------------------------------------------------------------------------------
+
+
+def _sourced(items: list[tuple[str, float, Clarity, float]]) -> Predictions:
+    """(source, target, clarity, probability) per item -> Predictions."""
+    samples = tuple(Sample(Path(f"{i}.png"), t, c, f"{src}/{i}", None, src) for i, (src, t, c, _) in enumerate(items))
+    probabilities = np.array([p for *_, p in items])
+    return Predictions(samples, np.log(probabilities / (1 - probabilities)))
+
+
+# a: ok 0.1, ok 0.7 (called crack), crack 0.9 -> tn 1, fp 1, tp 1; the crack outscores both oks.
+# b: crack 0.8, crack 0.3 (called ok), ok 0.2, and one ambiguous item -> tp 1, fn 1, tn 1; both cracks beat the ok.
+# Pooled, the b crack at 0.3 ranks below a's ok at 0.7: 8 of 9 (crack, ok) pairs are in order, not 9.
+MIXED = [
+    ("a", 0.0, CLEAR, 0.1),
+    ("b", 1.0, CLEAR, 0.8),
+    ("a", 0.0, CLEAR, 0.7),
+    ("b", 1.0, CLEAR, 0.3),
+    ("a", 1.0, CLEAR, 0.9),
+    ("b", 0.0, CLEAR, 0.2),
+    ("b", 0.5, AMBIGUOUS, 0.4),
+]
+
+
+def test_metrics_by_source_scores_each_source_on_its_own_items():
+    by_source = metrics_by_source(_sourced(MIXED))
+    assert list(by_source) == ["a", "b"]
+    a, b = by_source["a"].clear, by_source["b"].clear
+    assert a.n == 3 and a.confusion_matrix == ((1, 1), (0, 1))
+    assert a.accuracy == pytest.approx(2 / 3) and a.precision == pytest.approx(1 / 2) and a.recall == 1.0
+    assert b.n == 3 and b.confusion_matrix == ((1, 0), (1, 1))
+    assert b.accuracy == pytest.approx(2 / 3) and b.precision == 1.0 and b.recall == pytest.approx(1 / 2)
+    assert a.roc_auc == 1.0 and b.roc_auc == 1.0
+    assert by_source["a"].ambiguous.n == 0
+    assert by_source["b"].ambiguous.n == 1 and by_source["b"].ambiguous.mean_probability == pytest.approx(0.4)
+
+
+def test_pooled_metrics_of_several_sources_carry_the_per_source_ones():
+    metrics = metrics_for(_sourced(MIXED))
+    assert metrics.clear.n == 6 and metrics.clear.roc_auc == pytest.approx(8 / 9)
+    assert list(metrics.per_source) == ["a", "b"] and metrics.per_source["a"].clear.roc_auc == 1.0
+    assert all(not m.per_source for m in metrics.per_source.values())
+
+
+def test_metrics_json_has_per_source_only_when_the_set_mixes_sources():
+    written = json.loads(json.dumps(metrics_for(_sourced(MIXED)).to_dict()))
+    assert set(written["per_source"]) == {"a", "b"}
+    assert written["per_source"]["b"]["confusion_matrix"] == [[1, 0], [1, 1]]
+    assert written["per_source"]["b"]["ambiguous"]["n"] == 1 and "per_source" not in written["per_source"]["b"]
+    one_source = [("a", t, c, p) for _, t, c, p in MIXED]
+    assert "per_source" not in metrics_for(_sourced(one_source)).to_dict()
+    assert "per_source" not in metrics_for(_predictions(ITEMS)).to_dict()
