@@ -27,6 +27,7 @@ from crackscope.training.augment import (
     zoom_out,
 )
 from crackscope.training.data import Clarity, Sample
+from crackscope.training.train import Runtime, TrainConfig, make_loader
 
 
 @pytest.fixture
@@ -208,6 +209,20 @@ def test_read_references_reads_the_patch_of_each_picked_item(tmp_path):
     sample = Sample(tmp_path / "a.png", 0.0, Clarity.CLEAR, "a", box=(5, 2, 10, 8))
     (reference,) = read_references([sample])
     assert np.array_equal(reference, image[2:10, 5:15])
+
+
+def test_make_loader_gives_references_only_to_presets_that_match_histograms(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = []
+    for index in range(6):
+        cv2.imwrite(str(tmp_path / f"{index}.png"), rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+        samples.append(Sample(tmp_path / f"{index}.png", float(index % 2), Clarity.CLEAR, str(index)))
+    runtime = Runtime(torch.device("cpu"))
+    for preset, expected in [("colour", 6), ("domain", 6), ("heavy", 0)]:
+        config = TrainConfig(augment=preset, input_size=32, workers=0, batch_size=4)
+        loader, _ = make_loader(samples, config, runtime, train=True)
+        assert len(loader.dataset.transform.references) == expected
+        assert next(iter(loader)).images.shape == (4, 32, 32, 3)
 
 
 # --- seeding and pickling ---------------------------------------------------------------------------------------------
