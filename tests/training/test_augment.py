@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from crackscope.cli import build_parser
 from crackscope.training.augment import (
     PRESETS,
     Augmentation,
@@ -93,6 +94,11 @@ def test_a_non_uint8_reference_is_refused_by_its_index():
     references = [np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.float32)]
     with pytest.raises(ValueError, match="reference image 1 is float32"):
         build_transform("domain", 32, references=references)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_the_train_command_offers_every_preset(preset):
+    assert build_parser().parse_args(["train", "--augment", preset]).augment == preset
 
 
 # --- zooming about the centre -----------------------------------------------------------------------------------------
