@@ -124,7 +124,11 @@ def _add_train(subparsers) -> None:
     p.add_argument("--head-epochs", type=int, help="stage-1 epochs on a frozen backbone (default 1)")
     p.add_argument("--batch-size", type=int, help="per process (default 32)")
     p.add_argument("--lr", type=float, help="head learning rate (default 1e-3); backbone gets lr x 0.1")
-    p.add_argument("--augment", choices=["none", "light", "heavy"], help="augmentation preset (default heavy)")
+    p.add_argument(
+        "--augment",
+        choices=["none", "light", "heavy", "colour", "scale", "domain"],
+        help="augmentation preset (default heavy); colour, scale and domain vary surface colour/texture, zoom, or both",
+    )
     p.add_argument("--ambiguous", choices=["soft", "exclude"], help="train on ambiguous items as soft targets, or not")
     _add_layout_flags(p)
     p.add_argument("--val-fraction", type=float, help="share of source images held out (default 0.2)")

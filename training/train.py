@@ -38,7 +38,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from crackscope.config import replacing, to_dict, write_yaml
-from crackscope.training.augment import PRESETS, build_transform, eval_transform
+from crackscope.training.augment import (
+    PRESETS,
+    REFERENCE_PRESETS,
+    Transform,
+    build_transform,
+    eval_transform,
+    read_references,
+)
 from crackscope.training.backbones import CrackNet, build_model, get_spec
 from crackscope.training.checkpoint import CheckpointHeader, save_checkpoint
 from crackscope.training.data import (
@@ -261,7 +268,7 @@ def make_loader(
 ) -> tuple[DataLoader, EpochSampler | None]:
     """The training loader (augmented, drawn by an :class:`EpochSampler`) or a plain validation loader."""
     size = config.resolved_input_size()
-    transform = build_transform(config.augment, size) if train else eval_transform(size)
+    transform = training_transform(samples, config, runtime) if train else eval_transform(size)
     dataset = PatchDataset(samples, transform)
     sampler = None
     if train:
@@ -288,6 +295,14 @@ def make_loader(
         persistent_workers=config.workers > 0,
     )
     return loader, sampler if train else None
+
+
+def training_transform(samples: list[Sample], config: TrainConfig, runtime: Runtime) -> Transform:
+    """The training augmentation; presets that histogram-match get references drawn from the training items."""
+    references = read_references(samples, seed=config.seed) if config.augment in REFERENCE_PRESETS else ()
+    # One augmentation stream per rank; DataLoader workers branch off it (see augment.Augmentation).
+    seed = config.seed + runtime.rank
+    return build_transform(config.augment, config.resolved_input_size(), references=references, seed=seed)
 
 
 def positive_weight(samples: list[Sample]) -> float:
