@@ -248,8 +248,19 @@ def _add_inspect(subparsers) -> None:
     p.add_argument("--fail-on", choices=["defect", "review"], help="exit 3 when any input reaches this verdict")
     p.add_argument("--max-pixels", type=int, help="refuse larger images with an ERROR record (default 100 MP)")
     p.add_argument("--workers", type=int, help="decoding threads (default 2)")
+    _add_part_scoring_flags(p)
     _add_runtime_flags(p)
     p.set_defaults(handler=_run_inspect)
+
+
+def _add_part_scoring_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--part-scoring",
+        choices=["max", "topk", "noisy_or"],
+        help="how a frame's score comes from its tiles: highest tile, mean of the --part-k highest, or noisy-OR "
+        "(default: the model card's, chosen on validation images in training)",
+    )
+    p.add_argument("--part-k", type=int, help="tiles averaged by --part-scoring topk (default 3)")
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
@@ -267,7 +278,12 @@ def _run_inspect(args: argparse.Namespace) -> int:
         "providers": args.providers,
         "threads": args.threads,
         "progress": args.progress,
-        "inspect": {"overlap": args.overlap, "max_batch": args.batch_size},
+        "inspect": {
+            "overlap": args.overlap,
+            "max_batch": args.batch_size,
+            "part_scoring": args.part_scoring,
+            "part_k": args.part_k,
+        },
     }
     summary = run_batch(resolve(BatchConfig, read_yaml(args.config) if args.config else None, flags))
     print(summary.describe())
@@ -423,6 +439,7 @@ def _add_daemon(subparsers) -> None:
         choices=["defect", "all", "none"],
         help="frames saved with overlay and heatmap in review/ (default defect: DEFECT and REVIEW)",
     )
+    _add_part_scoring_flags(p)
     p.add_argument("--providers", help="ONNX Runtime providers: auto (default), cpu, cuda, ...")
     p.set_defaults(handler=_run_daemon)
 
@@ -445,6 +462,7 @@ def _run_daemon(args: argparse.Namespace) -> int:
         "providers": args.providers,
         "trigger": {"mode": args.trigger, "interval_s": args.interval, "motion_threshold": args.motion_threshold},
         "hot_folder": {"after": args.after},
+        "inspect": {"part_scoring": args.part_scoring, "part_k": args.part_k},
     }
     config = daemon_config(read_yaml(args.config) if args.config else None, flags)
     if not args.verbose:
