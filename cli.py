@@ -157,7 +157,8 @@ def _add_evaluate(subparsers) -> None:
     p = _parser(
         subparsers,
         "evaluate",
-        "Score a checkpoint on a dataset; write metrics.json (clear and ambiguous items apart) and PR/ROC curves.",
+        "Score a checkpoint on a dataset; write metrics.json (clear and ambiguous items apart, and whole images "
+        "scored from their patches when items are patches) and PR/ROC curves.",
         "crackscope evaluate --checkpoint runs/concrete/model.pt --data DIR --out runs/concrete/eval",
     )
     p.add_argument("--checkpoint", required=True, help="model.pt written by crackscope train")
@@ -178,6 +179,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, args.out, batch_size=args.batch_size, workers=args.workers, device=args.device
     )
     metrics = evaluation.metrics
+    print(metrics.describe_parts())
     print(json.dumps({**metrics.clear.to_dict(), "ambiguous": metrics.ambiguous.to_dict()}))
     return 0
 

@@ -4,6 +4,14 @@ Clear items are scored with the usual binary metrics at a 0.5 probability thresh
 apart: experts disagree on them, so what matters is where their scores fall (a calibrated model should put them
 near the middle, which is what later routes them to human review), not whether they are "right".
 
+When the items are patches of larger images (mask datasets: ``Sample.group`` is the source image), each image is
+also scored as a part, from all its patches, with :func:`crackscope.inspect.parts.part_score`, the function the
+runtime scores frames with. An image is a crack when any of its patches is a clear crack, ok when all of them are
+clear ok, and otherwise (ambiguous patches, no clear crack) it is counted apart and not scored. Image-level metrics
+are given for every candidate scoring and for the one in force: in training, the candidate with the best
+image-level average precision on the validation images (it is stored with the model); in ``crackscope evaluate``,
+the checkpoint's.
+
 Example:
     $ crackscope evaluate --checkpoint runs/demo/model.pt --data data/val --out runs/demo/eval
 """
@@ -12,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from crackscope.config import replacing
+from crackscope.inspect.parts import CANDIDATES, PartScoring, choose_part_scoring, part_score
 from crackscope.training.augment import eval_transform
 from crackscope.training.backbones import CrackNet
 from crackscope.training.checkpoint import load_checkpoint
@@ -115,16 +125,69 @@ class AmbiguousReport:
 
 
 @dataclass(frozen=True)
+class ImageLevel:
+    """Metrics of whole images (parts), each scored from its patches; see the module docstring.
+
+    ``metrics`` are those of ``scoring``, the scoring in force; ``candidates`` has every candidate's, in the order
+    of :data:`~crackscope.inspect.parts.CANDIDATES`. ``chosen_by`` says where ``scoring`` came from.
+    """
+
+    crack: int  # images with at least one clear crack patch
+    ok: int  # images whose patches are all clear ok
+    ambiguous: int  # images with ambiguous patches and no clear crack: counted, not scored
+    scoring: PartScoring
+    chosen_by: str
+    metrics: BinaryMetrics
+    candidates: tuple[tuple[PartScoring, BinaryMetrics], ...]
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form (``metrics.json``'s ``image_level``): counts, the scoring, its metrics, the candidates'."""
+        return {
+            "images": {"crack": self.crack, "ok": self.ok, "ambiguous": self.ambiguous},
+            "scoring": {**self.scoring.to_dict(), "label": self.scoring.label, "chosen_by": self.chosen_by},
+            **self.metrics.to_dict(),
+            "candidates": {scoring.label: metrics.to_dict() for scoring, metrics in self.candidates},
+        }
+
+    def describe(self) -> str:
+        """One line for people: the scoring in force, its image-level scores, and the candidates' AP."""
+        m = self.metrics
+        candidates = ", ".join(f"{s.label} {_number(c.average_precision)}" for s, c in self.candidates)
+        return (
+            f"image level ({self.crack} crack, {self.ok} ok, {self.ambiguous} ambiguous not scored): "
+            f"{self.scoring.label} scoring ({self.chosen_by}): AP {_number(m.average_precision)}, "
+            f"ROC-AUC {_number(m.roc_auc)}, accuracy {_number(m.accuracy)}; AP of each candidate: {candidates}"
+        )
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+@dataclass(frozen=True)
 class Metrics:
-    """Evaluation of a model on a set: clear items and ambiguous items apart."""
+    """Evaluation of a model on a set: clear items and ambiguous items apart, and whole images when items are
+    patches of them (``image_level`` is ``None`` when every image is one item: it would equal the patch level)."""
 
     clear: BinaryMetrics
     ambiguous: AmbiguousReport
+    image_level: ImageLevel | None = None
 
     def to_dict(self) -> dict[str, object]:
-        """The JSON form: clear-item metrics at the top level and under ``clear``, then ``ambiguous``."""
+        """The JSON form: clear-item metrics at the top level and under ``clear``, then ``ambiguous``; with images
+        of several items also ``image_level`` and ``part_scoring`` (the scoring in force, as the model stores it)."""
         clear = self.clear.to_dict()
-        return {**clear, "clear": clear, "ambiguous": self.ambiguous.to_dict()}
+        written = {**clear, "clear": clear, "ambiguous": self.ambiguous.to_dict()}
+        if self.image_level is not None:
+            written["image_level"] = self.image_level.to_dict()
+            written["part_scoring"] = self.image_level.scoring.to_dict()
+        return written
+
+    def describe_parts(self) -> str:
+        """One line on image-level results, or that the image level equals the patch level here."""
+        if self.image_level is None:
+            return "image level: same as patch level (each image is one item); frames are scored by max"
+        return self.image_level.describe()
 
 
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> BinaryMetrics:
@@ -163,13 +226,92 @@ def ambiguous_report(targets: np.ndarray, probabilities: np.ndarray) -> Ambiguou
     )
 
 
-def metrics_for(predictions: Predictions) -> Metrics:
-    """Metrics of clear items, and of ambiguous items apart."""
+CHOSEN_HERE = "best image-level AP of the candidates on these images, ties to the simpler"
+
+
+def metrics_for(predictions: Predictions, part_scoring: PartScoring | None = None, chosen_by: str = "given") -> Metrics:
+    """Metrics of clear items, of ambiguous items apart, and of whole images when items are patches of them.
+
+    Args:
+        predictions: scores of the items.
+        part_scoring: the part scoring in force at the image level; ``None`` chooses it on these images
+            (:func:`~crackscope.inspect.parts.choose_part_scoring`), as training does on its validation set.
+        chosen_by: where a given ``part_scoring`` came from, recorded beside it.
+    """
     clear_targets, clear_probs = predictions.subset(Clarity.CLEAR)
     return Metrics(
         clear=binary_metrics(clear_targets >= 0.5, clear_probs),
         ambiguous=ambiguous_report(*predictions.subset(Clarity.AMBIGUOUS)),
+        image_level=image_level(predictions, part_scoring, chosen_by),
     )
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Source images as parts: the patch probabilities and label of each clearly labelled image."""
+
+    probabilities: tuple[np.ndarray, ...]
+    labels: tuple[int, ...]  # 1 crack, 0 ok
+    ambiguous: int  # images with ambiguous patches and no clear crack
+
+
+def group_parts(predictions: Predictions) -> Parts | None:
+    """Items grouped by source image (``Sample.group``); ``None`` when no image has more than one item."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, sample in enumerate(predictions.samples):
+        groups[sample.group].append(index)
+    if all(len(members) == 1 for members in groups.values()):
+        return None
+    probabilities, labels, ambiguous = [], [], 0
+    all_probabilities = predictions.probabilities
+    for members in groups.values():
+        samples = [predictions.samples[i] for i in members]
+        label = _image_label(samples)
+        if label is None:
+            ambiguous += 1
+            continue
+        probabilities.append(all_probabilities[members])
+        labels.append(label)
+    return Parts(tuple(probabilities), tuple(labels), ambiguous)
+
+
+def _image_label(samples: Sequence[Sample]) -> int | None:
+    """1 when any patch is a clear crack, 0 when all are clear ok, ``None`` (ambiguous image) otherwise."""
+    if any(s.clarity is Clarity.CLEAR and s.label == 1 for s in samples):
+        return 1
+    if all(s.clarity is Clarity.CLEAR for s in samples):
+        return 0
+    return None
+
+
+def image_level(
+    predictions: Predictions, part_scoring: PartScoring | None = None, chosen_by: str = "given"
+) -> ImageLevel | None:
+    """Image-level metrics (see :func:`metrics_for`); ``None`` when every image is one item."""
+    parts = group_parts(predictions)
+    if parts is None:
+        return None
+    if part_scoring is None:
+        part_scoring, _ = choose_part_scoring(list(zip(parts.probabilities, parts.labels, strict=True)), CANDIDATES)
+        chosen_by = CHOSEN_HERE
+    labels = np.array(parts.labels, dtype=int)
+    candidates = tuple((c, _part_metrics(parts, labels, c)) for c in CANDIDATES)
+    known = dict(candidates)
+    chosen = known[part_scoring] if part_scoring in known else _part_metrics(parts, labels, part_scoring)
+    return ImageLevel(
+        crack=int(labels.sum()),
+        ok=int(len(labels) - labels.sum()),
+        ambiguous=parts.ambiguous,
+        scoring=part_scoring,
+        chosen_by=chosen_by,
+        metrics=chosen,
+        candidates=candidates,
+    )
+
+
+def _part_metrics(parts: Parts, labels: np.ndarray, scoring: PartScoring) -> BinaryMetrics:
+    scores = np.array([part_score(p, scoring) for p in parts.probabilities], dtype=np.float64)
+    return binary_metrics(labels, scores)
 
 
 def plot_curves(labels: np.ndarray, probabilities: np.ndarray, out_dir: Path, title: str = "") -> list[Path]:
@@ -241,8 +383,14 @@ def evaluate_checkpoint(
     out_dir = Path(out) if out else Path(checkpoint).parent / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_targets, clear_probs = predictions.subset(Clarity.CLEAR)
+    stored = "part_scoring" in header.metrics
     evaluation = Evaluation(
-        metrics=metrics_for(predictions),
+        # The checkpoint's scoring, chosen on its validation images: choosing on the test set would flatter it.
+        metrics=metrics_for(
+            predictions,
+            header.part_scoring(),
+            "the checkpoint's (chosen on validation)" if stored else "default: the checkpoint stores none",
+        ),
         data=dataset.summary(),
         checkpoint=Path(checkpoint),
         curves=tuple(plot_curves(clear_targets >= 0.5, clear_probs, out_dir, Path(data).name)),
