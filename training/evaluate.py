@@ -226,7 +226,7 @@ def ambiguous_report(targets: np.ndarray, probabilities: np.ndarray) -> Ambiguou
     )
 
 
-CHOSEN_HERE = "best image-level AP of the candidates on these images, ties to the simpler"
+CHOSEN_HERE = "best image-level AP on these images, ties to the simpler"
 
 
 def metrics_for(predictions: Predictions, part_scoring: PartScoring | None = None, chosen_by: str = "given") -> Metrics:
@@ -389,7 +389,7 @@ def evaluate_checkpoint(
         metrics=metrics_for(
             predictions,
             header.part_scoring(),
-            "the checkpoint's (chosen on validation)" if stored else "default: the checkpoint stores none",
+            "the checkpoint's, chosen on validation" if stored else "max: the checkpoint stores none",
         ),
         data=dataset.summary(),
         checkpoint=Path(checkpoint),
