@@ -200,8 +200,9 @@ def _add_evaluate(subparsers) -> None:
     p = _parser(
         subparsers,
         "evaluate",
-        "Score a checkpoint on a dataset; write metrics.json (clear and ambiguous items apart) and PR/ROC curves. "
-        "With several --data folders each is also scored on its own (per_source in metrics.json).",
+        "Score a checkpoint on a dataset; write metrics.json (clear and ambiguous items apart, and whole images "
+        "scored from their patches when items are patches) and PR/ROC curves. With several --data folders each is "
+        "also scored on its own (per_source in metrics.json).",
         "crackscope evaluate --checkpoint runs/concrete/model.pt --data DIR --out runs/concrete/eval\n"
         "  crackscope evaluate --checkpoint runs/mix/model.pt --data concrete/test --data tiles/test "
         "--out runs/mix/eval",
@@ -233,6 +234,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     printed = {**metrics.clear.to_dict(), "ambiguous": metrics.ambiguous.to_dict()}
     if metrics.per_source:
         printed["per_source"] = {name: m.clear.to_dict() for name, m in metrics.per_source.items()}
+    print(metrics.describe_parts())
     print(json.dumps(printed))
     return 0
 
@@ -303,8 +305,19 @@ def _add_inspect(subparsers) -> None:
     p.add_argument("--fail-on", choices=["defect", "review"], help="exit 3 when any input reaches this verdict")
     p.add_argument("--max-pixels", type=int, help="refuse larger images with an ERROR record (default 100 MP)")
     p.add_argument("--workers", type=int, help="decoding threads (default 2)")
+    _add_part_scoring_flags(p)
     _add_runtime_flags(p)
     p.set_defaults(handler=_run_inspect)
+
+
+def _add_part_scoring_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--part-scoring",
+        choices=["max", "topk", "noisy_or"],
+        help="how a frame's score comes from its tiles: highest tile, mean of the --part-k highest, or noisy-OR "
+        "(default: the model card's, chosen on validation images in training)",
+    )
+    p.add_argument("--part-k", type=int, help="tiles averaged by --part-scoring topk (default 3)")
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
@@ -322,7 +335,12 @@ def _run_inspect(args: argparse.Namespace) -> int:
         "providers": args.providers,
         "threads": args.threads,
         "progress": args.progress,
-        "inspect": {"overlap": args.overlap, "max_batch": args.batch_size},
+        "inspect": {
+            "overlap": args.overlap,
+            "max_batch": args.batch_size,
+            "part_scoring": args.part_scoring,
+            "part_k": args.part_k,
+        },
     }
     summary = run_batch(resolve(BatchConfig, read_yaml(args.config) if args.config else None, flags))
     print(summary.describe())
@@ -478,6 +496,7 @@ def _add_daemon(subparsers) -> None:
         choices=["defect", "all", "none"],
         help="frames saved with overlay and heatmap in review/ (default defect: DEFECT and REVIEW)",
     )
+    _add_part_scoring_flags(p)
     p.add_argument("--providers", help="ONNX Runtime providers: auto (default), cpu, cuda, ...")
     p.set_defaults(handler=_run_daemon)
 
@@ -500,6 +519,7 @@ def _run_daemon(args: argparse.Namespace) -> int:
         "providers": args.providers,
         "trigger": {"mode": args.trigger, "interval_s": args.interval, "motion_threshold": args.motion_threshold},
         "hot_folder": {"after": args.after},
+        "inspect": {"part_scoring": args.part_scoring, "part_k": args.part_k},
     }
     config = daemon_config(read_yaml(args.config) if args.config else None, flags)
     if not args.verbose:

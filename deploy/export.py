@@ -167,6 +167,7 @@ def card_for(model: CrackNet, header: CheckpointHeader, precision: str) -> Model
         class_names=header.class_names,
         normalisation={"mean": list(model.spec.mean), "std": list(model.spec.std), "applied": "in-graph"},
         calibration=Calibration(),
+        part_scoring=header.part_scoring(),  # chosen on validation images in training; max when none was stored
         precision=precision,
         training={
             "data_fingerprint": header.data.get("fingerprint"),

@@ -136,7 +136,7 @@ def run_batch(config: BatchConfig) -> BatchSummary:
         raise InputError(f"--out {out} exists and is not a folder")
     started = time.perf_counter()
     with OnnxModel(config.model, providers=config.providers, intra_op_threads=config.threads) as model:
-        _announce(model, len(files))
+        _announce(model, len(files), config.inspect)
         with ResultStore(out) as store:
             store.claim(model.model_id, str(model.path), model.card)
             remove_partials(out)
@@ -149,13 +149,14 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     return BatchSummary(out, counts, inspected, skipped, time.perf_counter() - started, report, failed)
 
 
-def _announce(model: OnnxModel, count: int) -> None:
+def _announce(model: OnnxModel, count: int, inspect_config: InspectConfig) -> None:
     calibration = model.card.calibration
     prefix = "note: " if is_identity(calibration) else ""
     print(f"{prefix}{model.path} is {describe_calibration(calibration)}", file=sys.stderr)
     print(
         f"inspecting {count} input(s) with {model.path.name} ({model.card.precision}, {model.providers[0]}), "
-        f"OK below {calibration.ok_below:.3f}, DEFECT at or above {calibration.defect_at_or_above:.3f}",
+        f"OK below {calibration.ok_below:.3f}, DEFECT at or above {calibration.defect_at_or_above:.3f}; "
+        f"{inspect_config.describe_scoring(model.card.part_scoring)}",
         file=sys.stderr,
     )
 

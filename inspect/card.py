@@ -2,13 +2,17 @@
 
 Everything a runtime needs to use the model correctly travels inside the file: input size, channel order,
 normalisation (already applied inside the graph, recorded for humans and audits), class names, the calibration
-that turns a logit into a probability and a verdict, and a summary of how the model was trained and verified.
-This module is torch-free: the runtime reads a card from ``session.get_modelmeta()`` with it, and
-:func:`read_card` / :func:`write_calibration` read and rewrite a file's card with the ``onnx`` package alone (so
-``crackscope calibrate`` runs on an edge box without PyTorch).
+that turns a logit into a probability and a verdict, how a frame is scored from its tiles (the part scoring), and
+a summary of how the model was trained and verified. This module is torch-free: the runtime reads a card from
+``session.get_modelmeta()`` with it, and :func:`read_card` / :func:`write_calibration` read and rewrite a file's
+card with the ``onnx`` package alone (so ``crackscope calibrate`` runs on an edge box without PyTorch).
 
 Each field is stored under its own ``crackscope.<field>`` key as JSON, so tools can read one field without
 parsing the rest, and calibration can be rewritten without touching the weights.
+
+Format version 2 added ``part_scoring``. Version 1 cards still load (their frames are scored by the highest tile
+probability, as version 1 runtimes did); a version 1 runtime refuses a version 2 card rather than silently
+ignoring a part scoring it does not know.
 
 Example:
     >>> card = ModelCard(backbone="tf_efficientnet_lite0", input_size=224, feature_size=7)
@@ -25,11 +29,14 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replac
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from crackscope.inspect.parts import PartScoring
+
 if TYPE_CHECKING:
     import onnx
 
 FORMAT = "crackscope-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written by this crackscope
+READABLE_VERSIONS = (1, 2)  # 1: before part_scoring (frames scored by their highest tile)
 PREFIX = "crackscope."
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logit", "cam")
@@ -77,6 +84,7 @@ class ModelCard:
     input_dtype: str = "uint8"
     normalisation: dict[str, list[float]] = field(default_factory=dict)  # {"mean": [...], "std": [...]}, in-graph
     calibration: Calibration = field(default_factory=Calibration)
+    part_scoring: PartScoring = field(default_factory=PartScoring)  # tile probabilities -> frame score
     precision: str = "fp32"  # fp32 | int8 | fp16
     training: dict[str, object] = field(default_factory=dict)  # data fingerprint, metrics, epochs, config
     verification: dict[str, object] = field(default_factory=dict)  # parity numbers measured at export
@@ -102,10 +110,10 @@ class ModelCard:
             raise ModelCardError(f"{source}: corrupt crackscope metadata ({error})") from error
         if values.get("format") != FORMAT:
             raise ModelCardError(f"{source}: metadata format is {values.get('format')!r}, expected {FORMAT!r}")
-        if values.get("format_version") != FORMAT_VERSION:
+        if values.get("format_version") not in READABLE_VERSIONS:
             raise ModelCardError(
                 f"{source}: model card version {values.get('format_version')} is not supported by this crackscope "
-                f"(reads version {FORMAT_VERSION}); re-export the model or upgrade crackscope"
+                f"(reads versions {', '.join(map(str, READABLE_VERSIONS))}); re-export the model or upgrade crackscope"
             )
         known = {f.name for f in fields(cls)}
         missing = [f.name for f in fields(cls) if f.name not in values and _required(f)]
@@ -115,8 +123,11 @@ class ModelCard:
         values["class_names"] = tuple(values.get("class_names", ("ok", "crack")))
         try:
             values["calibration"] = Calibration(**values.get("calibration", {}))
+            values["part_scoring"] = PartScoring.from_dict(values.get("part_scoring", {}), "part_scoring")
             return cls(**values)
-        except TypeError as error:
+        except ModelCardError:
+            raise  # a calibration out of range names itself
+        except (TypeError, ValueError) as error:  # a field or part scoring this version does not know
             raise ModelCardError(f"{source}: model card does not fit this crackscope ({error})") from error
 
     def with_calibration(self, calibration: Calibration) -> ModelCard:

@@ -182,6 +182,7 @@ def _prepare_output(config: DaemonConfig, out: Path, store: ResultStore, model: 
     calibration = model.card.calibration
     # Once at start, either way: the line crew must know which thresholds decide (or that none were fitted).
     (log.warning if is_identity(calibration) else log.info)("%s is %s", model.path, describe_calibration(calibration))
+    log.info("%s", config.inspect.describe_scoring(model.card.part_scoring))
 
 
 def _resume_keys(store: ResultStore, spec: SourceSpec) -> set[tuple[str, str]] | None:

@@ -2,8 +2,9 @@
 
 The calibration travels in the model's card (:class:`~crackscope.inspect.card.Calibration`):
 ``probability = sigmoid(logit / temperature)``; below ``ok_below`` a tile is OK, at or above
-``defect_at_or_above`` it is DEFECT, in between it goes to a person (REVIEW). A frame takes the worst verdict of
-its tiles (DEFECT > REVIEW > OK): one cracked tile makes a cracked part.
+``defect_at_or_above`` it is DEFECT, in between it goes to a person (REVIEW). A frame's verdict is the same
+thresholds applied to its part score (:mod:`.parts`); under the default ``max`` scoring that is the worst verdict
+of its tiles (DEFECT > REVIEW > OK): one cracked tile makes a cracked part.
 
 These are the only functions that turn a score into a verdict, so training, evaluation, calibration and the
 factory line cannot disagree about what a threshold means.
@@ -63,7 +64,7 @@ def verdicts(probs: np.ndarray, calibration: Calibration) -> list[Verdict]:
 
 
 def worst(items: Iterable[Verdict]) -> Verdict:
-    """The frame's verdict: the most severe of its tiles' (OK for a frame with no inspected tile)."""
+    """The most severe verdict (OK for none): a frame's, under max part scoring, is the worst of its tiles'."""
     return max(items, key=lambda v: v.severity, default=Verdict.OK)
 
 

@@ -18,13 +18,15 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import cv2
 import numpy as np
 
 from crackscope.inspect.card import Calibration
-from crackscope.inspect.decision import Verdict, probability, verdict, worst
+from crackscope.inspect.decision import Verdict, probability, verdict
 from crackscope.inspect.model import OnnxModel
+from crackscope.inspect.parts import DEFAULT_K, MAX, PartScoring, part_score
 from crackscope.inspect.tiling import (
     TileGrid,
     cut_tiles,
@@ -53,6 +55,9 @@ class InspectConfig:
         region_threshold: a heatmap pixel belongs to a region when its heat is at least this share of the
             frame's peak heat inside DEFECT/REVIEW tiles.
         min_region_area: smaller connected components (pixels) are not reported.
+        part_scoring: how a frame's score comes from its tiles' probabilities (``max``, ``topk``, ``noisy_or``);
+            ``None`` (the default) uses the model card's, which training chose on validation images.
+        part_k: ``k`` of ``topk`` (default 3); only with ``part_scoring: topk``.
     """
 
     overlap: float = 0.25
@@ -61,6 +66,8 @@ class InspectConfig:
     skip_uniform_std: float | None = None
     region_threshold: float = 0.5
     min_region_area: int = 16
+    part_scoring: Literal["max", "topk", "noisy_or"] | None = None
+    part_k: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
@@ -69,6 +76,22 @@ class InspectConfig:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
         if not 0.0 < self.region_threshold <= 1.0:
             raise ValueError(f"region_threshold must be in (0, 1], got {self.region_threshold}")
+        if self.part_k is not None and self.part_scoring != "topk":
+            raise ValueError(f"part_k applies only to part_scoring topk, got part_scoring {self.part_scoring}")
+        self.scoring(MAX)  # raises for an unknown method or a k below 1
+
+    def scoring(self, card_scoring: PartScoring) -> PartScoring:
+        """The part scoring in force: this config's override, else the model card's."""
+        if self.part_scoring is None:
+            return card_scoring
+        return PartScoring(self.part_scoring, DEFAULT_K if self.part_k is None else self.part_k)
+
+    def describe_scoring(self, card_scoring: PartScoring) -> str:
+        """One line for the start of a run: how frames are scored, and whether the model card or a setting says so."""
+        scoring = self.scoring(card_scoring)
+        if self.part_scoring is None:
+            return f"frame score: {scoring.describe()}, from the model card"
+        return f"frame score: {scoring.describe()}, set by part_scoring (the model card says {card_scoring.label})"
 
 
 @dataclass(frozen=True)
@@ -96,8 +119,8 @@ class Region:
 class FrameInspection:
     """Everything the model said about one frame."""
 
-    verdict: Verdict
-    score: float  # the frame's crack probability: the highest of its tiles'
+    verdict: Verdict  # the calibrated thresholds applied to ``score``
+    score: float  # the frame's crack probability: part_score of its tiles' (the highest, under max scoring)
     tiles: tuple[TileResult, ...]
     regions: tuple[Region, ...]
     heatmap: np.ndarray = field(repr=False)  # float32 [H, W], ReLU'd CAM blended across tiles
@@ -148,12 +171,18 @@ def inspect_frames(model: OnnxModel, frames: Sequence[np.ndarray], config: Inspe
     model_seconds = time.perf_counter() - started
     results, offset = [], 0
     total_tiles = max(1, len(tiles))
+    scoring = config.scoring(model.card.part_scoring)
     for item in prepared:
         count = len(item.tiles)
         share = count / total_tiles if len(tiles) else 1 / len(prepared)
         started = time.perf_counter()
         result = decide(
-            item, logits[offset : offset + count], cams[offset : offset + count], model.card.calibration, config
+            item,
+            logits[offset : offset + count],
+            cams[offset : offset + count],
+            model.card.calibration,
+            config,
+            scoring,
         )
         timings = {
             "prepare": prepare_seconds / len(prepared),
@@ -166,9 +195,19 @@ def inspect_frames(model: OnnxModel, frames: Sequence[np.ndarray], config: Inspe
 
 
 def decide(
-    item: _Prepared, logits: np.ndarray, cams: np.ndarray, calibration: Calibration, config: InspectConfig
+    item: _Prepared,
+    logits: np.ndarray,
+    cams: np.ndarray,
+    calibration: Calibration,
+    config: InspectConfig,
+    scoring: PartScoring = MAX,
 ) -> FrameInspection:
-    """Tile verdicts, the frame verdict, the stitched heatmap and the defect regions of one prepared frame."""
+    """Tile verdicts, the frame verdict, the stitched heatmap and the defect regions of one prepared frame.
+
+    The frame's score is :func:`~crackscope.inspect.parts.part_score` of its tiles' calibrated probabilities, and
+    its verdict is the calibrated thresholds applied to that score. Under ``max`` scoring that is the worst tile
+    verdict, since a verdict only rises with the probability; a frame with no inspected tile is OK with score 0.
+    """
     indices = np.flatnonzero(item.keep)
     probs = probability(logits, calibration)
     tiles = tuple(
@@ -184,8 +223,8 @@ def decide(
     cell = small.size // cams.shape[-1] if cams.ndim == 3 and cams.shape[-1] else 1  # one CAM cell, coarse pixels
     regions = find_regions(coarse, small, tiles, config, factor, (height, width), join=max(1, cell // 2))
     heatmap = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_LINEAR) if factor > 1 else coarse
-    frame_verdict = worst(t.verdict for t in tiles)
-    score = float(probs.max()) if len(probs) else 0.0
+    score = part_score(probs, scoring)
+    frame_verdict = verdict(score, calibration) if tiles else Verdict.OK
     return FrameInspection(frame_verdict, score, tiles, regions, heatmap, (height, width), len(item.grid))
 
 

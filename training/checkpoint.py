@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 import crackscope
-from crackscope.config import ConfigError, from_dict, replacing, to_dict
+from crackscope.config import from_dict, replacing, to_dict
+from crackscope.inspect.parts import MAX, PartScoring
 from crackscope.training.backbones import CrackNet, build_model
 from crackscope.training.data import CLASS_NAMES, DataConfig
 
@@ -89,6 +90,15 @@ class CheckpointHeader:
         saved = self.config.get("data_config", {})
         return from_dict(DataConfig, {k: v for k, v in saved.items() if k in ("mode", "class_map", "masks")})
 
+    def part_scoring(self) -> PartScoring:
+        """How a part is scored from its tiles, as training chose it on validation images (``metrics.part_scoring``).
+
+        Checkpoints trained before part scoring, or on data with one item per image, store none: ``max``, the
+        runtime's behaviour before part scoring existed.
+        """
+        saved = self.metrics.get("part_scoring")
+        return MAX if saved is None else PartScoring.from_dict(saved, "metrics.part_scoring")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain values (no crackscope classes), as stored in the file."""
         return to_dict(self)
@@ -103,9 +113,11 @@ class CheckpointHeader:
         if missing:
             raise ValueError(f"{source}: damaged crackscope checkpoint (missing {', '.join(missing)})")
         try:
-            return from_dict(cls, {name: saved[name] for name in names}, "header")
-        except ConfigError as error:
+            header = from_dict(cls, {name: saved[name] for name in names}, "header")
+            header.part_scoring()  # a damaged stored scoring fails here, naming the checkpoint
+        except ValueError as error:  # a ConfigError (wrong type) or a bad part scoring
             raise ValueError(f"{source}: damaged crackscope checkpoint ({error})") from error
+        return header
 
 
 def save_checkpoint(model: CrackNet, header: CheckpointHeader, path: str | os.PathLike) -> Path:

@@ -6,6 +6,14 @@ near the middle, which is what later routes them to human review), not whether t
 come from several sources, each source is also scored on its own (``per_source``): pooled numbers can hide a
 source the model does badly on.
 
+When the items are patches of larger images (mask datasets: ``Sample.group`` is the source image), each image is
+also scored as a part, from all its patches, with :func:`crackscope.inspect.parts.part_score`, the function the
+runtime scores frames with. An image is a crack when any of its patches is a clear crack, ok when all of them are
+clear ok, and otherwise (ambiguous patches, no clear crack) it is counted apart and not scored. Image-level metrics
+are given for every candidate scoring and for the one in force: in training, the candidate with the best
+image-level average precision on the validation images (it is stored with the model); in ``crackscope evaluate``,
+the checkpoint's.
+
 Example:
     $ crackscope evaluate --checkpoint runs/demo/model.pt --data data/val --out runs/demo/eval
     $ crackscope evaluate --checkpoint runs/mix/model.pt --data concrete/test --data tiles/test --out runs/mix/eval
@@ -17,7 +25,7 @@ import json
 import os
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from crackscope.config import replacing
+from crackscope.inspect.parts import CANDIDATES, PartScoring, choose_part_scoring, part_score
 from crackscope.training.augment import eval_transform
 from crackscope.training.backbones import CrackNet
 from crackscope.training.checkpoint import load_checkpoint
@@ -119,24 +128,77 @@ class AmbiguousReport:
 
 
 @dataclass(frozen=True)
-class Metrics:
-    """Evaluation of a model on a set: clear items and ambiguous items apart, and each source apart.
+class ImageLevel:
+    """Metrics of whole images (parts), each scored from its patches; see the module docstring.
 
-    ``per_source`` is empty unless the set mixes several sources.
+    ``metrics`` are those of ``scoring``, the scoring in force; ``candidates`` has every candidate's, in the order
+    of :data:`~crackscope.inspect.parts.CANDIDATES`. ``chosen_by`` says where ``scoring`` came from.
+    """
+
+    crack: int  # images with at least one clear crack patch
+    ok: int  # images whose patches are all clear ok
+    ambiguous: int  # images with ambiguous patches and no clear crack: counted, not scored
+    scoring: PartScoring
+    chosen_by: str
+    metrics: BinaryMetrics
+    candidates: tuple[tuple[PartScoring, BinaryMetrics], ...]
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form (``metrics.json``'s ``image_level``): counts, the scoring, its metrics, the candidates'."""
+        return {
+            "images": {"crack": self.crack, "ok": self.ok, "ambiguous": self.ambiguous},
+            "scoring": {**self.scoring.to_dict(), "label": self.scoring.label, "chosen_by": self.chosen_by},
+            **self.metrics.to_dict(),
+            "candidates": {scoring.label: metrics.to_dict() for scoring, metrics in self.candidates},
+        }
+
+    def describe(self) -> str:
+        """One line for people: the scoring in force, its image-level scores, and the candidates' AP."""
+        m = self.metrics
+        candidates = ", ".join(f"{s.label} {_number(c.average_precision)}" for s, c in self.candidates)
+        return (
+            f"image level ({self.crack} crack, {self.ok} ok, {self.ambiguous} ambiguous not scored): "
+            f"{self.scoring.label} scoring ({self.chosen_by}): AP {_number(m.average_precision)}, "
+            f"ROC-AUC {_number(m.roc_auc)}, accuracy {_number(m.accuracy)}; AP of each candidate: {candidates}"
+        )
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Evaluation of a model on a set: clear items and ambiguous items apart, whole images when items are patches
+    of them, and each source apart.
+
+    ``image_level`` is ``None`` when every image is one item (it would equal the patch level); ``per_source`` is
+    empty unless the set mixes several sources.
     """
 
     clear: BinaryMetrics
     ambiguous: AmbiguousReport
+    image_level: ImageLevel | None = None
     per_source: dict[str, Metrics] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
-        """The JSON form: clear-item metrics at the top level and under ``clear``, then ``ambiguous``, then
-        ``per_source`` (each source's own form) when the set mixes several sources."""
+        """The JSON form: clear-item metrics at the top level and under ``clear``, then ``ambiguous``; with images
+        of several items also ``image_level`` and ``part_scoring`` (the scoring in force, as the model stores it);
+        with several sources ``per_source`` (each source's own form)."""
         clear = self.clear.to_dict()
         written: dict[str, object] = {**clear, "clear": clear, "ambiguous": self.ambiguous.to_dict()}
+        if self.image_level is not None:
+            written["image_level"] = self.image_level.to_dict()
+            written["part_scoring"] = self.image_level.scoring.to_dict()
         if self.per_source:
             written["per_source"] = {name: metrics.to_dict() for name, metrics in self.per_source.items()}
         return written
+
+    def describe_parts(self) -> str:
+        """One line on image-level results, or that the image level equals the patch level here."""
+        if self.image_level is None:
+            return "image level: same as patch level (each image is one item); frames are scored by max"
+        return self.image_level.describe()
 
 
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> BinaryMetrics:
@@ -175,32 +237,118 @@ def ambiguous_report(targets: np.ndarray, probabilities: np.ndarray) -> Ambiguou
     )
 
 
-def metrics_for(predictions: Predictions) -> Metrics:
-    """Metrics of clear items, of ambiguous items apart, and of each source apart when there are several."""
-    by_source = metrics_by_source(predictions)
-    pooled = _pooled_metrics(predictions)
-    return Metrics(pooled.clear, pooled.ambiguous, by_source if len(by_source) > 1 else {})
+CHOSEN_HERE = "best image-level AP on these images, ties to the simpler"
 
 
-def metrics_by_source(predictions: Predictions) -> dict[str, Metrics]:
+def metrics_for(predictions: Predictions, part_scoring: PartScoring | None = None, chosen_by: str = "given") -> Metrics:
+    """Metrics of clear items, of ambiguous items apart, of whole images when items are patches of them, and of
+    each source apart when there are several.
+
+    Args:
+        predictions: scores of the items.
+        part_scoring: the part scoring in force at the image level; ``None`` chooses it on these images
+            (:func:`~crackscope.inspect.parts.choose_part_scoring`), as training does on its validation set.
+        chosen_by: where a given ``part_scoring`` came from, recorded beside it.
+    """
+    pooled = _pooled_metrics(predictions, part_scoring, chosen_by)
+    if pooled.image_level is not None:  # every source is scored the way the whole set chose
+        part_scoring, chosen_by = pooled.image_level.scoring, pooled.image_level.chosen_by
+    by_source = metrics_by_source(predictions, part_scoring, chosen_by)
+    return replace(pooled, per_source=by_source if len(by_source) > 1 else {})
+
+
+def metrics_by_source(
+    predictions: Predictions, part_scoring: PartScoring | None = None, chosen_by: str = "given"
+) -> dict[str, Metrics]:
     """Each source's metrics (clear and ambiguous items apart), by source name in order of first appearance."""
     positions: dict[str, list[int]] = defaultdict(list)
     for index, sample in enumerate(predictions.samples):
         positions[sample.source].append(index)
     return {
         name: _pooled_metrics(
-            Predictions(tuple(predictions.samples[i] for i in indices), predictions.logits[np.asarray(indices)])
+            Predictions(tuple(predictions.samples[i] for i in indices), predictions.logits[np.asarray(indices)]),
+            part_scoring,
+            chosen_by,
         )
         for name, indices in positions.items()
     }
 
 
-def _pooled_metrics(predictions: Predictions) -> Metrics:
+def _pooled_metrics(predictions: Predictions, part_scoring: PartScoring | None, chosen_by: str) -> Metrics:
     clear_targets, clear_probs = predictions.subset(Clarity.CLEAR)
     return Metrics(
         clear=binary_metrics(clear_targets >= 0.5, clear_probs),
         ambiguous=ambiguous_report(*predictions.subset(Clarity.AMBIGUOUS)),
+        image_level=image_level(predictions, part_scoring, chosen_by),
     )
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Source images as parts: the patch probabilities and label of each clearly labelled image."""
+
+    probabilities: tuple[np.ndarray, ...]
+    labels: tuple[int, ...]  # 1 crack, 0 ok
+    ambiguous: int  # images with ambiguous patches and no clear crack
+
+
+def group_parts(predictions: Predictions) -> Parts | None:
+    """Items grouped by source image (``Sample.group``); ``None`` when no image has more than one item."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, sample in enumerate(predictions.samples):
+        groups[sample.group].append(index)
+    if all(len(members) == 1 for members in groups.values()):
+        return None
+    probabilities, labels, ambiguous = [], [], 0
+    all_probabilities = predictions.probabilities
+    for members in groups.values():
+        samples = [predictions.samples[i] for i in members]
+        label = _image_label(samples)
+        if label is None:
+            ambiguous += 1
+            continue
+        probabilities.append(all_probabilities[members])
+        labels.append(label)
+    return Parts(tuple(probabilities), tuple(labels), ambiguous)
+
+
+def _image_label(samples: Sequence[Sample]) -> int | None:
+    """1 when any patch is a clear crack, 0 when all are clear ok, ``None`` (ambiguous image) otherwise."""
+    if any(s.clarity is Clarity.CLEAR and s.label == 1 for s in samples):
+        return 1
+    if all(s.clarity is Clarity.CLEAR for s in samples):
+        return 0
+    return None
+
+
+def image_level(
+    predictions: Predictions, part_scoring: PartScoring | None = None, chosen_by: str = "given"
+) -> ImageLevel | None:
+    """Image-level metrics (see :func:`metrics_for`); ``None`` when every image is one item."""
+    parts = group_parts(predictions)
+    if parts is None:
+        return None
+    if part_scoring is None:
+        part_scoring, _ = choose_part_scoring(list(zip(parts.probabilities, parts.labels, strict=True)), CANDIDATES)
+        chosen_by = CHOSEN_HERE
+    labels = np.array(parts.labels, dtype=int)
+    candidates = tuple((c, _part_metrics(parts, labels, c)) for c in CANDIDATES)
+    known = dict(candidates)
+    chosen = known[part_scoring] if part_scoring in known else _part_metrics(parts, labels, part_scoring)
+    return ImageLevel(
+        crack=int(labels.sum()),
+        ok=int(len(labels) - labels.sum()),
+        ambiguous=parts.ambiguous,
+        scoring=part_scoring,
+        chosen_by=chosen_by,
+        metrics=chosen,
+        candidates=candidates,
+    )
+
+
+def _part_metrics(parts: Parts, labels: np.ndarray, scoring: PartScoring) -> BinaryMetrics:
+    scores = np.array([part_score(p, scoring) for p in parts.probabilities], dtype=np.float64)
+    return binary_metrics(labels, scores)
 
 
 def plot_curves(labels: np.ndarray, probabilities: np.ndarray, out_dir: Path, title: str = "") -> list[Path]:
@@ -276,8 +424,14 @@ def evaluate_checkpoint(
     out_dir = Path(out) if out else Path(checkpoint).parent / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_targets, clear_probs = predictions.subset(Clarity.CLEAR)
+    stored = "part_scoring" in header.metrics
     evaluation = Evaluation(
-        metrics=metrics_for(predictions),
+        # The checkpoint's scoring, chosen on its validation images: choosing on the test set would flatter it.
+        metrics=metrics_for(
+            predictions,
+            header.part_scoring(),
+            "the checkpoint's, chosen on validation" if stored else "max: the checkpoint stores none",
+        ),
         data=dataset.summary(),
         checkpoint=Path(checkpoint),
         curves=tuple(

@@ -601,6 +601,7 @@ def _train(config: TrainConfig, runtime: Runtime, split: Split | None) -> TrainR
             f"no epoch reached a finite validation loss (last: {history[-1].val_loss if history else 'none'}), so "
             f"nothing was saved in {run.path}; check the data and try a lower --lr"
         )
+    emit(best.metrics.describe_parts())  # the part scoring chosen on the saved epoch's validation images
     result = TrainResult(
         run.path, run.checkpoint, best.metrics, best.epoch, best.val_loss, tuple(history), fit.data_summary
     )

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from crackscope.inspect.parts import PartScoring
 from crackscope.training.backbones import build_model
 from crackscope.training.checkpoint import CHECKPOINT_FORMAT, CheckpointHeader, load_checkpoint, save_checkpoint
 from crackscope.training.data import DataConfig, MaskLabelling
@@ -101,4 +102,21 @@ def test_a_header_value_of_the_wrong_type_is_a_damaged_checkpoint(model, tmp_pat
     saved = {**_header(model).to_dict(), "input_size": "big", "state_dict": model.state_dict()}
     torch.save(saved, tmp_path / "model.pt")
     with pytest.raises(ValueError, match=r"model\.pt: damaged crackscope checkpoint \(header\.input_size: expected"):
+        load_checkpoint(tmp_path / "model.pt")
+
+
+def test_the_part_scoring_chosen_on_validation_travels_in_the_header_metrics(model, tmp_path):
+    header = _header(model, metrics={"accuracy": 0.9, "part_scoring": {"method": "topk", "k": 5}})
+    _, loaded = load_checkpoint(save_checkpoint(model, header, tmp_path / "model.pt"))
+    assert loaded.part_scoring() == PartScoring("topk", 5)
+
+
+def test_a_checkpoint_without_a_part_scoring_scores_parts_by_max(model):
+    assert _header(model).part_scoring() == PartScoring("max")
+
+
+def test_a_damaged_part_scoring_is_a_damaged_checkpoint_named_by_file(model, tmp_path):
+    header = _header(model, metrics={"part_scoring": {"method": "mean"}})
+    torch.save({**header.to_dict(), "state_dict": model.state_dict()}, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=r"model\.pt: damaged crackscope checkpoint \(metrics\.part_scoring: part"):
         load_checkpoint(tmp_path / "model.pt")

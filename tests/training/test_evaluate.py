@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from crackscope.inspect.parts import PartScoring
 from crackscope.training.data import Clarity, Sample
 from crackscope.training.evaluate import (
     AmbiguousReport,
@@ -140,3 +141,85 @@ def test_metrics_json_has_per_source_only_when_the_set_mixes_sources():
     one_source = [("a", t, c, p) for _, t, c, p in MIXED]
     assert "per_source" not in metrics_for(_sourced(one_source)).to_dict()
     assert "per_source" not in metrics_for(_predictions(ITEMS)).to_dict()
+
+
+# --- whole images from their patches ---------------------------------------------------------------------------------
+
+
+def _grouped(images: dict[str, list[tuple[float, Clarity, float]]]) -> Predictions:
+    """{image: [(target, clarity, probability) per patch]} -> Predictions whose samples are grouped by image."""
+    items = [(image, *patch) for image, patches in images.items() for patch in patches]
+    samples = tuple(
+        Sample(Path(image), t, c, image, (i * 128, 0, 128, 128)) for i, (image, t, c, _) in enumerate(items)
+    )
+    probabilities = np.array([p for *_, p in items])
+    return Predictions(samples, np.log(probabilities / (1 - probabilities)))
+
+
+CRACK, OK = (1.0, CLEAR), (0.0, CLEAR)
+# Part scores by hand (max | top-2, top-3 and top-5 alike here | noisy-OR 1 - prod(1 - p)):
+#   A crack [0.5 x 6]        0.5  | 0.5   | 1 - 0.5^6 = 0.984375
+#   B crack [0.9, 0.05]      0.9  | 0.475 | 1 - 0.1 * 0.95 = 0.905
+#   F crack [0.5 amb, 0.95]  0.95 | 0.725 | 1 - 0.5 * 0.05 = 0.975   (a clear crack patch makes a crack image)
+#   C ok    [0.6, 0.6]       0.6  | 0.6   | 0.84
+#   D ok    [0.1]            0.1  | 0.1   | 0.1
+#   E       [0.7 amb, 0.2]   ambiguous patch, no clear crack: counted, not scored
+# max ranks F B C A D: AP = 1/3 + 1/3 + 1/3 * 3/4 = 11/12, ROC-AUC 5/6 (only A < C is misordered);
+# top-k ranks F C A B D: AP = 1/3 + 1/3 * 2/3 + 1/3 * 3/4 = 29/36, ROC-AUC 4/6; noisy-OR puts every crack first: AP 1.
+IMAGES = {
+    "A.png": [(*CRACK, 0.5)] + [(*OK, 0.5)] * 5,
+    "B.png": [(*CRACK, 0.9), (*OK, 0.05)],
+    "F.png": [(0.5, AMBIGUOUS, 0.5), (*CRACK, 0.95)],
+    "C.png": [(*OK, 0.6), (*OK, 0.6)],
+    "D.png": [(*OK, 0.1)],
+    "E.png": [(0.5, AMBIGUOUS, 0.7), (*OK, 0.2)],
+}
+EXPECTED_AP = {"max": 11 / 12, "top2": 29 / 36, "top3": 29 / 36, "top5": 29 / 36, "noisy_or": 1.0}
+
+
+def test_images_are_labelled_from_their_patches_and_the_ambiguous_ones_are_only_counted():
+    image_level = metrics_for(_grouped(IMAGES)).image_level
+    assert image_level is not None
+    assert (image_level.crack, image_level.ok, image_level.ambiguous) == (3, 2, 1)
+    assert image_level.metrics.n == 5
+
+
+def test_every_candidate_scoring_gets_image_level_metrics_and_the_best_average_precision_is_chosen():
+    image_level = metrics_for(_grouped(IMAGES)).image_level
+    ap = {scoring.label: metrics.average_precision for scoring, metrics in image_level.candidates}
+    assert ap == pytest.approx(EXPECTED_AP, rel=1e-12)
+    auc = {scoring.label: metrics.roc_auc for scoring, metrics in image_level.candidates}
+    assert auc == pytest.approx({"max": 5 / 6, "top2": 4 / 6, "top3": 4 / 6, "top5": 4 / 6, "noisy_or": 1.0})
+    assert image_level.scoring == PartScoring("noisy_or") and image_level.metrics.average_precision == 1.0
+    # At 0.5, noisy-OR calls every crack image a crack and the ok image C (0.84) one too; D (0.1) ok.
+    assert image_level.metrics.confusion_matrix == ((1, 1), (0, 3))
+
+
+def test_a_given_scoring_is_used_as_it_is_and_recorded_with_where_it_came_from():
+    image_level = metrics_for(_grouped(IMAGES), PartScoring("max"), "the checkpoint's").image_level
+    assert image_level.scoring == PartScoring("max") and image_level.chosen_by == "the checkpoint's"
+    assert image_level.metrics.average_precision == pytest.approx(11 / 12)
+    assert image_level.metrics.roc_auc == pytest.approx(5 / 6)
+
+
+def test_metrics_json_gets_image_level_metrics_and_the_part_scoring_beside_the_patch_level():
+    written = json.loads(json.dumps(metrics_for(_grouped(IMAGES)).to_dict()))
+    assert written["n"] == 13 and written["clear"]["n"] == 13  # the patch level is unchanged
+    assert written["part_scoring"] == {"method": "noisy_or", "k": 3}
+    image_level = written["image_level"]
+    assert image_level["images"] == {"crack": 3, "ok": 2, "ambiguous": 1} and image_level["n"] == 5
+    assert image_level["scoring"]["label"] == "noisy_or" and image_level["average_precision"] == 1.0
+    assert {k: v["average_precision"] for k, v in image_level["candidates"].items()} == pytest.approx(EXPECTED_AP)
+
+
+def test_with_one_item_per_image_the_image_level_equals_the_patch_level_and_is_left_out():
+    metrics = metrics_for(_predictions(ITEMS))
+    assert metrics.image_level is None
+    assert "image_level" not in metrics.to_dict() and "part_scoring" not in metrics.to_dict()
+    assert metrics.describe_parts().startswith("image level: same as patch level")
+
+
+def test_the_image_level_line_names_the_scoring_and_each_candidates_average_precision():
+    line = metrics_for(_grouped(IMAGES)).describe_parts()
+    assert line.startswith("image level (3 crack, 2 ok, 1 ambiguous not scored): noisy_or scoring (best image-level")
+    assert "AP 1.0000" in line and "max 0.9167, top2 0.8056" in line

@@ -15,7 +15,8 @@ import yaml
 
 from crackscope.training import synthetic
 from crackscope.training.checkpoint import load_checkpoint
-from crackscope.training.train import MIN_OPTIMISER_STEPS, TrainConfig, few_steps_warning, train
+from crackscope.training.schedule import MIN_OPTIMISER_STEPS, few_steps_warning, plan_schedule
+from crackscope.training.train import TrainConfig, train
 
 EARLIER = {"config.yaml": "epochs: 99\n", "metrics.json": '{"accuracy": 0.5}', "model.pt": "weights of an earlier run"}
 
@@ -88,32 +89,70 @@ def test_a_new_run_replaces_every_file_of_an_earlier_run_with_a_config_that_matc
 # --- too few optimiser steps ---------------------------------------------------------------------------------------
 
 
+def _schedule(items: int, **changes):
+    values = {"batch_size": None, "epochs": None, "head_epochs": 1, "target_steps": 200, **changes}
+    return plan_schedule(items=items, **values)
+
+
 @pytest.mark.parametrize(
-    ("config", "items", "batches", "steps"),
+    ("changes", "items", "steps"),
     [
-        (TrainConfig(epochs=3, batch_size=32), 10, 1, 3),  # fewer items than one batch: one step per epoch
-        (TrainConfig(epochs=8, batch_size=32), 200, 6, 48),
-        (TrainConfig(epochs=8, batch_size=32, steps_per_epoch=2), 2000, 62, 16),
+        ({"epochs": 4, "batch_size": 32}, 10, 3),  # fewer items than one batch: one step per epoch
+        ({"epochs": 8, "batch_size": 32}, 200, 42),  # 6 steps x 7 fine-tuning epochs
+        ({"epochs": 9, "batch_size": 32, "steps_per_epoch": 2}, 2000, 16),
     ],
 )
-def test_a_run_of_too_few_optimiser_steps_gets_a_warning_saying_how_to_fix_it(config, items, batches, steps):
-    message = few_steps_warning(config, items, batches)
+def test_a_run_of_too_few_optimiser_steps_gets_a_warning_saying_how_to_fix_it(changes, items, steps):
+    schedule = _schedule(items, **changes)
+    message = few_steps_warning(schedule, capped="steps_per_epoch" in changes)
     assert message is not None and f"only {steps} optimiser step(s)" in message
-    assert f"{items} training items in batches of {config.batch_size}" in message
-    assert "a smaller --batch-size, more --epochs or more data" in message
-    assert ("--steps-per-epoch" in message) == (config.steps_per_epoch is not None)
+    assert f"{items} training items in batches of {changes['batch_size']}" in message
+    assert "a smaller --batch-size, more --epochs (or leave --epochs unset) or more data" in message
+    assert ("--steps-per-epoch" in message) == ("steps_per_epoch" in changes)
 
 
 @pytest.mark.parametrize(
-    ("config", "batches"),
+    ("changes", "items"),
     [
-        (TrainConfig(epochs=8, batch_size=32), 7),  # 56 steps
-        (TrainConfig(epochs=1, batch_size=16), MIN_OPTIMISER_STEPS),
-        (TrainConfig(epochs=5, steps_per_epoch=10), 100),
+        ({"epochs": 9, "batch_size": 32}, 7 * 32),  # 56 steps
+        ({"epochs": 2, "batch_size": 16}, MIN_OPTIMISER_STEPS * 16),
+        ({}, 10),  # the automatic schedule: 50 epochs of one step of 8
+        ({}, 80),
     ],
 )
-def test_a_run_of_enough_steps_gets_no_warning(config, batches):
-    assert few_steps_warning(config, batches * config.batch_size, batches) is None
+def test_a_run_of_enough_steps_gets_no_warning(changes, items):
+    assert few_steps_warning(_schedule(items, **changes)) is None
+
+
+@pytest.mark.parametrize(
+    ("items", "batch", "per_epoch", "finetune_epochs"),
+    [
+        (80, 8, 10, 20),  # a few dozen labelled images: small batches, many epochs
+        (640, 8, 80, 3),
+        (1000, 16, 62, 4),
+        (3000, 16, 187, 2),
+        (20000, 32, 625, 1),  # large sets: at least one whole epoch
+        (4, 8, 1, 50),  # capped at max_epochs
+    ],
+)
+def test_the_automatic_schedule_aims_at_the_target_number_of_steps(items, batch, per_epoch, finetune_epochs):
+    schedule = _schedule(items)
+    assert (schedule.batch_size, schedule.steps_per_epoch, schedule.finetune_epochs) == (
+        batch,
+        per_epoch,
+        finetune_epochs,
+    )
+    assert schedule.automatic and schedule.head_epochs == 1
+
+
+def test_explicit_epochs_and_batch_size_win_over_the_automatic_schedule():
+    schedule = _schedule(80, epochs=4, batch_size=16)
+    assert (schedule.batch_size, schedule.head_epochs, schedule.finetune_epochs, schedule.automatic) == (
+        16,
+        1,
+        3,
+        False,
+    )
 
 
 @pytest.mark.slow
@@ -122,6 +161,6 @@ def test_training_on_fewer_items_than_one_batch_warns_in_the_log_and_the_output(
         result = train(_tiny_config(tiny_data, tmp_path / "run", epochs=2))
     assert len(result.history) == 2
     warnings = [r.getMessage() for r in caplog.records if "optimiser step" in r.getMessage()]
-    assert len(warnings) == 1 and "only 2 optimiser step(s) (1 per epoch x 2 epoch(s)" in warnings[0]
-    assert "WARNING: this run takes only 2 optimiser step(s)" in capsys.readouterr().out
+    assert len(warnings) == 1 and "only 1 optimiser step(s) (1 per epoch x 1 epoch(s)" in warnings[0]
+    assert "WARNING: this run fine-tunes for only 1 optimiser step(s)" in capsys.readouterr().out
     assert np.isfinite(result.best_val_loss)

@@ -18,6 +18,7 @@ from crackscope.config import from_dict
 from crackscope.training.checkpoint import load_checkpoint
 from crackscope.training.data import Clarity, load_samples, split_by_group
 from crackscope.training.evaluate import metrics_for, predict
+from crackscope.training.schedule import plan_schedule
 from crackscope.training.train import TrainConfig, positive_weight, stages
 
 pytestmark = pytest.mark.slow
@@ -64,10 +65,13 @@ def test_two_stage_training_learns_to_separate_synthetic_cracks(tiny_run):
 
 
 def test_stage_one_freezes_the_backbone_and_stage_two_trains_it():
-    plan = stages(TrainConfig(epochs=4, head_epochs=1))
-    assert [(s.name, s.epochs, s.train_backbone) for s in plan] == [("head", 1, False), ("finetune", 3, True)]
-    assert [s.name for s in stages(TrainConfig(epochs=1, head_epochs=1))] == ["head"]
-    assert [s.name for s in stages(TrainConfig(epochs=2, head_epochs=0))] == ["finetune"]
+    def plan(epochs: int, head_epochs: int) -> list:
+        schedule = plan_schedule(items=64, batch_size=16, epochs=epochs, head_epochs=head_epochs, target_steps=200)
+        return stages(schedule)
+
+    assert [(s.name, s.epochs, s.train_backbone) for s in plan(4, 1)] == [("head", 1, False), ("finetune", 3, True)]
+    assert [s.name for s in plan(1, 1)] == ["head"]
+    assert [s.name for s in plan(2, 0)] == ["finetune"]
 
 
 def test_frozen_backbone_weights_do_not_change_in_stage_one(patch_data, tmp_path):
