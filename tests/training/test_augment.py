@@ -226,7 +226,7 @@ def test_make_loader_gives_references_only_to_presets_that_match_histograms(tmp_
     runtime = Runtime(torch.device("cpu"))
     for preset, expected in [("colour", 6), ("domain", 6), ("heavy", 0)]:
         config = TrainConfig(augment=preset, input_size=32, workers=0, batch_size=4)
-        loader, _ = make_loader(samples, config, runtime, train=True)
+        loader, _ = make_loader(samples, config, runtime, train=True, batch_size=config.batch_size)
         assert len(loader.dataset.transform.references) == expected
         assert next(iter(loader)).images.shape == (4, 32, 32, 3)
 
