@@ -15,6 +15,7 @@ Run:
     python benchmarks/accuracy.py --only magnetic-tile --epochs 6
     python benchmarks/accuracy.py --export-only      # re-export the trained checkpoints (same split, current exporter)
     python benchmarks/accuracy.py --only magnetic-tile --epochs 1 --steps-per-epoch 2 --max-items 60   # smoke run
+    python benchmarks/accuracy.py --domains          # leave-one-domain-out table and augmentation presets (domains.py)
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import domains
 import numpy as np
 import torch
+from domains import DomainOptions
 from saved_models import MODELS_DIR, HeldOut, model_path, write_held_out
 
 from crackscope.training.checkpoint import load_checkpoint
@@ -243,6 +246,14 @@ def link_images(samples: Sequence[Sample], root: Path, folder: Path) -> Path:
     return folder
 
 
+def run_domains(args: argparse.Namespace) -> int:
+    chosen = {"presets": tuple(args.presets or ()), "cap": args.cap, "input_size": args.input_size}
+    options = DomainOptions(
+        out=args.out, seed=args.seed, workers=max(args.workers, 2), **{k: v for k, v in chosen.items() if v}
+    )
+    return domains.run(Path(args.data), options)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.environ.get("CRACKSCOPE_DATA", str(REPO.parent / "shared" / "datasets")))
@@ -258,7 +269,15 @@ def main() -> int:
     )
     parser.add_argument("--steps-per-epoch", type=int, help="smoke runs: cap training batches per epoch")
     parser.add_argument("--max-items", type=int, help="smoke runs: a class-balanced subset of N source images per job")
+    parser.add_argument(
+        "--domains", action="store_true", help="leave-one-domain-out table and preset comparison instead (domains.py)"
+    )
+    parser.add_argument("--presets", nargs="+", help="--domains: augmentation presets to compare")
+    parser.add_argument("--cap", type=int, help="--domains: most training items per source (default 1200)")
+    parser.add_argument("--input-size", type=int, help="--domains: model input side (default 128)")
     args = parser.parse_args()
+    if args.domains:
+        return run_domains(args)
     options = Options(
         data_root=Path(args.data),
         out_root=Path(args.out),
