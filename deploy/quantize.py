@@ -22,49 +22,121 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
 
 
 class _TileReader:
-    """Feeds calibration tiles to the quantiser in batches (the ``CalibrationDataReader`` protocol)."""
+    """Feeds calibration tiles to the quantiser in batches (the ``CalibrationDataReader`` protocol).
+
+    ``__len__`` and ``set_range`` (in batches) let ONNX Runtime calibrate one batch at a time
+    (``CalibStridedMinMax``): histogram calibrators keep every activation they are given until they are asked to
+    summarise, which for a few hundred 224 px tiles is gigabytes.
+    """
 
     def __init__(self, tiles: np.ndarray, batch_size: int = 16) -> None:
-        self._batches = iter([tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)])
+        self._all = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
+        self._batches = iter(self._all)
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._batches = iter(self._all[start_index:end_index])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
         return None if batch is None else {"image": batch}
 
-    def rewind(self) -> None:  # pragma: no cover - part of the protocol, unused by MinMax calibration
-        pass
+    def rewind(self) -> None:  # pragma: no cover - part of the protocol, unused by the calibrators used here
+        self._batches = iter(self._all)
+
+
+Calibration = Literal["MinMax", "Entropy", "Percentile", "Distribution"]
 
 
 @dataclass(frozen=True)
 class Int8Recipe:
-    """What is quantised: op types, and whether the stem (first) and last convolutions stay float.
+    """What is quantised and how its ranges are found; the defaults are the measured best (module docstring).
 
     Preprocessing (everything before the first convolution) and the head and CAM (everything after the last
     convolution) are never quantised: quantising the preprocessing lets ONNX Runtime's layout pass move it back to
     NHWC, and the head is a few hundred multiply-adds.
+
+    Attributes:
+        op_types: ONNX op types that are quantised.
+        float_stem: keep the first convolution (it sees the raw pixels) float.
+        float_tail_convs: keep the last this many convolutions, and every node after the first of them, float.
+            1 keeps the convolution that makes the CAM's feature map; in EfficientNet-Lite0 each inverted-residual
+            block is three convolutions, so 4 also keeps the last block float, 7 the last two.
+        calibration: how activation ranges are found from the calibration tiles (an ONNX Runtime
+            ``CalibrationMethod`` name): MinMax takes the extremes, Percentile clips at ``percentile``, Entropy
+            minimises the KL divergence of the quantised histogram.
+        percentile: the percentile of absolute activations kept by Percentile calibration.
+        moving_average: MinMax only: average the per-batch extremes instead of taking the overall extremes.
+        per_channel: one weight scale per output channel instead of one per tensor.
+        reduce_range: 7-bit weights. On x86 CPUs without VNNI, ONNX Runtime's u8 x s8 kernels add pairs of
+            products in saturating 16-bit arithmetic, which 7-bit weights cannot overflow.
+        weight_type: signed (QInt8) or unsigned (QUInt8, the u8 x u8 kernels, which do not saturate) weights.
+        pair_safe_weights: weight scales chosen so that the u8 x s8 kernels cannot overflow (see
+            :func:`pair_safe_ranges`) on x86 CPUs without VNNI, at the cost of a little weight resolution.
+        symmetric_activations: activation ranges symmetric around 0 (zero point 128) instead of fitted.
+        quant_format: QDQ (Quantize/DequantizeLinear pairs that ONNX Runtime fuses into integer kernels) or
+            QOperator (integer operators written into the file).
     """
 
     op_types: tuple[str, ...] = ("Conv", "Clip", "Add")
     float_stem: bool = True
-    float_last_conv: bool = True
-    calibration: str = "MinMax"  # an onnxruntime CalibrationMethod name: MinMax, Entropy, Percentile, Distribution
+    float_tail_convs: int = 1
+    calibration: Calibration = "MinMax"
+    percentile: float = 99.999
+    moving_average: bool = False
+    per_channel: bool = True
+    reduce_range: bool = False
+    weight_type: Literal["QInt8", "QUInt8"] = "QInt8"
+    pair_safe_weights: bool = False
+    symmetric_activations: bool = False
+    quant_format: Literal["QDQ", "QOperator"] = "QDQ"
+
+    def __post_init__(self) -> None:
+        if self.float_tail_convs < 0:
+            raise ValueError(f"float_tail_convs must be 0 or more, got {self.float_tail_convs}")
+        if not 0.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
+        if self.pair_safe_weights and not self.per_channel:
+            raise ValueError("pair_safe_weights needs per_channel: the safe range is chosen for each output channel")
+
+    def calibration_key(self) -> str:
+        """The settings that decide the calibrated ranges (recipes with equal keys can share them)."""
+        key = f"{self.calibration}-{'-'.join(self.op_types)}"
+        if self.calibration == "Percentile":
+            key += f"-p{self.percentile:g}"
+        if self.calibration == "MinMax" and self.moving_average:
+            key += "-moving-average"
+        return key
 
 
 CONV_ONLY = Int8Recipe(op_types=("Conv",))  # the recipe before Clip and Add were quantised too (for comparison)
 
 
 def quantize_int8(
-    fp32_path: str | os.PathLike, out_path: str | os.PathLike, tiles: np.ndarray, recipe: Int8Recipe = Int8Recipe()
+    fp32_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    tiles: np.ndarray,
+    recipe: Int8Recipe = Int8Recipe(),
+    *,
+    calibration_cache: str | os.PathLike | None = None,
 ) -> Path:
-    """Static QDQ int8 (per-channel weights, uint8 activations) calibrated on ``tiles``, following ``recipe``."""
+    """Static int8 (uint8 activations) calibrated on ``tiles``, following ``recipe``.
+
+    ``calibration_cache`` is a JSON file of calibrated ranges that is written on first use and read afterwards,
+    for trying recipes that share :meth:`Int8Recipe.calibration_key` on the same tiles (benchmarks/int8.py).
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -72,37 +144,107 @@ def quantize_int8(
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        graph = onnx.load(str(prepared)).graph
+        kept_float = float_nodes(graph, recipe)
+        overrides = pair_safe_ranges(graph, kept_float) if recipe.pair_safe_weights else {}
         quantize_static(
             str(prepared),
             str(out_path),
             _TileReader(tiles),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
+            quant_format=QuantFormat[recipe.quant_format],
+            per_channel=recipe.per_channel,
+            reduce_range=recipe.reduce_range,
             activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType[recipe.weight_type],
             calibrate_method=CalibrationMethod[recipe.calibration],
             op_types_to_quantize=list(recipe.op_types),
-            nodes_to_exclude=float_nodes(onnx.load(str(prepared)).graph, recipe),
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            nodes_to_exclude=kept_float,
+            extra_options=_extra_options(recipe, overrides),
+            calibration_cache_path=calibration_cache,
         )
     return out_path
 
 
-def float_nodes(graph: onnx.GraphProto, recipe: Int8Recipe) -> list[str]:
-    """Names of the nodes kept float: preprocessing, head and CAM, and the stem/last conv as the recipe says.
+def _extra_options(recipe: Int8Recipe, overrides: dict[str, list[dict[str, object]]]) -> dict[str, object]:
+    options: dict[str, object] = {
+        "ActivationSymmetric": recipe.symmetric_activations,
+        "WeightSymmetric": True,
+        "CalibMovingAverage": recipe.moving_average,
+    }
+    if overrides:
+        options["TensorQuantOverrides"] = overrides
+    if recipe.calibration == "Percentile":
+        options["CalibPercentile"] = recipe.percentile
+    if recipe.calibration != "MinMax":
+        options["CalibStridedMinMax"] = 1  # one batch at a time (see _TileReader); MinMax reduces in the graph
+    return options
 
-    Graph order is topological, so "before the first Conv" and "after the last Conv" are index ranges.
+
+# ONNX Runtime's u8 x s8 kernels on x86 without VNNI (AVX2, AVX-512 before VNNI) multiply uint8 activations by int8
+# weights with VPMADDUBSW, which adds each pair of neighbouring products in saturating 16-bit arithmetic, then
+# widens. A pair overflows when 255 * (|w_k| + |w_k+1|) > 32767, i.e. when two neighbouring int8 weights add up
+# to more than 128 in magnitude and both activations are large (a ReLU6 at its top is 255).
+PAIR_LIMIT = 127  # |q_k| + |q_k+1| <= 127 + 1 (rounding) = 128 after quantising: 255 * 128 = 32640 fits
+
+
+def pair_sums(weight: np.ndarray) -> np.ndarray:
+    """Per output channel, the largest ``|w_k| + |w_k+1|`` over the pairs the u8 x s8 kernels add (``[C_out]``).
+
+    Pairs are neighbours along the reduction axis, starting at an even index. A convolution's reduction axis is
+    ordered (input channel, kernel row, column) when ONNX Runtime computes it as a matrix product of NCHW patches,
+    and (kernel row, column, input channel) in its NHWC kernels; both orders are covered. A last element without a
+    neighbour pairs with zero padding.
+    """
+    magnitude = np.abs(weight.astype(np.float64))
+    orders = [magnitude.reshape(len(weight), -1)]
+    if magnitude.ndim == 4:
+        orders.append(magnitude.transpose(0, 2, 3, 1).reshape(len(weight), -1))
+    largest = np.zeros(len(weight))
+    for flat in orders:
+        padded = np.pad(flat, ((0, 0), (0, flat.shape[1] % 2)))
+        largest = np.maximum(largest, padded.reshape(len(weight), -1, 2).sum(axis=2).max(axis=1))
+    return largest
+
+
+def pair_safe_ranges(graph: onnx.GraphProto, kept_float: Sequence[str] = ()) -> dict[str, list[dict[str, object]]]:
+    """Per-channel symmetric weight ranges of the quantised (non-depthwise) convolutions that cannot overflow a pair.
+
+    A channel's range is its largest pair sum instead of its largest weight, so after scaling to [-127, 127] no two
+    neighbouring weights add up to more than :data:`PAIR_LIMIT` (+1 from rounding). That costs at most one bit of
+    that channel's resolution, and usually much less: two neighbours are seldom both near the channel's largest
+    weight. Depthwise convolutions run on other kernels, which do not add pairs, and keep their full range. The
+    result is ONNX Runtime's ``TensorQuantOverrides``.
+    """
+    from onnx import numpy_helper
+
+    weights = {init.name: init for init in graph.initializer}
+    excluded = set(kept_float)
+    overrides: dict[str, list[dict[str, object]]] = {}
+    for node in graph.node:
+        if node.op_type != "Conv" or node.name in excluded or node.input[1] not in weights:
+            continue
+        if next((a.i for a in node.attribute if a.name == "group"), 1) != 1:
+            continue
+        ranges = pair_sums(numpy_helper.to_array(weights[node.input[1]])) * 127.0 / PAIR_LIMIT
+        overrides[node.input[1]] = [{"rmin": np.array(-r, np.float32), "rmax": np.array(r, np.float32)} for r in ranges]
+        overrides[node.input[1]][0]["axis"] = 0
+    return overrides
+
+
+def float_nodes(graph: onnx.GraphProto, recipe: Int8Recipe) -> list[str]:
+    """Names of the nodes kept float: preprocessing, head and CAM, and the stem/tail convolutions as the recipe says.
+
+    Graph order is topological, so "before the first Conv" and "from the k-th last Conv on" are index ranges.
     """
     nodes = list(graph.node)
     convs = [i for i, node in enumerate(nodes) if node.op_type == "Conv"]
     if not convs:
         return []
-    first, last = convs[0], convs[-1]
-    kept = [node.name for node in nodes[:first] + nodes[last + 1 :]]
-    if recipe.float_stem:
+    first = convs[0]
+    tail = convs[-min(recipe.float_tail_convs, len(convs))] if recipe.float_tail_convs else convs[-1] + 1
+    kept = [node.name for node in nodes[:first] + nodes[max(tail, first + 1) :]]
+    if recipe.float_stem or tail <= first:
         kept.append(nodes[first].name)
-    if recipe.float_last_conv and last != first:
-        kept.append(nodes[last].name)
     return kept
 
 

@@ -114,25 +114,46 @@ def test_int8_graph_keeps_activations_int8_between_convolutions_and_preprocessin
     assert ops["Transpose"] <= 3 and ops["QuantizeLinear"] <= 1 and ops["DequantizeLinear"] <= 1, ops
 
 
-def test_the_default_int8_recipe_keeps_preprocessing_stem_last_conv_and_head_float():
+def _chain(*ops: tuple[str, str]) -> onnx.GraphProto:
+    """A graph of named nodes, each fed by the one before it."""
     nodes = [
-        helper.make_node(op, [], [f"{name}_out"], name=name)
-        for op, name in [
-            ("Transpose", "transpose"),
-            ("Cast", "cast"),
-            ("Mul", "scale"),
-            ("Add", "shift"),
-            ("Conv", "stem"),
-            ("Clip", "stem_act"),
-            ("Conv", "block"),
-            ("Add", "residual"),
-            ("Conv", "last"),
-            ("Clip", "last_act"),
-            ("Einsum", "cam"),
-            ("Add", "bias"),
-        ]
+        helper.make_node(op, [f"{ops[i - 1][1]}_out"] if i else ["image"], [f"{name}_out"], name=name)
+        for i, (op, name) in enumerate(ops)
     ]
-    graph = helper.make_graph(nodes, "g", [], [])
-    kept = set(float_nodes(graph, Int8Recipe()))
+    return helper.make_graph(nodes, "g", [], [])
+
+
+TOY = _chain(
+    ("Transpose", "transpose"),
+    ("Cast", "cast"),
+    ("Mul", "scale"),
+    ("Add", "shift"),
+    ("Conv", "stem"),
+    ("Clip", "stem_act"),
+    ("Conv", "block"),
+    ("Add", "residual"),
+    ("Conv", "last"),
+    ("Clip", "last_act"),
+    ("Einsum", "cam"),
+    ("Add", "bias"),
+)
+
+
+def test_the_default_int8_recipe_keeps_preprocessing_stem_last_conv_and_head_float():
+    kept = set(float_nodes(TOY, Int8Recipe()))
     assert kept == {"transpose", "cast", "scale", "shift", "stem", "last", "last_act", "cam", "bias"}
-    assert set(float_nodes(graph, Int8Recipe(float_stem=False, float_last_conv=False))) == kept - {"stem", "last"}
+    assert set(float_nodes(TOY, Int8Recipe(float_stem=False, float_tail_convs=0))) == kept - {"stem", "last"}
+
+
+def test_float_tail_convs_keeps_everything_from_the_kth_last_convolution_on_float():
+    kept = set(float_nodes(TOY, Int8Recipe(float_tail_convs=2)))
+    assert kept == {"transpose", "cast", "scale", "shift", "stem"} | {
+        "block",
+        "residual",
+        "last",
+        "last_act",
+        "cam",
+        "bias",
+    }
+    everything = {node.name for node in TOY.node}
+    assert set(float_nodes(TOY, Int8Recipe(float_stem=False, float_tail_convs=9))) == everything
