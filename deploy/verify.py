@@ -2,7 +2,8 @@
 
 fp32 is compared with PyTorch (logits and CAM, element-wise, at two batch sizes, so batch-dependent bugs such as
 a constant-folded batch dimension cannot hide). int8 and fp16 are compared with the verified fp32 ONNX model on
-the same tiles with their own, looser tolerances: what must not change is the decision.
+the same tiles with their own, looser tolerances: what must not change is the decision, nor (for int8) the shape of
+the heatmap, measured by :func:`heatmap_correlations`.
 
 Example:
     >>> report = torch_parity(model, "model.onnx", tiles, batch_sizes=(1, 8), atol=1e-3)   # doctest: +SKIP
@@ -42,17 +43,34 @@ class ParityReport:
     cam_tolerance: float = float("inf")
     logit_rtol: float = 0.0
     tolerance_used: float = 0.0  # max over tiles of |diff| / (atol + rtol * |reference|); <= 1 passes
-    cam_correlation: float = 1.0  # mean per-tile Pearson correlation of the heatmaps (1 = same shape of heat)
+    cam_correlation: float = 1.0  # mean over tiles of heatmap_correlations (1 = same shape of heat everywhere)
+    cam_correlation_p5: float = 1.0  # its 5th percentile: the worst tiles but one in twenty
+    min_cam_correlation: float | None = None  # gate on the mean; None: reported, not gated
     reference_accuracy: float | None = None  # against labels, when the tiles have them
     candidate_accuracy: float | None = None
 
     @property
     def passed(self) -> bool:
-        return (
-            self.tolerance_used <= 1.0
-            and self.max_abs_cam_diff <= self.cam_tolerance
-            and self.decision_agreement >= self.min_agreement
-        )
+        return not self.failures()
+
+    def failures(self) -> tuple[str, ...]:
+        """What is out of tolerance, one phrase per failed check (empty when the report passed)."""
+        checks = [
+            (self.tolerance_used <= 1.0, f"logit diff at {self.tolerance_used:.0%} of tolerance"),
+            (
+                self.max_abs_cam_diff <= self.cam_tolerance,
+                f"cam diff {self.max_abs_cam_diff:.2e} > {self.cam_tolerance:.0e}",
+            ),
+            (
+                self.decision_agreement >= self.min_agreement,
+                f"decisions agree {self.decision_agreement:.2%} < {self.min_agreement:.0%}",
+            ),
+            (
+                self.min_cam_correlation is None or self.cam_correlation >= self.min_cam_correlation,
+                f"heatmap correlation {self.cam_correlation:.3f} < {self.min_cam_correlation}",
+            ),
+        ]
+        return tuple(failure for ok, failure in checks if not ok)
 
     @property
     def accuracy_drop(self) -> float | None:
@@ -69,10 +87,15 @@ class ParityReport:
             if self.logit_tolerance == float("inf")
             else f"{self.tolerance_used:.0%} of tolerance {self.logit_tolerance:.0e} + {self.logit_rtol:.0e}*|logit|"
         )
+        correlation = (
+            f"heatmap correlation mean {self.cam_correlation:.3f}, 5th percentile {self.cam_correlation_p5:.3f}"
+        )
+        if self.min_cam_correlation is not None:
+            correlation += f" (minimum mean {self.min_cam_correlation:.2f})"
         text = (
             f"{self.candidate} vs {self.reference} on {self.tiles} tiles, batch sizes {list(self.batch_sizes)}: "
             f"max |logit diff| {self.max_abs_logit_diff:.2e} ({tolerance}), "
-            f"max |cam diff| {self.max_abs_cam_diff:.2e} (heatmap correlation {self.cam_correlation:.3f}), "
+            f"max |cam diff| {self.max_abs_cam_diff:.2e} ({correlation}), "
             f"decisions agree {self.decision_agreement:.2%} "
             f"(minimum {self.min_agreement:.0%})"
         )
@@ -85,7 +108,8 @@ class ParityReport:
 
     def raise_if_failed(self, what: str) -> None:
         if not self.passed:
-            raise ParityError(f"{what} failed the parity gate, so it was not written: {self.describe()}")
+            failed = "; ".join(self.failures())
+            raise ParityError(f"{what} failed the parity gate ({failed}), so it was not written: {self.describe()}")
 
 
 def _batched(tiles: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -122,8 +146,10 @@ def _compare(
     logit_diff = max(float(np.abs(r[0] - c[0]).max()) for r, c in zip(reference, candidate, strict=True))
     cam_diff = max(float(np.abs(r[1] - c[1]).max()) for r, c in zip(reference, candidate, strict=True))
     agreement = min(float(((r[0] >= 0) == (c[0] >= 0)).mean()) for r, c in zip(reference, candidate, strict=True))
+    correlations = [heatmap_correlations(r[1], c[1]) for r, c in zip(reference, candidate, strict=True)]
     return {
-        "cam_correlation": _mean_correlation(reference[0][1], candidate[0][1]),
+        "cam_correlation": min(float(values.mean()) for values in correlations),
+        "cam_correlation_p5": min(float(np.percentile(values, 5)) for values in correlations),
         "max_abs_logit_diff": logit_diff,
         "tolerance_used": used,
         "max_abs_cam_diff": cam_diff,
@@ -133,13 +159,25 @@ def _compare(
     }
 
 
-def _mean_correlation(reference: np.ndarray, candidate: np.ndarray) -> float:
+def heatmap_correlations(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Per tile, the Pearson correlation of the candidate's CAM cells with the reference's: ``[N]`` in [-1, 1].
+
+    Defect regions are cut from the heatmap relative to its peak, so what a reduced-precision model must keep is
+    where the heat is, not its absolute level: 1 means the same picture, 0 an unrelated one. Each tile's ``h*w``
+    cells are one sample (the raw, signed CAM); the export reports the mean over tiles (gated for int8) and the
+    5th percentile. A tile whose two maps are both flat counts 1 (the same picture); one where only one is, 0.
+
+    Args:
+        reference: CAMs ``[N, h, w]`` of the reference model (fp32).
+        candidate: CAMs ``[N, h, w]`` of the model being checked, for the same tiles.
+    """
     a = reference.reshape(len(reference), -1).astype(np.float64)
     b = candidate.reshape(len(candidate), -1).astype(np.float64)
+    flat_a, flat_b = np.ptp(a, axis=1) == 0, np.ptp(b, axis=1) == 0
     a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
-    denominator = np.sqrt((a * a).sum(1) * (b * b).sum(1))
-    valid = denominator > 0
-    return float(((a * b).sum(1)[valid] / denominator[valid]).mean()) if valid.any() else 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pearson = np.clip((a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1)), -1.0, 1.0)
+    return np.where(flat_a | flat_b, (flat_a & flat_b).astype(np.float64), pearson)
 
 
 def torch_parity(
@@ -180,6 +218,7 @@ def onnx_parity(
     atol: float,
     rtol: float = 0.0,
     min_agreement: float,
+    min_cam_correlation: float | None = None,
     labels: np.ndarray | None = None,
 ) -> ParityReport:
     """A reduced-precision ONNX model against the verified fp32 one (both on the CPU)."""
@@ -196,5 +235,6 @@ def onnx_parity(
         logit_tolerance=atol,
         logit_rtol=rtol,
         min_agreement=min_agreement,
+        min_cam_correlation=min_cam_correlation,
         **measured,
     )
