@@ -254,9 +254,17 @@ def _add_export(subparsers) -> None:
     p.add_argument("--out", required=True, help="fp32 model path; variants go beside it (model.int8.onnx, ...)")
     p.add_argument("--int8", action="store_true", help="also write a static int8 (QDQ) model; needs --calib-data")
     p.add_argument("--fp16", action="store_true", help="also write an fp16 model (for GPU targets)")
-    p.add_argument("--calib-data", help="real tiles (a dataset folder) for int8 calibration and parity checks")
+    p.add_argument(
+        "--calib-data",
+        help="real tiles (a dataset folder): int8 is calibrated on some of its images, parity checks run on others",
+    )
     p.add_argument("--calib-tiles", type=int, help="tiles used to calibrate int8 (default 256)")
     p.add_argument("--verify-tiles", type=int, help="tiles used for the parity checks (default 64)")
+    p.add_argument(
+        "--int8-min-correlation",
+        type=float,
+        help="lowest mean heatmap correlation with fp32 an int8 model may have to be written (default 0.95)",
+    )
     p.set_defaults(handler=_needs_training_extras(_run_export))
 
 
@@ -272,6 +280,7 @@ def _run_export(args: argparse.Namespace) -> int:
         "calib_data": args.calib_data,
         "calib_tiles": args.calib_tiles,
         "verify_tiles": args.verify_tiles,
+        "int8_min_cam_correlation": args.int8_min_correlation,
     }
     result = export(resolve(ExportConfig, None, flags))
     print(result.describe())
