@@ -57,9 +57,11 @@ class ExportConfig:
         verify_tiles: tiles for the parity checks, from other source images than the calibration tiles.
         int8_min_agreement: share of verification tiles whose decision (logit >= 0) int8 must keep.
         int8_min_cam_correlation: the lowest mean heatmap correlation with fp32 that int8 may have (see
-            :func:`~crackscope.deploy.verify.heatmap_correlations`). 0.95 is the issue-10 goal. It gates the mean,
-            not the 5th percentile: the lowest per-tile correlations are on tiles whose heat is nearly flat (no
-            crack, nothing to show), where a small shift reorders cells nobody looks at.
+            :func:`~crackscope.deploy.verify.heatmap_correlations`). 0.95 is the project's goal for int8 heatmaps;
+            the default recipe measures 0.975 (Özgenel concrete) and 0.958 (magnetic tile) on held-out images,
+            where the earlier recipe measured 0.92 and 0.84. It gates the mean, not the 5th percentile (0.91 and
+            0.87): the worst tiles are ones without a defect, whose heat is nearly flat noise (on the tiles fp32
+            calls defect the mean is 0.99 and 0.98).
         int8_recipe: what int8 quantises and how (:class:`~crackscope.deploy.quantize.Int8Recipe`).
     """
 

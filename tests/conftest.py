@@ -75,6 +75,9 @@ def exported(tiny_run, patch_data, tmp_path_factory):
         int8_min_agreement=0.8,
         # Same reason for fp16: with 16 tiles a single near-zero logit that changes sign fails a 99% gate.
         fp16_min_agreement=0.8,
+        # Nearly flat heatmaps of a barely trained model correlate worse under int8 than a trained model's (0.97 on
+        # the Özgenel concrete model); the default 0.95 gate is exercised on the line model.
+        int8_min_cam_correlation=0.5,
     )
     return export(config)
 

@@ -222,6 +222,7 @@ def test_int8_whose_heatmaps_drift_is_refused_like_one_whose_decisions_drift(
     result = export(config)
     (reason,) = result.refused
     assert "\n" not in reason
-    assert re.search(r"model\.int8\.onnx failed the parity gate \(heatmap correlation -1\.000 < 0\.95\)", reason)
+    # mirrored heat: minus int8's own correlation with fp32 (about 0.95 on this barely trained model)
+    assert re.search(r"model\.int8\.onnx failed the parity gate \(heatmap correlation -0\.9\d\d < 0\.95\)", reason)
     assert "the model.int8.onnx of an earlier export was removed" in reason
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no int8, no staged file, no stale fp16
