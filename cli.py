@@ -248,7 +248,8 @@ def _add_export(subparsers) -> None:
         "export",
         "Export a checkpoint to one verified ONNX file (preprocessing, heatmap and calibration inside), "
         "optionally with int8 and fp16 variants.",
-        "crackscope export --checkpoint runs/concrete/model.pt --out model.onnx --int8 --calib-data DIR",
+        "crackscope export --checkpoint runs/concrete/model.pt --out model.onnx --int8 --calib-data DIR\n"
+        "  crackscope export --checkpoint runs/concrete/model.pt --out model.onnx --dense --dense-frames photos/",
     )
     p.add_argument("--checkpoint", required=True, help="model.pt written by crackscope train")
     p.add_argument("--out", required=True, help="fp32 model path; variants go beside it (model.int8.onnx, ...)")
@@ -257,12 +258,30 @@ def _add_export(subparsers) -> None:
     p.add_argument("--calib-data", help="real tiles (a dataset folder) for int8 calibration and parity checks")
     p.add_argument("--calib-tiles", type=int, help="tiles used to calibrate int8 (default 256)")
     p.add_argument("--verify-tiles", type=int, help="tiles used for the parity checks (default 64)")
+    p.add_argument(
+        "--dense",
+        action="store_true",
+        help="also write model.dense.onnx, the whole-frame graph of 'inspect --mode dense', with its measured "
+        "agreement with tiled inference",
+    )
+    p.add_argument(
+        "--dense-frames",
+        metavar="DIR_OR_GLOB",
+        help="whole frames (a folder or a glob) for the dense agreement measurement (default: synthetic frames)",
+    )
+    p.add_argument("--dense-frame-count", type=int, help="frames for the dense agreement measurement (default 8)")
+    p.add_argument(
+        "--add-dense",
+        action="store_true",
+        help="only add model.dense.onnx beside the model already at --out (exported from --checkpoint; its "
+        "calibration is kept and copied)",
+    )
     p.set_defaults(handler=_needs_training_extras(_run_export))
 
 
 def _run_export(args: argparse.Namespace) -> int:
     from crackscope.config import resolve
-    from crackscope.deploy.export import ExportConfig, export
+    from crackscope.deploy.export import ExportConfig, add_dense, export
 
     flags = {
         "checkpoint": args.checkpoint,
@@ -272,8 +291,12 @@ def _run_export(args: argparse.Namespace) -> int:
         "calib_data": args.calib_data,
         "calib_tiles": args.calib_tiles,
         "verify_tiles": args.verify_tiles,
+        "dense": args.dense or args.add_dense,
+        "dense_frames": args.dense_frames,
+        "dense_frame_count": args.dense_frame_count,
     }
-    result = export(resolve(ExportConfig, None, flags))
+    config = resolve(ExportConfig, None, flags)
+    result = add_dense(config) if args.add_dense else export(config)
     print(result.describe())
     return 1 if result.refused else 0
 
@@ -289,7 +312,8 @@ def _add_inspect(subparsers) -> None:
         "OUT/results.sqlite and OUT/results.jsonl, overlays of flagged images, OUT/report.html. Running the same "
         "command again resumes: inputs already recorded (same path and sha256) are skipped. Exit code 0 when the "
         "run completed, 3 when --fail-on is given and an input reached that verdict, 2 for usage errors.",
-        "crackscope inspect photos/ 'line3/*.png' --model model.int8.onnx --out runs/line3 --fail-on defect",
+        "crackscope inspect photos/ 'line3/*.png' --model model.int8.onnx --out runs/line3 --fail-on defect\n"
+        "  crackscope inspect photos/ --model model.onnx --mode dense --out runs/line3-dense",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder (recursive) or glob pattern")
     p.add_argument("--model", required=True, help="ONNX model written by crackscope export")
@@ -306,6 +330,7 @@ def _add_inspect(subparsers) -> None:
     p.add_argument("--max-pixels", type=int, help="refuse larger images with an ERROR record (default 100 MP)")
     p.add_argument("--workers", type=int, help="decoding threads (default 2)")
     _add_part_scoring_flags(p)
+    _add_mode_flags(p)
     _add_runtime_flags(p)
     p.set_defaults(handler=_run_inspect)
 
@@ -318,6 +343,23 @@ def _add_part_scoring_flags(p: argparse.ArgumentParser) -> None:
         "(default: the model card's, chosen on validation images in training)",
     )
     p.add_argument("--part-k", type=int, help="tiles averaged by --part-scoring topk (default 3)")
+
+
+def _add_mode_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mode",
+        choices=["tiled", "dense"],
+        help="tiled (default): every tile through MODEL; dense: one pass of MODEL's dense graph (model.dense.onnx, "
+        "written by 'crackscope export --dense') per frame, tile logits summed from its heatmap on a 32 px grid. "
+        "Dense mode runs only if the agreement with tiled inference recorded at export is at least 99%% of tile "
+        "decisions",
+    )
+    p.add_argument(
+        "--force-dense",
+        action="store_const",
+        const=True,
+        help="run --mode dense even below the 99%% agreement gate (or with no agreement recorded)",
+    )
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
@@ -340,6 +382,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
             "max_batch": args.batch_size,
             "part_scoring": args.part_scoring,
             "part_k": args.part_k,
+            "mode": args.mode,
+            "force_dense": args.force_dense,
         },
     }
     summary = run_batch(resolve(BatchConfig, read_yaml(args.config) if args.config else None, flags))
@@ -459,6 +503,7 @@ def _add_daemon(subparsers) -> None:
         "Inspect a camera, stream, video file or hot folder continuously into a results folder (the same store as "
         "batch runs), serving /healthz and Prometheus /metrics on 127.0.0.1.",
         "crackscope daemon --source 0 --model model.onnx --out line1 --metrics-port 9108\n"
+        "  crackscope daemon --source 0 --model model.onnx --mode dense --out line1\n"
         "  crackscope daemon --source inbox/ --model model.onnx --out line1 --config daemon.yaml",
     )
     p.add_argument("--source", help="camera index (0), video file, rtsp:// or http:// URL, or hot folder")
@@ -497,6 +542,7 @@ def _add_daemon(subparsers) -> None:
         help="frames saved with overlay and heatmap in review/ (default defect: DEFECT and REVIEW)",
     )
     _add_part_scoring_flags(p)
+    _add_mode_flags(p)
     p.add_argument("--providers", help="ONNX Runtime providers: auto (default), cpu, cuda, ...")
     p.set_defaults(handler=_run_daemon)
 
@@ -519,7 +565,12 @@ def _run_daemon(args: argparse.Namespace) -> int:
         "providers": args.providers,
         "trigger": {"mode": args.trigger, "interval_s": args.interval, "motion_threshold": args.motion_threshold},
         "hot_folder": {"after": args.after},
-        "inspect": {"part_scoring": args.part_scoring, "part_k": args.part_k},
+        "inspect": {
+            "part_scoring": args.part_scoring,
+            "part_k": args.part_k,
+            "mode": args.mode,
+            "force_dense": args.force_dense,
+        },
     }
     config = daemon_config(read_yaml(args.config) if args.config else None, flags)
     if not args.verbose:

@@ -34,8 +34,8 @@ from crackscope.inspect.images import (
     is_image_file,
     load_frame,
 )
-from crackscope.inspect.model import OnnxModel
-from crackscope.inspect.pipeline import FrameInspection, InspectConfig, inspect_frames
+from crackscope.inspect.model import RuntimeModel, open_model
+from crackscope.inspect.pipeline import FrameInspection, InspectConfig, describe_mode, inspect_frames
 from crackscope.inspect.report import write_report
 from crackscope.inspect.results import InspectionResult, error_result
 from crackscope.inspect.sinks import ResultStore, SavePolicy, record_inspection, remove_partials
@@ -135,7 +135,7 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
     started = time.perf_counter()
-    with OnnxModel(config.model, providers=config.providers, intra_op_threads=config.threads) as model:
+    with _open(config) as model:
         _announce(model, len(files), config.inspect)
         with ResultStore(out) as store:
             store.claim(model.model_id, str(model.path), model.card)
@@ -149,14 +149,25 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     return BatchSummary(out, counts, inspected, skipped, time.perf_counter() - started, report, failed)
 
 
-def _announce(model: OnnxModel, count: int, inspect_config: InspectConfig) -> None:
+def _open(config: BatchConfig) -> RuntimeModel:
+    inspect = config.inspect
+    return open_model(
+        config.model,
+        inspect.mode,
+        force_dense=inspect.force_dense,
+        providers=config.providers,
+        intra_op_threads=config.threads,
+    )
+
+
+def _announce(model: RuntimeModel, count: int, inspect_config: InspectConfig) -> None:
     calibration = model.card.calibration
     prefix = "note: " if is_identity(calibration) else ""
     print(f"{prefix}{model.path} is {describe_calibration(calibration)}", file=sys.stderr)
     print(
         f"inspecting {count} input(s) with {model.path.name} ({model.card.precision}, {model.providers[0]}), "
         f"OK below {calibration.ok_below:.3f}, DEFECT at or above {calibration.defect_at_or_above:.3f}; "
-        f"{inspect_config.describe_scoring(model.card.part_scoring)}",
+        f"{inspect_config.describe_scoring(model.card.part_scoring)}; {describe_mode(model, inspect_config)}",
         file=sys.stderr,
     )
 
@@ -206,7 +217,9 @@ def _loaded_in_order(files: Sequence[Path], done: set, config: BatchConfig) -> I
                 pending.append(pool.submit(_load, following, done, config.max_pixels))
 
 
-def _inspect_all(model: OnnxModel, files: Sequence[Path], store: ResultStore, config: BatchConfig) -> tuple[int, int]:
+def _inspect_all(
+    model: RuntimeModel, files: Sequence[Path], store: ResultStore, config: BatchConfig
+) -> tuple[int, int]:
     done = store.done_keys()
     policy = SavePolicy(config.save_overlays)
     verdicts: Counter[str] = Counter()
@@ -245,7 +258,7 @@ def _batches(loaded: Iterable[_Loaded | None], size: int, config: InspectConfig)
 
 
 def _with_inspections(
-    model: OnnxModel, batch: list[_Loaded], config: InspectConfig
+    model: RuntimeModel, batch: list[_Loaded], config: InspectConfig
 ) -> list[tuple[_Loaded, FrameInspection | None]]:
     """Inspect the decoded inputs together; if that fails, one by one, so one bad frame costs only its own record."""
     good = [item for item in batch if item.frame is not None]
@@ -269,7 +282,7 @@ def _tiles_along(length: int, size: int, stride: int) -> int:
 
 
 def _inspect_batch(
-    model: OnnxModel, batch: list[_Loaded], folder: Path, policy: SavePolicy, config: InspectConfig
+    model: RuntimeModel, batch: list[_Loaded], folder: Path, policy: SavePolicy, config: InspectConfig
 ) -> list[InspectionResult]:
     batch = _with_inspections(model, batch, config)
     records = []

@@ -34,8 +34,8 @@ from typing import Any, Literal
 
 from crackscope.config import ConfigError, from_dict, merge, write_yaml
 from crackscope.inspect.decision import describe_calibration, is_identity
-from crackscope.inspect.model import OnnxModel
-from crackscope.inspect.pipeline import InspectConfig, inspect_frames
+from crackscope.inspect.model import RuntimeModel, open_model
+from crackscope.inspect.pipeline import InspectConfig, describe_mode, inspect_frames
 from crackscope.inspect.results import InspectionResult, error_result
 from crackscope.inspect.sinks import ResultStore, SavePolicy, record_inspection, remove_partials
 from crackscope.inspect.sources import (
@@ -155,7 +155,13 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
     with contextlib.ExitStack() as stack:
         stack.enter_context(_stop_on_signals(stop))  # first: a SIGTERM during start-up is a clean stop too
         model = stack.enter_context(
-            OnnxModel(config.model, providers=config.providers, intra_op_threads=config.threads)
+            open_model(
+                config.model,
+                config.inspect.mode,
+                force_dense=config.inspect.force_dense,
+                providers=config.providers,
+                intra_op_threads=config.threads,
+            )
         )
         store = stack.enter_context(ResultStore(out))
         _prepare_output(config, out, store, model)
@@ -173,7 +179,7 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
     return summary
 
 
-def _prepare_output(config: DaemonConfig, out: Path, store: ResultStore, model: OnnxModel) -> None:
+def _prepare_output(config: DaemonConfig, out: Path, store: ResultStore, model: RuntimeModel) -> None:
     store.claim(model.model_id, str(model.path), model.card)
     remove_partials(out)
     # The saved config must not carry a stream's password: results folders get copied around.
@@ -183,6 +189,7 @@ def _prepare_output(config: DaemonConfig, out: Path, store: ResultStore, model: 
     # Once at start, either way: the line crew must know which thresholds decide (or that none were fitted).
     (log.warning if is_identity(calibration) else log.info)("%s is %s", model.path, describe_calibration(calibration))
     log.info("%s", config.inspect.describe_scoring(model.card.part_scoring))
+    log.info("%s", describe_mode(model, config.inspect))
 
 
 def _resume_keys(store: ResultStore, spec: SourceSpec) -> set[tuple[str, str]] | None:
@@ -202,7 +209,7 @@ def _resume_keys(store: ResultStore, spec: SourceSpec) -> set[tuple[str, str]] |
 
 def _inspect_loop(
     source: FrameSource,
-    model: OnnxModel,
+    model: RuntimeModel,
     store: ResultStore,
     config: DaemonConfig,
     telemetry: Telemetry,
@@ -237,7 +244,9 @@ def _gate(gate: FrameGate, frame: Frame) -> str | None:
     return None if frame.image is None else gate.admit(frame.image, frame.monotonic)
 
 
-def _inspect(model: OnnxModel, frames: list[Frame], config: DaemonConfig, policy: SavePolicy) -> list[InspectionResult]:
+def _inspect(
+    model: RuntimeModel, frames: list[Frame], config: DaemonConfig, policy: SavePolicy
+) -> list[InspectionResult]:
     """One record per frame, in order; a frame that cannot be inspected gets an ERROR record, not an exception."""
     started = time.monotonic()
     images = [f.image for f in frames if f.image is not None]

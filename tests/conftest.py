@@ -86,13 +86,16 @@ def exported(tiny_run, patch_data, tmp_path_factory):
 class LineModel:
     fp32: Path
     int8: Path
+    dense: Path
     data: Path
     input_size: int
+    dense_agreement: dict  # what export measured and recorded in the dense card
 
 
 @pytest.fixture(scope="session")
 def line_model(tmp_path_factory) -> LineModel:
-    """A 96-px Lite0 trained for 5 epochs on 300 + 300 synthetic patches (about 45 s on 2 cores), then exported."""
+    """A 96-px Lite0 trained for 5 epochs on 300 + 300 synthetic patches (about 45 s on 2 cores), then exported
+    to fp32, int8 and the dense whole-frame graph (its agreement measured on 8 synthetic frames, a few seconds)."""
     from crackscope.deploy.export import ExportConfig, export
     from crackscope.training import synthetic
     from crackscope.training.train import TrainConfig, train
@@ -124,10 +127,12 @@ def line_model(tmp_path_factory) -> LineModel:
             verify_tiles=16,
             # A 5-epoch model has more tiles near the decision boundary than a real one: allow 2 flips in 128.
             int8_min_agreement=0.98,
+            dense=True,
         )
     )
     assert not result.refused, result.describe()
-    return LineModel(root / "model.onnx", root / "model.int8.onnx", data, 96)
+    (dense,) = [m for m in result.models if m.agreement is not None]
+    return LineModel(root / "model.onnx", root / "model.int8.onnx", dense.path, data, 96, dense.agreement.summary())
 
 
 # --- a brightness model: a real ONNX file whose logit the test controls through pixel values ----------------------
@@ -195,6 +200,78 @@ def write_grey_dataset(
         for i, level in enumerate(np.clip(rng.normal(means[label], spread_here, count), 0, 255)):
             cv2.imwrite(str(folder / f"{label}_{i:04d}.png"), np.full((32, 32, 3), round(level), np.uint8))
     return root
+
+
+def write_dense_brightness_model(path: Path, input_size: int = 64, agreement: float | None = 1.0) -> Path:
+    """The dense twin of :func:`write_brightness_model` at ``input_size`` (a multiple of 32): its CAM cell is
+    ``(mean pixel of the 32 x 32 cell - 128) / 8 / cells per tile``, its bias 0.
+
+    A tile on the 32 px grid then scores exactly what the brightness model scores for it (the mean of equal cells'
+    means is the tile's mean), so runtime tests can tell the dense path's geometry from the network's context.
+    ``agreement`` is the decision agreement recorded in its card (None: none recorded).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    from crackscope.inspect.card import ModelCard, with_card
+
+    cells = (input_size // 32) ** 2
+    nodes = [
+        helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["pixels"], ["grey"], axes=[3], keepdims=1),
+        helper.make_node("Transpose", ["grey"], ["grey_nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("AveragePool", ["grey_nchw"], ["cell_means"], kernel_shape=[32, 32], strides=[32, 32]),
+        helper.make_node("Sub", ["cell_means", "mid"], ["centred"]),
+        helper.make_node("Mul", ["centred", "scale"], ["scaled"]),
+        helper.make_node("Squeeze", ["scaled", "channel_axis"], ["cam"]),
+        helper.make_node("ReduceSum", ["cam", "cell_axes"], ["cam_sum"], keepdims=0),
+        helper.make_node("Mul", ["cam_sum", "zero"], ["bias"]),
+    ]
+    constants = [
+        helper.make_tensor("mid", TensorProto.FLOAT, [], [128.0]),
+        helper.make_tensor("scale", TensorProto.FLOAT, [], [1.0 / 8.0 / cells]),
+        helper.make_tensor("channel_axis", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("cell_axes", TensorProto.INT64, [2], [1, 2]),
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dense-brightness",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", "H", "W", 3])],
+        [
+            helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", "h", "w"]),
+            helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["N"]),
+        ],
+        constants,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    verification = {} if agreement is None else {"agreement": {"decision_agreement": agreement, "tiles": 200}}
+    card = ModelCard(
+        backbone="brightness-test",
+        input_size=input_size,
+        feature_size=input_size // 32,
+        graph="dense",
+        verification=verification,
+        crackscope_version="test",
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(with_card(proto, card), str(path))
+    return path
+
+
+@pytest.fixture
+def dense_brightness_model():
+    """:func:`write_dense_brightness_model`, for tests that write their own dense twin."""
+    return write_dense_brightness_model
+
+
+@pytest.fixture
+def brightness_pair(tmp_path) -> Path:
+    """A 64 px brightness model and its dense twin beside it (``model.onnx``, ``model.dense.onnx``); returns the
+    tile model's path."""
+    tiles = write_brightness_model(tmp_path / "pair" / "model.onnx", input_size=64)
+    write_dense_brightness_model(tmp_path / "pair" / "model.dense.onnx", input_size=64)
+    return tiles
 
 
 @pytest.fixture
