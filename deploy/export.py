@@ -176,8 +176,10 @@ class DenseCamModel(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cam = torch.einsum("nchw,c->nhw", self.model.feature_map(image), self.cam_weights)
-        # One bias per frame: a constant alone would not be traced as an output of the graph.
-        return cam, self.bias.expand(image.shape[0])
+        # One bias per frame. A constant alone would not be traced as an output of the graph, so it is added to
+        # zero made from each frame's first (uint8, hence finite) pixel: four tiny nodes, no shape arithmetic.
+        zero = image[:, 0, 0, 0].to(self.bias.dtype) * 0.0
+        return cam, zero + self.bias
 
 
 def to_onnx_bytes(model: CrackNet, opset: int = 17, *, with_cam: bool = True) -> bytes:
@@ -522,7 +524,7 @@ def load_frames(pattern: str | None, size: int, count: int, seed: int) -> Frames
 def parity_frames(frames: Frames, size: int) -> list[np.ndarray]:
     """Two frames of different sizes (multiples of 32, neither square nor a tile), cut or reflect-padded from
     ``frames``."""
-    shapes = ((size + CELL, 2 * size), (2 * size, size + 2 * CELL))
+    shapes = ((size + CELL, 2 * size), (2 * size + CELL, size + 2 * CELL))
     return [_fit(frames.images[i % len(frames.images)], h, w) for i, (h, w) in enumerate(shapes)]
 
 
@@ -579,8 +581,13 @@ def add_dense(config: ExportConfig) -> ExportResult:
     if not out.is_file():
         raise ExportError(f"{out}: no exported model there to add a dense graph to; export it first")
     model, _ = load_checkpoint(config.checkpoint)
-    tiles = load_tiles(None, model.spec.input_size, 8, config.seed)
-    same = torch_parity(model, str(out), tiles.images, batch_sizes=(8,), atol=config.fp32_atol)
+    card, size = read_card(out), model.spec.input_size
+    if (card.backbone, card.input_size) != (model.spec.name, size):
+        raise ExportError(
+            f"{out} was not exported from {config.checkpoint}: it is a {card.input_size} px {card.backbone}, the "
+            f"checkpoint a {size} px {model.spec.name}"
+        )
+    same = torch_parity(model, str(out), load_tiles(None, size, 8, config.seed).images, batch_sizes=(8,))
     if not same.passed:
         raise ExportError(f"{out} was not exported from {config.checkpoint}: {same.describe()}")
     try:
