@@ -22,11 +22,27 @@ issue 6 are judged from the measured values and printed as met / not met:
 Models: by default the ones ``benchmarks/accuracy.py`` trained and exported (``benchmarks/results/models/<job>.onnx``
 and ``<job>.int8.onnx``); ``--model`` / ``--int8`` take any exported crackscope model instead. No PyTorch needed.
 
+``--dense`` adds the dense whole-frame mode against tiled inference at 25% overlap (issue 10's goal: dense >= 1.5x
+the tiled frames/s with >= 99% tile-decision agreement):
+
+- **speed**: the same 5 MP frame through ``inspect_frames`` + overlay, tiled (the fp32 model at 25% overlap) and
+  dense (``<model>.dense.onnx``, one pass, tiles on the 32 px grid at >= 25% overlap), in paired rounds: each round
+  times both, in a shuffled order with a short pause between, and the ratio is the median of the per-round ratios;
+- **agreement** on real frames (DeepCrack photos and magnetic-tile images from the shared datasets, evenly spread):
+  :func:`crackscope.inspect.agreement.measure_agreement`, i.e. tile decisions (logit >= 0) of the dense graph against
+  the tile model on the very same tiles, and the correlation of the two frame heatmaps.
+
+A missing dense graph is added from the job's checkpoint (``benchmarks/results/accuracy/<job>/model.pt``, or
+``--checkpoint``) with :func:`crackscope.deploy.export.add_dense` (this step needs PyTorch; the tile model is left as it
+is); without a checkpoint the benchmark says which command makes it.
+
 Run:
     python benchmarks/frames.py                          # magnetic-tile models (224 px), 7 rounds per row
     python benchmarks/frames.py --job ozgenel-concrete   # the concrete models (160 px)
     python benchmarks/frames.py --model m.onnx --int8 m.int8.onnx --rounds 9 --json frames.json
     python benchmarks/frames.py --quick                  # smoke run: 2 rounds per row, numbers not meaningful
+    python benchmarks/frames.py --dense-only --rounds 9  # dense vs tiled (25% overlap) on the magnetic-tile model
+    python benchmarks/frames.py --dense --quick          # smoke run of everything
 """
 
 from __future__ import annotations
@@ -35,6 +51,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -48,16 +65,24 @@ from typing import Any
 import cv2
 import numpy as np
 import onnxruntime as ort
-from saved_models import MODELS_DIR, require_model
+from saved_models import DATA_DIR, MODELS_DIR, checkpoint_path, require_model
 
-from crackscope.inspect.model import OnnxModel
+from crackscope.inspect.agreement import DenseAgreement, measure_agreement
+from crackscope.inspect.dense import dense_grid
+from crackscope.inspect.model import DENSE_MIN_AGREEMENT, DenseModel, OnnxModel, dense_path
 from crackscope.inspect.overlay import render_overlay
-from crackscope.inspect.pipeline import InspectConfig, inspect_frames
+from crackscope.inspect.pipeline import FrameInspection, InspectConfig, inspect_frames
 from crackscope.training.synthetic import TEXTURES, make_frame
 
 DEFAULT_JOB = "magnetic-tile"
 OVERHEAD_GOAL = 0.15  # time outside session.run, share of frame time, at most
 MODEL_SHARE_GOAL = 0.80  # int8, 0% overlap: pipeline frames/s over model-only frames/s, at least
+DENSE_SPEED_GOAL = 1.5  # dense frames/s over tiled frames/s at 25% overlap, at least
+DENSE_OVERLAP = 0.25
+REAL_FRAMES = {  # name -> folder of whole frames (searched recursively)
+    "DeepCrack photos": DATA_DIR / "deepcrack-train" / "images",
+    "magnetic-tile images": DATA_DIR / "magnetic-tile",
+}
 STAGES = ("tiling", "predict", "batching", "decide", "overlay", "other")
 STAGE_LABELS = {
     "tiling": "tiling (grid, cut tiles)",
@@ -89,6 +114,10 @@ class Settings:
     seed: int
     json_path: Path | None
     quick: bool
+    dense: bool = False
+    tiled_rows: bool = True
+    checkpoint: Path | None = None
+    agreement_frames: int = 24
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
@@ -110,9 +139,18 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds per row (numbers not meaningful)")
+    parser.add_argument("--dense", action="store_true", help="also compare dense and tiled (25%% overlap) inference")
+    parser.add_argument("--dense-only", action="store_true", help="only the dense vs tiled comparison")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="checkpoint to add a missing dense graph from (default: the job's model.pt)"
+    )
+    parser.add_argument(
+        "--agreement-frames", type=int, help="real frames per dataset for the dense agreement (default 24; quick: 4)"
+    )
     args = parser.parse_args(argv)
+    models = model_files(args.model, args.int8, args.job, args.models_dir)
     return Settings(
-        models=model_files(args.model, args.int8, args.job, args.models_dir),
+        models=models,
         overlaps=tuple(args.overlaps),
         height=args.height,
         width=args.width,
@@ -125,6 +163,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         seed=args.seed,
         json_path=args.json,
         quick=args.quick,
+        dense=args.dense or args.dense_only,
+        tiled_rows=not args.dense_only,
+        checkpoint=args.checkpoint or (None if args.model else checkpoint_path(args.job)),
+        agreement_frames=args.agreement_frames or (4 if args.quick else 24),
     )
 
 
@@ -324,6 +366,185 @@ def measure_all(settings: Settings, frame: np.ndarray) -> list[Row]:
     return rows
 
 
+# --- dense whole-frame mode vs tiled -------------------------------------------------------------------------------
+
+
+def dense_model_file(fp32: Path, checkpoint: Path | None) -> Path:
+    """``<fp32>.dense.onnx``, added from ``checkpoint`` when missing (PyTorch needed for that step only)."""
+    dense = dense_path(fp32)
+    if dense.is_file():
+        return dense
+    frames = REAL_FRAMES["DeepCrack photos"]
+    how = f"crackscope export --checkpoint {checkpoint or 'MODEL.pt'} --out {fp32} --add-dense --dense-frames {frames}"
+    if checkpoint is None or not checkpoint.is_file():
+        raise FileNotFoundError(f"{dense} not found and no checkpoint to add it from; make it with: {how}")
+    from crackscope.deploy.export import ExportConfig, add_dense
+
+    print(f"{dense} not found: adding it from {checkpoint} (as '{how}' would)", flush=True)
+    config = ExportConfig(
+        checkpoint=str(checkpoint),
+        out=str(fp32),
+        dense=True,
+        dense_frames=str(frames) if frames.is_dir() else None,
+        dense_frame_count=24,
+    )
+    result = add_dense(config)
+    print(result.describe() + "\n", flush=True)
+    if result.refused:
+        raise RuntimeError(f"the dense graph could not be added: {result.refused[0]}")
+    return dense
+
+
+@dataclass(frozen=True)
+class DenseSpeed:
+    """Tiled (25% overlap) and dense inference of one frame: medians over paired rounds (seconds)."""
+
+    tiled_s: float
+    dense_s: float
+    ratio: float  # median over rounds of tiled_s / dense_s measured in the same round
+    tiled_tiles: int
+    dense_tiles: int
+    dense_overlap: float  # the dense grid's own overlap (its stride rounded down to whole 32 px cells)
+    tiled_verdict: str
+    dense_verdict: str
+    rounds: int
+    load_start: float
+    load_end: float
+
+    @property
+    def tiled_fps(self) -> float:
+        return 1.0 / self.tiled_s
+
+    @property
+    def dense_fps(self) -> float:
+        return 1.0 / self.dense_s
+
+
+def _timed_inspection(model, frame: np.ndarray, config: InspectConfig) -> tuple[float, FrameInspection]:
+    started = time.perf_counter()
+    [inspection] = inspect_frames(model, [frame], config)
+    render_overlay(frame, inspection)
+    return time.perf_counter() - started, inspection
+
+
+def measure_dense_speed(fp32: Path, dense: Path, frame: np.ndarray, settings: Settings) -> DenseSpeed:
+    """Paired rounds: each times tiled and dense once, in a shuffled order, with a short pause between the two."""
+    tiled_config = InspectConfig(overlap=DENSE_OVERLAP, max_batch=settings.max_batch)
+    dense_config = InspectConfig(overlap=DENSE_OVERLAP, mode="dense", force_dense=True)  # timed whatever the gate
+    load_start = load_average()
+    threads = settings.threads
+    with (
+        OnnxModel(fp32, providers="cpu", intra_op_threads=threads) as tiles,
+        DenseModel(dense, providers="cpu", intra_op_threads=threads) as whole,
+    ):
+        runs = {"tiled": (tiles, tiled_config), "dense": (whole, dense_config)}
+        first = {name: _timed_inspection(model, frame, config)[1] for name, (model, config) in runs.items()}
+        for _ in range(settings.warmup - 1):
+            for model, config in runs.values():
+                _timed_inspection(model, frame, config)
+        seconds: dict[str, list[float]] = {"tiled": [], "dense": []}
+        order = random.Random(settings.seed)
+        for _ in range(settings.rounds):
+            for name in order.sample(list(runs), k=2):
+                time.sleep(0.2)  # let the other session's spinning threads stop
+                model, config = runs[name]
+                seconds[name].append(_timed_inspection(model, frame, config)[0])
+    height, width = frame.shape[:2]
+    grid = dense_grid(height, width, tiles.input_size, DENSE_OVERLAP, whole.cell)
+    return DenseSpeed(
+        tiled_s=statistics.median(seconds["tiled"]),
+        dense_s=statistics.median(seconds["dense"]),
+        ratio=statistics.median(t / d for t, d in zip(seconds["tiled"], seconds["dense"], strict=True)),
+        tiled_tiles=len(first["tiled"].tiles),
+        dense_tiles=len(first["dense"].tiles),
+        dense_overlap=1 - grid.stride / grid.size,
+        tiled_verdict=f"{first['tiled'].verdict.value} {first['tiled'].score:.2f}",
+        dense_verdict=f"{first['dense'].verdict.value} {first['dense'].score:.2f}",
+        rounds=settings.rounds,
+        load_start=load_start,
+        load_end=load_average(),
+    )
+
+
+def real_frames(folder: Path, count: int) -> list[Path]:
+    """Up to ``count`` image files of ``folder`` (recursively, sorted), evenly spread: every class of a dataset laid
+    out in class folders gets its share."""
+    # JPEGs only: the frames of both datasets are; magnetic-tile keeps its masks beside them as PNGs.
+    files = sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in (".jpg", ".jpeg"))
+    if len(files) <= count:
+        return files
+    return [files[round(i * (len(files) - 1) / (count - 1))] for i in range(count)] if count > 1 else files[:1]
+
+
+def measure_dense_agreements(fp32: Path, dense: Path, count: int, threads: int | None) -> list[DenseAgreement]:
+    results = []
+    with (
+        OnnxModel(fp32, providers="cpu", intra_op_threads=threads) as tiles,
+        DenseModel(dense, providers="cpu", intra_op_threads=threads) as whole,
+    ):
+        for name, folder in REAL_FRAMES.items():
+            files = real_frames(folder, count) if folder.is_dir() else []
+            if not files:
+                print(f"note: no {name} at {folder}; its agreement row is left out", file=sys.stderr)
+                continue
+            frames = [cv2.imread(str(path), cv2.IMREAD_COLOR) for path in files]
+            agreement = measure_agreement(tiles, whole, frames, overlap=DENSE_OVERLAP, source=f"{len(files)} {name}")
+            print(f"  {agreement.describe()}", flush=True)
+            results.append(agreement)
+    return results
+
+
+def dense_tables(speed: DenseSpeed | None, agreements: Sequence[DenseAgreement], error: str | None) -> str:
+    if error:
+        return f"dense vs tiled: FAILED {error}"
+    lines = [
+        "| inference | tiles per frame | frames/s | frame verdict |",
+        "|---|---:|---:|---|",
+        f"| tiled, {DENSE_OVERLAP:.0%} overlap | {speed.tiled_tiles} | {speed.tiled_fps:.2f} | {speed.tiled_verdict} |",
+        f"| dense, tiles on the 32 px grid at {speed.dense_overlap:.1%} overlap | {speed.dense_tiles} "
+        f"| {speed.dense_fps:.2f} | {speed.dense_verdict} |",
+        "",
+        f"dense / tiled: {speed.ratio:.2f}x (median of {speed.rounds} paired rounds; load {speed.load_start} -> "
+        f"{speed.load_end})",
+        "",
+        "| real frames | tiles | tile decisions agree | heatmap correlation | mean / max abs logit diff "
+        "| crack share tiled / dense |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for a in agreements:
+        lines.append(
+            f"| {a.source} | {a.tiles} | {a.decision_agreement:.2%} | {a.heatmap_correlation:.3f} "
+            f"| {a.mean_abs_logit_diff:.2f} / {a.max_abs_logit_diff:.2f} | {a.tiled_positive:.1%} / "
+            f"{a.dense_positive:.1%} |"
+        )
+    goals = [
+        f"dense >= {DENSE_SPEED_GOAL}x tiled frames/s at {DENSE_OVERLAP:.0%} overlap: {speed.ratio:.2f}x, "
+        + ("met" if speed.ratio >= DENSE_SPEED_GOAL else "not met"),
+        *(
+            f">= {DENSE_MIN_AGREEMENT:.0%} tile-decision agreement on {a.source}: {a.decision_agreement:.2%}, "
+            + ("met" if a.passed else "not met")
+            for a in agreements
+        ),
+    ]
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {goal}" for goal in goals)
+
+
+def dense_section(settings: Settings, frame: np.ndarray) -> dict[str, Any]:
+    """Speed and agreement of dense vs tiled inference; an error is reported, not raised."""
+    fp32 = settings.models[0]
+    print(f"\ndense vs tiled ({fp32.name}, {DENSE_OVERLAP:.0%} overlap, {settings.rounds} paired rounds)", flush=True)
+    try:
+        dense = dense_model_file(fp32, settings.checkpoint)
+        speed = measure_dense_speed(fp32, dense, frame, settings)
+        print(f"  dense {speed.dense_fps:.2f} frames/s, tiled {speed.tiled_fps:.2f}: {speed.ratio:.2f}x", flush=True)
+        agreements = measure_dense_agreements(fp32, dense, settings.agreement_frames, settings.threads)
+    except Exception as error:  # a missing model or a failing runtime is a table row, not a traceback
+        print(f"\n## Dense whole-frame mode vs tiled\n\n{dense_tables(None, (), describe(error))}")
+        return {"error": describe(error)}
+    print(f"\n## Dense whole-frame mode vs tiled\n\n{dense_tables(speed, agreements, None)}")
+    return {"model": str(dense), "speed": asdict(speed), "agreement": [a.summary() for a in agreements]}
+
+
 # --- environment ------------------------------------------------------------------------------------------------
 
 
@@ -448,12 +669,20 @@ def report(settings: Settings, env: dict[str, Any], rows: Sequence[Row], frame_n
     return verdicts
 
 
-def save_json(path: Path, settings: Settings, env: dict[str, Any], rows: Sequence[Row], verdicts: list[dict]) -> None:
+def save_json(
+    path: Path,
+    settings: Settings,
+    env: dict[str, Any],
+    rows: Sequence[Row],
+    verdicts: list[dict],
+    dense: dict[str, Any] | None = None,
+) -> None:
     payload = {
         "environment": env,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
         "rows": [asdict(r) for r in rows],
         "goals": verdicts,
+        "dense": dense,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str))
@@ -483,11 +712,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"median of {settings.rounds} interleaved rounds; overlay rendered on every frame"
     )
     print(f"frame made in {time.perf_counter() - started:.1f}s; measuring ({settings.rounds} rounds per row)\n")
-    rows = measure_all(settings, frame)
-    verdicts = report(settings, env, rows, frame_note)
+    rows = measure_all(settings, frame) if settings.tiled_rows else []
+    verdicts = report(settings, env, rows, frame_note) if rows else []
+    dense = dense_section(settings, frame) if settings.dense else None
     if settings.json_path is not None:
-        save_json(settings.json_path, settings, env, rows, verdicts)
-    return 1 if any(r.error for r in rows) else 0  # a row the runtime could not run is a failure, not a footnote
+        save_json(settings.json_path, settings, env, rows, verdicts, dense)
+    failed = any(r.error for r in rows) or (dense is not None and "error" in dense)
+    return 1 if failed else 0  # a row the runtime could not run is a failure, not a footnote
 
 
 if __name__ == "__main__":

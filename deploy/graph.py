@@ -15,6 +15,11 @@ Training keeps its modules; export works on a copy (:func:`export_copy`) in whic
 The outputs are those of the training model; the parity gate in :mod:`crackscope.deploy.verify` proves it for
 every export.
 
+The dense whole-frame graph takes frames of any size whose sides are multiples of 32. It reuses the tile size's
+static pads when :func:`same_pads_hold_for` finds them equal at other multiples of 32 (they are for every backbone
+here: each stride-2 layer then sees an even size), else it keeps the dynamic padding
+(``export_copy(..., static_padding=False)``).
+
 Example:
     >>> net = export_copy(model)                    # doctest: +SKIP
     >>> proto = fold_pads_into_convs(onnx.load_from_string(traced))   # doctest: +SKIP

@@ -74,7 +74,8 @@ class DaemonConfig:
         trigger: inspect every frame, one per interval, or only frames that changed (cameras and videos).
         reconnect: backoff between attempts to (re)open a source.
         hot_folder: settle time, polling, and what happens to inspected files.
-        inspect: tiling and decision options (overlap, max_batch, roi, skip_uniform_std, ...).
+        inspect: tiling and decision options (overlap, max_batch, roi, skip_uniform_std, ...), and the mode:
+            ``tiled``, or ``dense`` (the dense graph beside the model, behind its agreement gate; ``force_dense``).
         save: which frames get image, overlay and heatmap in ``OUT/review/``: ``defect`` (DEFECT and REVIEW),
             ``all`` or ``none``.
         save_frame: also save the frame itself, not only overlay and heatmap.
