@@ -357,8 +357,8 @@ def open_model(
     dense = dense_path(path)
     if not dense.is_file():
         raise ModelLoadError(
-            f"{dense}: no dense graph beside {Path(path).name}, so dense mode cannot run; export one with "
-            f"'crackscope export --dense', or run tiled"
+            f"{dense}: no dense graph beside {Path(path).name}, so dense mode cannot run; 'crackscope export "
+            f"--dense' (or --add-dense) writes one beside the fp32 model, or run tiled"
         )
     model = DenseModel(dense, providers=providers, intra_op_threads=intra_op_threads)
     try:
