@@ -120,9 +120,33 @@ def _add_train(subparsers) -> None:
     p.add_argument("--backbone", help="tf_efficientnet_lite0 (default), resnet18, mobilenet_v3_large, efficientnet_b0")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_const", const=False, help="random init")
     p.add_argument("--input-size", type=int, help="model input side in pixels (default: the backbone's, 224)")
-    p.add_argument("--epochs", type=int, help="total epochs, both stages (default 8)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="total epochs, both stages (default: automatic, enough fine-tuning epochs for --target-steps)",
+    )
     p.add_argument("--head-epochs", type=int, help="stage-1 epochs on a frozen backbone (default 1)")
-    p.add_argument("--batch-size", type=int, help="per process (default 32)")
+    p.add_argument(
+        "--head-fit",
+        choices=["logistic", "sgd"],
+        help="stage 1: logistic regression on frozen features in one pass (default), or SGD epochs on the head",
+    )
+    p.add_argument("--batch-size", type=int, help="per process (default: 8 / 16 / 32 from the data size)")
+    p.add_argument("--target-steps", type=int, help="fine-tuning optimiser steps the automatic schedule aims for (200)")
+    p.add_argument(
+        "--max-minutes", type=float, help="time budget for the run; the schedule shrinks to fit it (default none)"
+    )
+    p.add_argument(
+        "--sampler",
+        choices=["shuffle", "balanced"],
+        help="shuffle every item once per epoch (default), or draw cracks at --positive-share (rare defects)",
+    )
+    p.add_argument("--positive-share", type=float, help="share of crack draws with --sampler balanced (default 0.5)")
+    p.add_argument(
+        "--hard-negatives",
+        type=float,
+        help="keep only this hardest share of ok items each fine-tuning epoch, rescored by the current model",
+    )
     p.add_argument("--lr", type=float, help="head learning rate (default 1e-3); backbone gets lr x 0.1")
     p.add_argument(
         "--augment",
@@ -167,7 +191,13 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         "input_size": args.input_size,
         "epochs": args.epochs,
         "head_epochs": args.head_epochs,
+        "head_fit": args.head_fit,
         "batch_size": args.batch_size,
+        "target_steps": args.target_steps,
+        "max_minutes": args.max_minutes,
+        "sampler": args.sampler,
+        "positive_share": args.positive_share,
+        "hard_negatives": args.hard_negatives,
         "lr": args.lr,
         "augment": args.augment,
         "val_fraction": args.val_fraction,

@@ -199,3 +199,18 @@ def test_a_training_command_on_a_runtime_only_install_says_to_install_the_traini
         f"pip install 'crackscope[train]' (missing module {module!r})\n"
     )
     assert not list(tmp_path.iterdir())  # nothing was started
+
+
+def test_rare_defect_and_schedule_flags_reach_the_train_config():
+    from crackscope.cli import train_config
+
+    parse = build_parser().parse_args
+    flags = ["--sampler", "balanced", "--positive-share", "0.3", "--hard-negatives", "0.25", "--max-minutes", "2.5"]
+    config = train_config(parse(["train", "--data", "a", *flags, "--target-steps", "400", "--head-fit", "sgd"]))
+    assert (config.sampler, config.positive_share, config.hard_negatives, config.max_minutes) == (
+        "balanced",
+        0.3,
+        0.25,
+        2.5,
+    )
+    assert (config.target_steps, config.head_fit, config.epochs, config.batch_size) == (400, "sgd", None, None)
