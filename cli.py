@@ -77,8 +77,19 @@ def _parser(subparsers, name: str, summary: str, example: str) -> argparse.Argum
 def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
     """Flags of every command that runs an exported model."""
     p.add_argument("--providers", help="auto (default: TensorRT > CUDA > CPU), cpu, cuda, ...")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per session (default: one per core)")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
+
+
+def _add_session_workers_flag(p: argparse.ArgumentParser) -> None:
+    """The model's session layout, with --threads: sessions x intra-op threads (crackscope bench says which is best)."""
+    p.add_argument(
+        "--session-workers",
+        type=int,
+        metavar="N",
+        help="ONNX Runtime sessions fed from one queue of tile batches, each with --threads threads (default 1); "
+        "crackscope bench measures which layout is fastest here",
+    )
 
 
 def _add_layout_flags(p: argparse.ArgumentParser) -> None:
@@ -304,9 +315,12 @@ def _add_inspect(subparsers) -> None:
     )
     p.add_argument("--fail-on", choices=["defect", "review"], help="exit 3 when any input reaches this verdict")
     p.add_argument("--max-pixels", type=int, help="refuse larger images with an ERROR record (default 100 MP)")
-    p.add_argument("--workers", type=int, help="decoding threads (default 2)")
+    p.add_argument(
+        "--workers", type=int, help="image decoding threads (default 2); see --session-workers for the model"
+    )
     _add_part_scoring_flags(p)
     _add_runtime_flags(p)
+    _add_session_workers_flag(p)
     p.set_defaults(handler=_run_inspect)
 
 
@@ -333,6 +347,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
         "max_pixels": args.max_pixels,
         "decode_workers": args.workers,
         "providers": args.providers,
+        "session_workers": args.session_workers,
         "threads": args.threads,
         "progress": args.progress,
         "inspect": {
@@ -498,6 +513,8 @@ def _add_daemon(subparsers) -> None:
     )
     _add_part_scoring_flags(p)
     p.add_argument("--providers", help="ONNX Runtime providers: auto (default), cpu, cuda, ...")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per session (default: one per core)")
+    _add_session_workers_flag(p)
     p.set_defaults(handler=_run_daemon)
 
 
@@ -517,6 +534,8 @@ def _run_daemon(args: argparse.Namespace) -> int:
         "realtime": args.realtime,
         "save": args.save,
         "providers": args.providers,
+        "session_workers": args.session_workers,
+        "threads": args.threads,
         "trigger": {"mode": args.trigger, "interval_s": args.interval, "motion_threshold": args.motion_threshold},
         "hot_folder": {"after": args.after},
         "inspect": {"part_scoring": args.part_scoring, "part_k": args.part_k},
@@ -648,7 +667,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crackscope {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands = (_add_train, _add_evaluate, _add_export, _add_calibrate, _add_audit, _add_inspect, _add_daemon)
+    commands = (
+        _add_train,
+        _add_evaluate,
+        _add_export,
+        _add_calibrate,
+        _add_audit,
+        _add_inspect,
+        _add_daemon,
+    )
     for add in (*commands, _add_review, _add_demo):
         add(subparsers)
     return parser
