@@ -6,6 +6,7 @@ Example:
     $ crackscope train --data ../shared/datasets/ozgenel-concrete --data ../shared/datasets/magnetic-tile --out runs/mix
     $ crackscope evaluate --checkpoint runs/concrete/model.pt --data DIR --out runs/concrete/eval
     $ crackscope calibrate --model model.onnx --data calib/ --escape-rate 0.01 --confidence 0.9
+    $ crackscope bench --model model.int8.onnx --frame 2448x2048 --seconds 60
 """
 
 from __future__ import annotations
@@ -548,6 +549,64 @@ def _run_daemon(args: argparse.Namespace) -> int:
     return exit_code(summary)
 
 
+# --- bench ----------------------------------------------------------------------------------------------------------
+
+
+def _add_bench(subparsers) -> None:
+    p = _parser(
+        subparsers,
+        "bench",
+        "Measure which session layout runs a model fastest on this machine: one session with N threads, several "
+        "sessions with fewer threads, and the splits between (N = cores), timed on the tiles of one frame in paired "
+        "interleaved rounds (a round is measured again when other processes took the CPU). Prints tiles/s and "
+        "frames/s per layout and the best one as config lines for inspect and daemon.",
+        "crackscope bench --model model.int8.onnx --frame 2448x2048 --seconds 60 --out bench.json",
+    )
+    p.add_argument("--model", required=True, help="ONNX model written by crackscope export")
+    p.add_argument(
+        "--frame", type=_frame_size, help="frame size WIDTHxHEIGHT whose tiles are one run (default 2448x2048)"
+    )
+    p.add_argument("--seconds", type=float, help="measuring time; at least one round runs (default 30)")
+    p.add_argument("--overlap", type=float, help="tile overlap share, as inspect uses it (default 0.25)")
+    p.add_argument("--batch-size", type=int, help="most tiles per model call, as inspect uses it (default 32)")
+    p.add_argument("--cores", type=int, help="cores to split into sessions x threads (default: those usable here)")
+    p.add_argument("--providers", help="auto (default: TensorRT > CUDA > CPU), cpu, cuda, ...")
+    p.add_argument("--out", metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(handler=_run_bench)
+
+
+def _frame_size(text: str) -> tuple[int, int]:
+    from crackscope.inspect.bench import parse_frame
+
+    try:
+        return parse_frame(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from crackscope.config import resolve
+    from crackscope.inspect.bench import BenchConfig, run_bench
+
+    flags = {
+        "model": args.model,
+        "frame": args.frame,
+        "seconds": args.seconds,
+        "overlap": args.overlap,
+        "max_batch": args.batch_size,
+        "cores": args.cores,
+        "providers": args.providers,
+        "out": args.out,
+    }
+    result = run_bench(
+        resolve(BenchConfig, None, flags), progress=lambda line: print(line, file=sys.stderr, flush=True)
+    )
+    print(result.describe())
+    if args.out:
+        print(f"results written to {args.out}")
+    return 0
+
+
 # --- review -------------------------------------------------------------------------------------------------------
 
 
@@ -675,6 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_audit,
         _add_inspect,
         _add_daemon,
+        _add_bench,
     )
     for add in (*commands, _add_review, _add_demo):
         add(subparsers)
