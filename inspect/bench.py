@@ -7,8 +7,9 @@ one). :func:`run_bench` opens the model once per candidate layout (every way to 
 threads with none left over), and times each on the tiles of one frame of the given size, batched as
 ``crackscope inspect`` batches them, in paired interleaved rounds: every layout once per round, in a shuffled
 order, so that a change in the machine's load hits all layouts alike. A round during which other processes took
-more than a set share of the CPU is measured again (a few times at most, then kept and counted). A layout's speed
-is the median over rounds; its ratio to the best is the median of the per-round ratios.
+more than a set share of the CPU is measured again (a few times at most and while the measuring time lasts, then
+kept and counted as busy). A layout's speed is the median over rounds; its ratio to the best is the median of the
+per-round ratios.
 
 Times are of the model calls only (``OnnxModel.predict_batches``): tiling, decisions, heatmaps and overlays add
 5-15% to a frame (``benchmarks/frames.py`` measures the whole pipeline).
@@ -50,7 +51,8 @@ class BenchConfig:
         frame: ``(width, height)`` of the frames the line inspects; one frame's tiles are one timed run.
         overlap: tile overlap, as ``inspect`` would use it (sets the tiles per frame).
         max_batch: most tiles per model call, as ``inspect`` would use it.
-        seconds: measuring time; rounds start until it has passed (at least one round runs).
+        seconds: measuring time; rounds start, and busy rounds are measured again, until it has passed (at least
+            one round runs).
         cores: cores to split into sessions x threads (default: the cores this process may use).
         providers: ONNX Runtime providers, as for ``inspect``.
         busy_share: a round during which other processes used more than this share of the machine's CPU is
@@ -343,7 +345,12 @@ def _timed_frame(model: OnnxModel, tiles: np.ndarray, max_batch: int) -> Callabl
 
 
 def measure_rounds(runs: Mapping[str, Callable[[], float]], config: BenchConfig, say: Progress) -> list[Round]:
-    """Paired rounds until ``config.seconds`` have passed (at least one); a busy round is measured again."""
+    """Paired rounds until ``config.seconds`` have passed (at least one).
+
+    A round during which other processes took more than ``config.busy_share`` of the CPU is measured again, at
+    most ``config.max_redos`` times and only while time is left: on a machine that stays busy the rounds are kept
+    and counted as busy, rather than the run outlasting its budget.
+    """
     order = random.Random(config.seed)
     cpus = os.cpu_count() or 1
     deadline = time.perf_counter() + config.seconds
@@ -351,7 +358,8 @@ def measure_rounds(runs: Mapping[str, Callable[[], float]], config: BenchConfig,
     while not rounds or time.perf_counter() < deadline:
         for redone in range(config.max_redos + 1):
             seconds, share = _one_round(runs, order, cpus)
-            if share is None or share <= config.busy_share or redone == config.max_redos:
+            quiet = share is None or share <= config.busy_share
+            if quiet or redone == config.max_redos or time.perf_counter() >= deadline:
                 break
             say(f"round {len(rounds) + 1}: other processes took {share:.0%} of the CPU; measuring it again")
         rounds.append(Round(seconds, share, redone))
