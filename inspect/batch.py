@@ -34,7 +34,7 @@ from crackscope.inspect.images import (
     is_image_file,
     load_frame,
 )
-from crackscope.inspect.model import OnnxModel
+from crackscope.inspect.model import Layout, OnnxModel
 from crackscope.inspect.pipeline import FrameInspection, InspectConfig, inspect_frames
 from crackscope.inspect.report import write_report
 from crackscope.inspect.results import InspectionResult, error_result
@@ -62,7 +62,8 @@ class BatchConfig:
     decode_workers: int = 2
     prefetch: int = 8  # files decoded ahead of the model
     providers: str = "auto"
-    threads: int | None = None  # ONNX Runtime intra-op threads (default: one per core)
+    session_workers: int = 1  # ONNX Runtime sessions fed from one queue of tile batches (crackscope bench picks)
+    threads: int | None = None  # ONNX Runtime intra-op threads per session (default: one per core)
     progress: bool = True
     report: bool = True
     inspect: InspectConfig = field(default_factory=InspectConfig)
@@ -73,6 +74,12 @@ class BatchConfig:
             raise ValueError(f"fail_on must be one of {', '.join(FAIL_ON)}, got {self.fail_on!r}")
         if self.decode_workers < 1 or self.prefetch < 1 or self.max_pixels < 1:
             raise ValueError("decode_workers, prefetch and max_pixels must be at least 1")
+        Layout(self.session_workers, self.threads)  # raises, naming the key, for a value below 1
+
+    @property
+    def layout(self) -> Layout:
+        """Sessions x threads of the model (``session_workers`` x ``threads``)."""
+        return Layout(self.session_workers, self.threads)
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,10 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
     started = time.perf_counter()
-    with OnnxModel(config.model, providers=config.providers, intra_op_threads=config.threads) as model:
+    layout = config.layout
+    with OnnxModel(
+        config.model, providers=config.providers, workers=layout.workers, intra_op_threads=layout.threads
+    ) as model:
         _announce(model, len(files), config.inspect)
         with ResultStore(out) as store:
             store.claim(model.model_id, str(model.path), model.card)
@@ -154,8 +164,9 @@ def _announce(model: OnnxModel, count: int, inspect_config: InspectConfig) -> No
     prefix = "note: " if is_identity(calibration) else ""
     print(f"{prefix}{model.path} is {describe_calibration(calibration)}", file=sys.stderr)
     print(
-        f"inspecting {count} input(s) with {model.path.name} ({model.card.precision}, {model.providers[0]}), "
-        f"OK below {calibration.ok_below:.3f}, DEFECT at or above {calibration.defect_at_or_above:.3f}; "
+        f"inspecting {count} input(s) with {model.path.name} ({model.card.precision}, {model.providers[0]}, "
+        f"{model.layout.describe()}), OK below {calibration.ok_below:.3f}, "
+        f"DEFECT at or above {calibration.defect_at_or_above:.3f}; "
         f"{inspect_config.describe_scoring(model.card.part_scoring)}",
         file=sys.stderr,
     )

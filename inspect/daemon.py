@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from crackscope.config import ConfigError, from_dict, merge, write_yaml
 from crackscope.inspect.decision import describe_calibration, is_identity
-from crackscope.inspect.model import OnnxModel
+from crackscope.inspect.model import Layout, OnnxModel
 from crackscope.inspect.pipeline import InspectConfig, inspect_frames
 from crackscope.inspect.results import InspectionResult, error_result
 from crackscope.inspect.sinks import ResultStore, SavePolicy, record_inspection, remove_partials
@@ -81,7 +81,9 @@ class DaemonConfig:
         metrics_host, metrics_port: where ``/healthz`` and ``/metrics`` are served; port 0 picks a free one;
             unset: no HTTP server.
         providers: ONNX Runtime providers (``auto``, ``cpu``, ``cuda``, ...).
-        threads: ONNX Runtime intra-op threads (unset: ONNX Runtime's choice).
+        session_workers: ONNX Runtime sessions fed from one queue of tile batches (``crackscope bench`` measures
+            which layout is fastest on the machine at hand).
+        threads: ONNX Runtime intra-op threads per session (unset: ONNX Runtime's choice).
     """
 
     source: str | int | None = None
@@ -100,6 +102,7 @@ class DaemonConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
     providers: str = "auto"
+    session_workers: int = 1
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -114,6 +117,7 @@ class DaemonConfig:
             raise ConfigError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
         if self.trigger.mode != "none" and parse_source(self.source).kind == "folder":
             raise ConfigError("trigger applies to cameras and videos; a hot folder inspects every file")
+        Layout(self.session_workers, self.threads)  # raises, naming the key, for a value below 1
 
     def source_options(self) -> SourceOptions:
         return SourceOptions(
@@ -155,7 +159,12 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
     with contextlib.ExitStack() as stack:
         stack.enter_context(_stop_on_signals(stop))  # first: a SIGTERM during start-up is a clean stop too
         model = stack.enter_context(
-            OnnxModel(config.model, providers=config.providers, intra_op_threads=config.threads)
+            OnnxModel(
+                config.model,
+                providers=config.providers,
+                workers=config.session_workers,
+                intra_op_threads=config.threads,
+            )
         )
         store = stack.enter_context(ResultStore(out))
         _prepare_output(config, out, store, model)
@@ -166,7 +175,14 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
         telemetry = Telemetry(source.status, model)
         if config.metrics_port is not None:
             stack.enter_context(HealthServer(telemetry, config.metrics_host, config.metrics_port))
-        log.info("inspecting %s with %s into %s", source.name, model.path, out)
+        log.info(
+            "inspecting %s with %s into %s on %s as %s",
+            source.name,
+            model.path,
+            out,
+            model.providers[0],
+            model.layout.describe(),
+        )
         _inspect_loop(source, model, store, config, telemetry, stop, done)
     summary = telemetry.summary()
     log.info("stopped: %s", summary.describe())
