@@ -163,7 +163,7 @@ def _add_train(subparsers) -> None:
     p.add_argument(
         "--augment",
         choices=["none", "light", "heavy", "colour", "scale", "domain"],
-        help="augmentation preset (default heavy); colour, scale and domain vary surface colour/texture, zoom, or both",
+        help="augmentation preset (default colour: it generalised best to unseen surfaces); see README",
     )
     p.add_argument("--ambiguous", choices=["soft", "exclude"], help="train on ambiguous items as soft targets, or not")
     _add_layout_flags(p)

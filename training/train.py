@@ -81,7 +81,7 @@ class TrainConfig:
     pretrained: bool = True
     input_size: int | None = None  # default: the backbone's
     dropout: float = 0.2
-    augment: str = "heavy"
+    augment: str = "colour"  # the preset that generalised best to held-out surfaces (benchmarks/domains.py)
     epochs: int | None = None  # total, both stages; None: enough fine-tuning epochs to reach target_steps
     head_epochs: int = 1  # stage 1: frozen backbone
     head_fit: str = "logistic"  # logistic: one feature pass + logistic regression (seconds); sgd: head_epochs of SGD
