@@ -144,7 +144,7 @@ def _add_train(subparsers) -> None:
         help="stage 1: logistic regression on frozen features in one pass (default), or SGD epochs on the head",
     )
     p.add_argument("--batch-size", type=int, help="per process (default: 8 / 16 / 32 from the data size)")
-    p.add_argument("--target-steps", type=int, help="fine-tuning optimiser steps the automatic schedule aims for (200)")
+    p.add_argument("--target-steps", type=int, help="fine-tuning optimiser steps the automatic schedule aims for (150)")
     p.add_argument(
         "--max-minutes", type=float, help="time budget for the run; the schedule shrinks to fit it (default none)"
     )
