@@ -6,6 +6,7 @@ Example:
     $ crackscope train --data ../shared/datasets/ozgenel-concrete --data ../shared/datasets/magnetic-tile --out runs/mix
     $ crackscope evaluate --checkpoint runs/concrete/model.pt --data DIR --out runs/concrete/eval
     $ crackscope calibrate --model model.onnx --data calib/ --escape-rate 0.01 --confidence 0.9
+    $ crackscope bench --model model.int8.onnx --frame 2448x2048 --seconds 60
 """
 
 from __future__ import annotations
@@ -77,8 +78,19 @@ def _parser(subparsers, name: str, summary: str, example: str) -> argparse.Argum
 def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
     """Flags of every command that runs an exported model."""
     p.add_argument("--providers", help="auto (default: TensorRT > CUDA > CPU), cpu, cuda, ...")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per session (default: one per core)")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
+
+
+def _add_session_workers_flag(p: argparse.ArgumentParser) -> None:
+    """The model's session layout, with --threads: sessions x intra-op threads (crackscope bench says which is best)."""
+    p.add_argument(
+        "--session-workers",
+        type=int,
+        metavar="N",
+        help="ONNX Runtime sessions fed from one queue of tile batches, each with --threads threads (default 1); "
+        "crackscope bench measures which layout is fastest here",
+    )
 
 
 def _add_layout_flags(p: argparse.ArgumentParser) -> None:
@@ -120,14 +132,38 @@ def _add_train(subparsers) -> None:
     p.add_argument("--backbone", help="tf_efficientnet_lite0 (default), resnet18, mobilenet_v3_large, efficientnet_b0")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_const", const=False, help="random init")
     p.add_argument("--input-size", type=int, help="model input side in pixels (default: the backbone's, 224)")
-    p.add_argument("--epochs", type=int, help="total epochs, both stages (default 8)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="total epochs, both stages (default: automatic, enough fine-tuning epochs for --target-steps)",
+    )
     p.add_argument("--head-epochs", type=int, help="stage-1 epochs on a frozen backbone (default 1)")
-    p.add_argument("--batch-size", type=int, help="per process (default 32)")
+    p.add_argument(
+        "--head-fit",
+        choices=["logistic", "sgd"],
+        help="stage 1: logistic regression on frozen features in one pass (default), or SGD epochs on the head",
+    )
+    p.add_argument("--batch-size", type=int, help="per process (default: 8 / 16 / 32 from the data size)")
+    p.add_argument("--target-steps", type=int, help="fine-tuning optimiser steps the automatic schedule aims for (150)")
+    p.add_argument(
+        "--max-minutes", type=float, help="time budget for the run; the schedule shrinks to fit it (default none)"
+    )
+    p.add_argument(
+        "--sampler",
+        choices=["shuffle", "balanced"],
+        help="shuffle every item once per epoch (default), or draw cracks at --positive-share (rare defects)",
+    )
+    p.add_argument("--positive-share", type=float, help="share of crack draws with --sampler balanced (default 0.5)")
+    p.add_argument(
+        "--hard-negatives",
+        type=float,
+        help="keep only this hardest share of ok items each fine-tuning epoch, rescored by the current model",
+    )
     p.add_argument("--lr", type=float, help="head learning rate (default 1e-3); backbone gets lr x 0.1")
     p.add_argument(
         "--augment",
         choices=["none", "light", "heavy", "colour", "scale", "domain"],
-        help="augmentation preset (default heavy); colour, scale and domain vary surface colour/texture, zoom, or both",
+        help="augmentation preset (default colour: it generalised best to unseen surfaces); see README",
     )
     p.add_argument("--ambiguous", choices=["soft", "exclude"], help="train on ambiguous items as soft targets, or not")
     _add_layout_flags(p)
@@ -167,7 +203,13 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         "input_size": args.input_size,
         "epochs": args.epochs,
         "head_epochs": args.head_epochs,
+        "head_fit": args.head_fit,
         "batch_size": args.batch_size,
+        "target_steps": args.target_steps,
+        "max_minutes": args.max_minutes,
+        "sampler": args.sampler,
+        "positive_share": args.positive_share,
+        "hard_negatives": args.hard_negatives,
         "lr": args.lr,
         "augment": args.augment,
         "val_fraction": args.val_fraction,
@@ -328,10 +370,13 @@ def _add_inspect(subparsers) -> None:
     )
     p.add_argument("--fail-on", choices=["defect", "review"], help="exit 3 when any input reaches this verdict")
     p.add_argument("--max-pixels", type=int, help="refuse larger images with an ERROR record (default 100 MP)")
-    p.add_argument("--workers", type=int, help="decoding threads (default 2)")
+    p.add_argument(
+        "--workers", type=int, help="image decoding threads (default 2); see --session-workers for the model"
+    )
     _add_part_scoring_flags(p)
     _add_mode_flags(p)
     _add_runtime_flags(p)
+    _add_session_workers_flag(p)
     p.set_defaults(handler=_run_inspect)
 
 
@@ -375,6 +420,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
         "max_pixels": args.max_pixels,
         "decode_workers": args.workers,
         "providers": args.providers,
+        "session_workers": args.session_workers,
         "threads": args.threads,
         "progress": args.progress,
         "inspect": {
@@ -544,6 +590,8 @@ def _add_daemon(subparsers) -> None:
     _add_part_scoring_flags(p)
     _add_mode_flags(p)
     p.add_argument("--providers", help="ONNX Runtime providers: auto (default), cpu, cuda, ...")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per session (default: one per core)")
+    _add_session_workers_flag(p)
     p.set_defaults(handler=_run_daemon)
 
 
@@ -563,6 +611,8 @@ def _run_daemon(args: argparse.Namespace) -> int:
         "realtime": args.realtime,
         "save": args.save,
         "providers": args.providers,
+        "session_workers": args.session_workers,
+        "threads": args.threads,
         "trigger": {"mode": args.trigger, "interval_s": args.interval, "motion_threshold": args.motion_threshold},
         "hot_folder": {"after": args.after},
         "inspect": {
@@ -578,6 +628,64 @@ def _run_daemon(args: argparse.Namespace) -> int:
     summary = run_daemon(config)
     print(json.dumps(summary.describe()), flush=True)
     return exit_code(summary)
+
+
+# --- bench ----------------------------------------------------------------------------------------------------------
+
+
+def _add_bench(subparsers) -> None:
+    p = _parser(
+        subparsers,
+        "bench",
+        "Measure which session layout runs a model fastest on this machine: one session with N threads, several "
+        "sessions with fewer threads, and the splits between (N = cores), timed on the tiles of one frame in paired "
+        "interleaved rounds (a round is measured again when other processes took the CPU). Prints tiles/s and "
+        "frames/s per layout and the best one as config lines for inspect and daemon.",
+        "crackscope bench --model model.int8.onnx --frame 2448x2048 --seconds 60 --out bench.json",
+    )
+    p.add_argument("--model", required=True, help="ONNX model written by crackscope export")
+    p.add_argument(
+        "--frame", type=_frame_size, help="frame size WIDTHxHEIGHT whose tiles are one run (default 2448x2048)"
+    )
+    p.add_argument("--seconds", type=float, help="measuring time; at least one round runs (default 30)")
+    p.add_argument("--overlap", type=float, help="tile overlap share, as inspect uses it (default 0.25)")
+    p.add_argument("--batch-size", type=int, help="most tiles per model call, as inspect uses it (default 32)")
+    p.add_argument("--cores", type=int, help="cores to split into sessions x threads (default: those usable here)")
+    p.add_argument("--providers", help="auto (default: TensorRT > CUDA > CPU), cpu, cuda, ...")
+    p.add_argument("--out", metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(handler=_run_bench)
+
+
+def _frame_size(text: str) -> tuple[int, int]:
+    from crackscope.inspect.bench import parse_frame
+
+    try:
+        return parse_frame(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from crackscope.config import resolve
+    from crackscope.inspect.bench import BenchConfig, run_bench
+
+    flags = {
+        "model": args.model,
+        "frame": args.frame,
+        "seconds": args.seconds,
+        "overlap": args.overlap,
+        "max_batch": args.batch_size,
+        "cores": args.cores,
+        "providers": args.providers,
+        "out": args.out,
+    }
+    result = run_bench(
+        resolve(BenchConfig, None, flags), progress=lambda line: print(line, file=sys.stderr, flush=True)
+    )
+    print(result.describe())
+    if args.out:
+        print(f"results written to {args.out}")
+    return 0
 
 
 # --- review -------------------------------------------------------------------------------------------------------
@@ -699,7 +807,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crackscope {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands = (_add_train, _add_evaluate, _add_export, _add_calibrate, _add_audit, _add_inspect, _add_daemon)
+    commands = (
+        _add_train,
+        _add_evaluate,
+        _add_export,
+        _add_calibrate,
+        _add_audit,
+        _add_inspect,
+        _add_daemon,
+        _add_bench,
+    )
     for add in (*commands, _add_review, _add_demo):
         add(subparsers)
     return parser

@@ -34,7 +34,7 @@ from crackscope.inspect.images import (
     is_image_file,
     load_frame,
 )
-from crackscope.inspect.model import RuntimeModel, open_model
+from crackscope.inspect.model import Layout, RuntimeModel, open_model
 from crackscope.inspect.pipeline import FrameInspection, InspectConfig, describe_mode, inspect_frames
 from crackscope.inspect.report import write_report
 from crackscope.inspect.results import InspectionResult, error_result
@@ -62,7 +62,8 @@ class BatchConfig:
     decode_workers: int = 2
     prefetch: int = 8  # files decoded ahead of the model
     providers: str = "auto"
-    threads: int | None = None  # ONNX Runtime intra-op threads (default: one per core)
+    session_workers: int = 1  # ONNX Runtime sessions fed from one queue of tile batches (crackscope bench picks)
+    threads: int | None = None  # ONNX Runtime intra-op threads per session (default: one per core)
     progress: bool = True
     report: bool = True
     inspect: InspectConfig = field(default_factory=InspectConfig)
@@ -73,6 +74,12 @@ class BatchConfig:
             raise ValueError(f"fail_on must be one of {', '.join(FAIL_ON)}, got {self.fail_on!r}")
         if self.decode_workers < 1 or self.prefetch < 1 or self.max_pixels < 1:
             raise ValueError("decode_workers, prefetch and max_pixels must be at least 1")
+        Layout(self.session_workers, self.threads)  # raises, naming the key, for a value below 1
+
+    @property
+    def layout(self) -> Layout:
+        """Sessions x threads of the model (``session_workers`` x ``threads``)."""
+        return Layout(self.session_workers, self.threads)
 
 
 @dataclass(frozen=True)
@@ -150,13 +157,14 @@ def run_batch(config: BatchConfig) -> BatchSummary:
 
 
 def _open(config: BatchConfig) -> RuntimeModel:
-    inspect = config.inspect
+    inspect, layout = config.inspect, config.layout
     return open_model(
         config.model,
         inspect.mode,
         force_dense=inspect.force_dense,
         providers=config.providers,
-        intra_op_threads=config.threads,
+        workers=layout.workers,
+        intra_op_threads=layout.threads,
     )
 
 
@@ -165,8 +173,9 @@ def _announce(model: RuntimeModel, count: int, inspect_config: InspectConfig) ->
     prefix = "note: " if is_identity(calibration) else ""
     print(f"{prefix}{model.path} is {describe_calibration(calibration)}", file=sys.stderr)
     print(
-        f"inspecting {count} input(s) with {model.path.name} ({model.card.precision}, {model.providers[0]}), "
-        f"OK below {calibration.ok_below:.3f}, DEFECT at or above {calibration.defect_at_or_above:.3f}; "
+        f"inspecting {count} input(s) with {model.path.name} ({model.card.precision}, {model.providers[0]}, "
+        f"{model.layout.describe()}), OK below {calibration.ok_below:.3f}, "
+        f"DEFECT at or above {calibration.defect_at_or_above:.3f}; "
         f"{inspect_config.describe_scoring(model.card.part_scoring)}; {describe_mode(model, inspect_config)}",
         file=sys.stderr,
     )

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from crackscope.config import ConfigError, from_dict, merge, write_yaml
 from crackscope.inspect.decision import describe_calibration, is_identity
-from crackscope.inspect.model import RuntimeModel, open_model
+from crackscope.inspect.model import Layout, RuntimeModel, open_model
 from crackscope.inspect.pipeline import InspectConfig, describe_mode, inspect_frames
 from crackscope.inspect.results import InspectionResult, error_result
 from crackscope.inspect.sinks import ResultStore, SavePolicy, record_inspection, remove_partials
@@ -82,7 +82,9 @@ class DaemonConfig:
         metrics_host, metrics_port: where ``/healthz`` and ``/metrics`` are served; port 0 picks a free one;
             unset: no HTTP server.
         providers: ONNX Runtime providers (``auto``, ``cpu``, ``cuda``, ...).
-        threads: ONNX Runtime intra-op threads (unset: ONNX Runtime's choice).
+        session_workers: ONNX Runtime sessions fed from one queue of tile batches (``crackscope bench`` measures
+            which layout is fastest on the machine at hand).
+        threads: ONNX Runtime intra-op threads per session (unset: ONNX Runtime's choice).
     """
 
     source: str | int | None = None
@@ -101,6 +103,7 @@ class DaemonConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
     providers: str = "auto"
+    session_workers: int = 1
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -115,6 +118,7 @@ class DaemonConfig:
             raise ConfigError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
         if self.trigger.mode != "none" and parse_source(self.source).kind == "folder":
             raise ConfigError("trigger applies to cameras and videos; a hot folder inspects every file")
+        Layout(self.session_workers, self.threads)  # raises, naming the key, for a value below 1
 
     def source_options(self) -> SourceOptions:
         return SourceOptions(
@@ -161,6 +165,7 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
                 config.inspect.mode,
                 force_dense=config.inspect.force_dense,
                 providers=config.providers,
+                workers=config.session_workers,
                 intra_op_threads=config.threads,
             )
         )
@@ -173,7 +178,14 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
         telemetry = Telemetry(source.status, model)
         if config.metrics_port is not None:
             stack.enter_context(HealthServer(telemetry, config.metrics_host, config.metrics_port))
-        log.info("inspecting %s with %s into %s", source.name, model.path, out)
+        log.info(
+            "inspecting %s with %s into %s on %s as %s",
+            source.name,
+            model.path,
+            out,
+            model.providers[0],
+            model.layout.describe(),
+        )
         _inspect_loop(source, model, store, config, telemetry, stop, done)
     summary = telemetry.summary()
     log.info("stopped: %s", summary.describe())

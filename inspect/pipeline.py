@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -169,12 +170,32 @@ def _prepare(frame: np.ndarray, size: int, config: InspectConfig) -> _Prepared:
     return _Prepared(frame, grid, keep, cut_tiles(padded, grid, keep))
 
 
+def batch_bounds(count: int, max_batch: int, workers: int = 1) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the model calls for ``count`` tiles: at most ``max_batch`` tiles each.
+
+    With one session: full batches and a remainder. With several, the calls are made a multiple of ``workers``
+    and near-equal in size, so that every session gets the same share of a frame (110 tiles in batches of 32 on
+    two sessions: 27, 28, 27, 28 instead of 32, 32, 32, 14, which would keep one session busy 64 tiles and the
+    other 46).
+    """
+    if count <= 0:
+        return []
+    if workers <= 1:
+        return [(start, min(start + max_batch, count)) for start in range(0, count, max_batch)]
+    calls = -(-count // max_batch)
+    calls = min(count, -(-calls // workers) * workers)
+    edges = [count * k // calls for k in range(calls + 1)]
+    return list(itertools.pairwise(edges))
+
+
 def run_model(model: OnnxModel, tiles: np.ndarray, max_batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Logits ``[N]`` and CAMs ``[N, h, w]`` for any number of tiles, in model calls of at most ``max_batch``."""
+    """Logits ``[N]`` and CAMs ``[N, h, w]`` for any number of tiles, in model calls of at most ``max_batch``,
+    spread over the model's sessions (see :func:`batch_bounds`)."""
     if len(tiles) == 0:
         side = model.card.feature_size
         return np.zeros(0, np.float32), np.zeros((0, side, side), np.float32)
-    outputs = [model.predict(tiles[i : i + max_batch]) for i in range(0, len(tiles), max_batch)]
+    bounds = batch_bounds(len(tiles), max_batch, model.layout.workers)
+    outputs = model.predict_batches([tiles[start:stop] for start, stop in bounds])
     return np.concatenate([o.logits for o in outputs]), np.concatenate([o.cams for o in outputs])
 
 

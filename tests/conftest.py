@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,34 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def cuda_starts() -> bool:
+    """Whether ONNX Runtime here has the CUDA provider and it really starts a session (a driver and a device)."""
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return False
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    try:
+        session = onnxruntime.InferenceSession(probe, providers=["CUDAExecutionProvider"])
+    except Exception:
+        return False
+    return session.get_providers()[0] == "CUDAExecutionProvider"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``gpu`` run only where CUDA starts; elsewhere they are skipped, saying why."""
+    if item.get_closest_marker("gpu") and not cuda_starts():
+        pytest.skip("needs a GPU: onnxruntime's CUDAExecutionProvider is missing here or does not start")
 
 
 def shared_data_root() -> Path:
@@ -138,7 +167,7 @@ def line_model(tmp_path_factory) -> LineModel:
 # --- a brightness model: a real ONNX file whose logit the test controls through pixel values ----------------------
 
 
-def write_brightness_model(path: Path, input_size: int = 32) -> Path:
+def write_brightness_model(path: Path, input_size: int = 32, precision: str = "fp32") -> Path:
     """A crackscope ONNX model (card included) whose logit is ``(mean pixel - 128) / 8``, with a flat 2x2 CAM.
 
     It runs through ONNX Runtime like any export, in milliseconds, so runtime and calibration tests can choose the
@@ -174,7 +203,13 @@ def write_brightness_model(path: Path, input_size: int = 32) -> Path:
         constants,
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    card = ModelCard(backbone="brightness-test", input_size=input_size, feature_size=2, crackscope_version="test")
+    card = ModelCard(
+        backbone="brightness-test",
+        input_size=input_size,
+        feature_size=2,
+        precision=precision,
+        crackscope_version="test",
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(with_card(proto, card), str(path))
     return path
@@ -278,6 +313,12 @@ def brightness_pair(tmp_path) -> Path:
 def brightness_model(tmp_path) -> Path:
     """A fresh copy of the brightness model (calibrating writes into it)."""
     return write_brightness_model(tmp_path / "models" / "brightness.onnx")
+
+
+@pytest.fixture(name="write_brightness_model")
+def write_brightness_model_fixture():
+    """:func:`write_brightness_model`, for tests that write models of their own (an fp16 variant beside, say)."""
+    return write_brightness_model
 
 
 @pytest.fixture
