@@ -104,7 +104,9 @@ def test_bench_times_every_layout_in_rounds_and_names_the_best_as_config_lines(b
     assert result.rounds and all(set(r.seconds) == {"1x2", "2x1"} for r in result.rounds)
     for layout in result.layouts:
         assert layout.tiles_per_s == pytest.approx(layout.frames_per_s * 143)
-        assert 0 < layout.vs_best <= 1.0 + 1e-9
+        # A per-round ratio to the layout with the best median: another layout can win most rounds on a busy
+        # machine (its median ratio then exceeds 1), so only the best's own ratio is fixed.
+        assert layout.vs_best > 0
     assert result.best.vs_best == pytest.approx(1.0)
     assert all(r.redone <= config.max_redos for r in result.rounds)
     assert any(line.startswith("round 1:") for line in lines)
