@@ -6,6 +6,7 @@ Example:
     $ crackscope train --data ../shared/datasets/ozgenel-concrete --data ../shared/datasets/magnetic-tile --out runs/mix
     $ crackscope evaluate --checkpoint runs/concrete/model.pt --data DIR --out runs/concrete/eval
     $ crackscope calibrate --model model.onnx --data calib/ --escape-rate 0.01 --confidence 0.9
+    $ crackscope bench --model model.int8.onnx --frame 2448x2048 --seconds 60
 """
 
 from __future__ import annotations
@@ -77,8 +78,19 @@ def _parser(subparsers, name: str, summary: str, example: str) -> argparse.Argum
 def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
     """Flags of every command that runs an exported model."""
     p.add_argument("--providers", help="auto (default: TensorRT > CUDA > CPU), cpu, cuda, ...")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per session (default: one per core)")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
+
+
+def _add_session_workers_flag(p: argparse.ArgumentParser) -> None:
+    """The model's session layout, with --threads: sessions x intra-op threads (crackscope bench says which is best)."""
+    p.add_argument(
+        "--session-workers",
+        type=int,
+        metavar="N",
+        help="ONNX Runtime sessions fed from one queue of tile batches, each with --threads threads (default 1); "
+        "crackscope bench measures which layout is fastest here",
+    )
 
 
 def _add_layout_flags(p: argparse.ArgumentParser) -> None:
@@ -120,14 +132,38 @@ def _add_train(subparsers) -> None:
     p.add_argument("--backbone", help="tf_efficientnet_lite0 (default), resnet18, mobilenet_v3_large, efficientnet_b0")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_const", const=False, help="random init")
     p.add_argument("--input-size", type=int, help="model input side in pixels (default: the backbone's, 224)")
-    p.add_argument("--epochs", type=int, help="total epochs, both stages (default 8)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="total epochs, both stages (default: automatic, enough fine-tuning epochs for --target-steps)",
+    )
     p.add_argument("--head-epochs", type=int, help="stage-1 epochs on a frozen backbone (default 1)")
-    p.add_argument("--batch-size", type=int, help="per process (default 32)")
+    p.add_argument(
+        "--head-fit",
+        choices=["logistic", "sgd"],
+        help="stage 1: logistic regression on frozen features in one pass (default), or SGD epochs on the head",
+    )
+    p.add_argument("--batch-size", type=int, help="per process (default: 8 / 16 / 32 from the data size)")
+    p.add_argument("--target-steps", type=int, help="fine-tuning optimiser steps the automatic schedule aims for (150)")
+    p.add_argument(
+        "--max-minutes", type=float, help="time budget for the run; the schedule shrinks to fit it (default none)"
+    )
+    p.add_argument(
+        "--sampler",
+        choices=["shuffle", "balanced"],
+        help="shuffle every item once per epoch (default), or draw cracks at --positive-share (rare defects)",
+    )
+    p.add_argument("--positive-share", type=float, help="share of crack draws with --sampler balanced (default 0.5)")
+    p.add_argument(
+        "--hard-negatives",
+        type=float,
+        help="keep only this hardest share of ok items each fine-tuning epoch, rescored by the current model",
+    )
     p.add_argument("--lr", type=float, help="head learning rate (default 1e-3); backbone gets lr x 0.1")
     p.add_argument(
         "--augment",
         choices=["none", "light", "heavy", "colour", "scale", "domain"],
-        help="augmentation preset (default heavy); colour, scale and domain vary surface colour/texture, zoom, or both",
+        help="augmentation preset (default colour: it generalised best to unseen surfaces); see README",
     )
     p.add_argument("--ambiguous", choices=["soft", "exclude"], help="train on ambiguous items as soft targets, or not")
     _add_layout_flags(p)
@@ -167,7 +203,13 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         "input_size": args.input_size,
         "epochs": args.epochs,
         "head_epochs": args.head_epochs,
+        "head_fit": args.head_fit,
         "batch_size": args.batch_size,
+        "target_steps": args.target_steps,
+        "max_minutes": args.max_minutes,
+        "sampler": args.sampler,
+        "positive_share": args.positive_share,
+        "hard_negatives": args.hard_negatives,
         "lr": args.lr,
         "augment": args.augment,
         "val_fraction": args.val_fraction,
@@ -248,7 +290,8 @@ def _add_export(subparsers) -> None:
         "export",
         "Export a checkpoint to one verified ONNX file (preprocessing, heatmap and calibration inside), "
         "optionally with int8 and fp16 variants.",
-        "crackscope export --checkpoint runs/concrete/model.pt --out model.onnx --int8 --calib-data DIR",
+        "crackscope export --checkpoint runs/concrete/model.pt --out model.onnx --int8 --calib-data DIR\n"
+        "  crackscope export --checkpoint runs/concrete/model.pt --out model.onnx --dense --dense-frames photos/",
     )
     p.add_argument("--checkpoint", required=True, help="model.pt written by crackscope train")
     p.add_argument("--out", required=True, help="fp32 model path; variants go beside it (model.int8.onnx, ...)")
@@ -265,12 +308,30 @@ def _add_export(subparsers) -> None:
         type=float,
         help="lowest mean heatmap correlation with fp32 an int8 model may have to be written (default 0.95)",
     )
+    p.add_argument(
+        "--dense",
+        action="store_true",
+        help="also write model.dense.onnx, the whole-frame graph of 'inspect --mode dense', with its measured "
+        "agreement with tiled inference",
+    )
+    p.add_argument(
+        "--dense-frames",
+        metavar="DIR_OR_GLOB",
+        help="whole frames (a folder or a glob) for the dense agreement measurement (default: synthetic frames)",
+    )
+    p.add_argument("--dense-frame-count", type=int, help="frames for the dense agreement measurement (default 8)")
+    p.add_argument(
+        "--add-dense",
+        action="store_true",
+        help="only add model.dense.onnx beside the model already at --out (exported from --checkpoint; its "
+        "calibration is kept and copied)",
+    )
     p.set_defaults(handler=_needs_training_extras(_run_export))
 
 
 def _run_export(args: argparse.Namespace) -> int:
     from crackscope.config import resolve
-    from crackscope.deploy.export import ExportConfig, export
+    from crackscope.deploy.export import ExportConfig, add_dense, export
 
     flags = {
         "checkpoint": args.checkpoint,
@@ -281,8 +342,12 @@ def _run_export(args: argparse.Namespace) -> int:
         "calib_tiles": args.calib_tiles,
         "verify_tiles": args.verify_tiles,
         "int8_min_cam_correlation": args.int8_min_correlation,
+        "dense": args.dense or args.add_dense,
+        "dense_frames": args.dense_frames,
+        "dense_frame_count": args.dense_frame_count,
     }
-    result = export(resolve(ExportConfig, None, flags))
+    config = resolve(ExportConfig, None, flags)
+    result = add_dense(config) if args.add_dense else export(config)
     print(result.describe())
     return 1 if result.refused else 0
 
@@ -298,7 +363,8 @@ def _add_inspect(subparsers) -> None:
         "OUT/results.sqlite and OUT/results.jsonl, overlays of flagged images, OUT/report.html. Running the same "
         "command again resumes: inputs already recorded (same path and sha256) are skipped. Exit code 0 when the "
         "run completed, 3 when --fail-on is given and an input reached that verdict, 2 for usage errors.",
-        "crackscope inspect photos/ 'line3/*.png' --model model.int8.onnx --out runs/line3 --fail-on defect",
+        "crackscope inspect photos/ 'line3/*.png' --model model.int8.onnx --out runs/line3 --fail-on defect\n"
+        "  crackscope inspect photos/ --model model.onnx --mode dense --out runs/line3-dense",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder (recursive) or glob pattern")
     p.add_argument("--model", required=True, help="ONNX model written by crackscope export")
@@ -313,9 +379,13 @@ def _add_inspect(subparsers) -> None:
     )
     p.add_argument("--fail-on", choices=["defect", "review"], help="exit 3 when any input reaches this verdict")
     p.add_argument("--max-pixels", type=int, help="refuse larger images with an ERROR record (default 100 MP)")
-    p.add_argument("--workers", type=int, help="decoding threads (default 2)")
+    p.add_argument(
+        "--workers", type=int, help="image decoding threads (default 2); see --session-workers for the model"
+    )
     _add_part_scoring_flags(p)
+    _add_mode_flags(p)
     _add_runtime_flags(p)
+    _add_session_workers_flag(p)
     p.set_defaults(handler=_run_inspect)
 
 
@@ -327,6 +397,23 @@ def _add_part_scoring_flags(p: argparse.ArgumentParser) -> None:
         "(default: the model card's, chosen on validation images in training)",
     )
     p.add_argument("--part-k", type=int, help="tiles averaged by --part-scoring topk (default 3)")
+
+
+def _add_mode_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mode",
+        choices=["tiled", "dense"],
+        help="tiled (default): every tile through MODEL; dense: one pass of MODEL's dense graph (model.dense.onnx, "
+        "written by 'crackscope export --dense') per frame, tile logits summed from its heatmap on a 32 px grid. "
+        "Dense mode runs only if the agreement with tiled inference recorded at export is at least 99%% of tile "
+        "decisions",
+    )
+    p.add_argument(
+        "--force-dense",
+        action="store_const",
+        const=True,
+        help="run --mode dense even below the 99%% agreement gate (or with no agreement recorded)",
+    )
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
@@ -342,6 +429,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
         "max_pixels": args.max_pixels,
         "decode_workers": args.workers,
         "providers": args.providers,
+        "session_workers": args.session_workers,
         "threads": args.threads,
         "progress": args.progress,
         "inspect": {
@@ -349,6 +437,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
             "max_batch": args.batch_size,
             "part_scoring": args.part_scoring,
             "part_k": args.part_k,
+            "mode": args.mode,
+            "force_dense": args.force_dense,
         },
     }
     summary = run_batch(resolve(BatchConfig, read_yaml(args.config) if args.config else None, flags))
@@ -468,6 +558,7 @@ def _add_daemon(subparsers) -> None:
         "Inspect a camera, stream, video file or hot folder continuously into a results folder (the same store as "
         "batch runs), serving /healthz and Prometheus /metrics on 127.0.0.1.",
         "crackscope daemon --source 0 --model model.onnx --out line1 --metrics-port 9108\n"
+        "  crackscope daemon --source 0 --model model.onnx --mode dense --out line1\n"
         "  crackscope daemon --source inbox/ --model model.onnx --out line1 --config daemon.yaml",
     )
     p.add_argument("--source", help="camera index (0), video file, rtsp:// or http:// URL, or hot folder")
@@ -506,7 +597,10 @@ def _add_daemon(subparsers) -> None:
         help="frames saved with overlay and heatmap in review/ (default defect: DEFECT and REVIEW)",
     )
     _add_part_scoring_flags(p)
+    _add_mode_flags(p)
     p.add_argument("--providers", help="ONNX Runtime providers: auto (default), cpu, cuda, ...")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per session (default: one per core)")
+    _add_session_workers_flag(p)
     p.set_defaults(handler=_run_daemon)
 
 
@@ -526,9 +620,16 @@ def _run_daemon(args: argparse.Namespace) -> int:
         "realtime": args.realtime,
         "save": args.save,
         "providers": args.providers,
+        "session_workers": args.session_workers,
+        "threads": args.threads,
         "trigger": {"mode": args.trigger, "interval_s": args.interval, "motion_threshold": args.motion_threshold},
         "hot_folder": {"after": args.after},
-        "inspect": {"part_scoring": args.part_scoring, "part_k": args.part_k},
+        "inspect": {
+            "part_scoring": args.part_scoring,
+            "part_k": args.part_k,
+            "mode": args.mode,
+            "force_dense": args.force_dense,
+        },
     }
     config = daemon_config(read_yaml(args.config) if args.config else None, flags)
     if not args.verbose:
@@ -536,6 +637,64 @@ def _run_daemon(args: argparse.Namespace) -> int:
     summary = run_daemon(config)
     print(json.dumps(summary.describe()), flush=True)
     return exit_code(summary)
+
+
+# --- bench ----------------------------------------------------------------------------------------------------------
+
+
+def _add_bench(subparsers) -> None:
+    p = _parser(
+        subparsers,
+        "bench",
+        "Measure which session layout runs a model fastest on this machine: one session with N threads, several "
+        "sessions with fewer threads, and the splits between (N = cores), timed on the tiles of one frame in paired "
+        "interleaved rounds (a round is measured again when other processes took the CPU). Prints tiles/s and "
+        "frames/s per layout and the best one as config lines for inspect and daemon.",
+        "crackscope bench --model model.int8.onnx --frame 2448x2048 --seconds 60 --out bench.json",
+    )
+    p.add_argument("--model", required=True, help="ONNX model written by crackscope export")
+    p.add_argument(
+        "--frame", type=_frame_size, help="frame size WIDTHxHEIGHT whose tiles are one run (default 2448x2048)"
+    )
+    p.add_argument("--seconds", type=float, help="measuring time; at least one round runs (default 30)")
+    p.add_argument("--overlap", type=float, help="tile overlap share, as inspect uses it (default 0.25)")
+    p.add_argument("--batch-size", type=int, help="most tiles per model call, as inspect uses it (default 32)")
+    p.add_argument("--cores", type=int, help="cores to split into sessions x threads (default: those usable here)")
+    p.add_argument("--providers", help="auto (default: TensorRT > CUDA > CPU), cpu, cuda, ...")
+    p.add_argument("--out", metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(handler=_run_bench)
+
+
+def _frame_size(text: str) -> tuple[int, int]:
+    from crackscope.inspect.bench import parse_frame
+
+    try:
+        return parse_frame(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from crackscope.config import resolve
+    from crackscope.inspect.bench import BenchConfig, run_bench
+
+    flags = {
+        "model": args.model,
+        "frame": args.frame,
+        "seconds": args.seconds,
+        "overlap": args.overlap,
+        "max_batch": args.batch_size,
+        "cores": args.cores,
+        "providers": args.providers,
+        "out": args.out,
+    }
+    result = run_bench(
+        resolve(BenchConfig, None, flags), progress=lambda line: print(line, file=sys.stderr, flush=True)
+    )
+    print(result.describe())
+    if args.out:
+        print(f"results written to {args.out}")
+    return 0
 
 
 # --- review -------------------------------------------------------------------------------------------------------
@@ -657,7 +816,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crackscope {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands = (_add_train, _add_evaluate, _add_export, _add_calibrate, _add_audit, _add_inspect, _add_daemon)
+    commands = (
+        _add_train,
+        _add_evaluate,
+        _add_export,
+        _add_calibrate,
+        _add_audit,
+        _add_inspect,
+        _add_daemon,
+        _add_bench,
+    )
     for add in (*commands, _add_review, _add_demo):
         add(subparsers)
     return parser

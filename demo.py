@@ -83,7 +83,6 @@ def run_demo(config: DemoConfig) -> Evaluation:
         head_epochs=1,
         batch_size=32,
         lr=2e-3,
-        augment="heavy",
         seed=config.seed,
         workers=config.workers,
         progress=config.progress,

@@ -56,9 +56,9 @@ class Job:
     folder: str
     split_note: str
     input_size: int
-    epochs: int
+    epochs: int | None = None  # None: the trainer's automatic schedule
     data_config: DataConfig = field(default_factory=DataConfig)
-    augment: str = "heavy"
+    augment: str | None = None  # None: the trainer's default preset
     lr: float = 1e-3
     cross: tuple[tuple[str, str, DataConfig], ...] = ()  # (label, folder, config) evaluated with this job's model
 
@@ -69,7 +69,6 @@ JOBS = (
         "ozgenel-concrete",
         "random (group-free: source photos unknown)",
         input_size=160,
-        epochs=4,
         cross=(("DeepCrack 128px patches (cross-dataset)", "deepcrack-train", DataConfig()),),
     ),
     # Defects can be a few pixels: heavy augmentation (dropout holes, blur, noise, JPEG) erases them, so light.
@@ -78,7 +77,6 @@ JOBS = (
         "magnetic-tile",
         "grouped by image; whole image resized",
         input_size=224,
-        epochs=12,
         augment="light",
         lr=3e-3,
     ),
@@ -119,10 +117,8 @@ def run(job: Job, options: Options) -> list[dict]:
         out=str(options.out_root / job.name),
         input_size=job.input_size,
         epochs=options.epochs or job.epochs,
-        head_epochs=1,
-        batch_size=32,
         lr=job.lr,
-        augment=job.augment,
+        **({"augment": job.augment} if job.augment else {}),
         seed=seed,
         workers=workers,
         patience=3,
@@ -131,7 +127,7 @@ def run(job: Job, options: Options) -> list[dict]:
     )
     print(
         f"\n=== {job.name}: {len(train_part)} train / {len(val_part)} val / {len(test)} test, "
-        f"{config.input_size}px, {config.epochs} epochs ===",
+        f"{config.input_size}px, {config.epochs or 'automatic'} epochs ===",
         flush=True,
     )
     result = train(config, Split(tuple(train_part), tuple(val_part), summary))

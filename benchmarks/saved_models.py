@@ -5,6 +5,8 @@
 
 - ``<job>.onnx``: the fp32 model, exported and verified by :func:`crackscope.deploy.export.export`;
 - ``<job>.int8.onnx``: its int8 variant, calibrated on the job's training images only (absent if its gate refused it);
+- ``<job>.dense.onnx``: the dense whole-frame graph, when ``benchmarks/frames.py --dense`` has added it from the
+  job's checkpoint (``benchmarks/results/accuracy/<job>/model.pt``);
 - ``<job>.split.json``: the held-out test images (paths relative to the dataset folder) and the dataset folders the
   model was never trained on at all.
 
@@ -26,6 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO / "benchmarks" / "results" / "models"
+ACCURACY_DIR = REPO / "benchmarks" / "results" / "accuracy"  # <job>/model.pt: the checkpoint each model came from
 DATA_DIR = Path(os.environ.get("CRACKSCOPE_DATA", str(REPO.parent / "shared" / "datasets")))
 
 
@@ -59,6 +62,11 @@ class HeldOut:
 def model_path(job: str, precision: str = "fp32", root: Path = MODELS_DIR) -> Path:
     """``<root>/<job>.onnx`` for fp32, ``<root>/<job>.<precision>.onnx`` otherwise (export's naming)."""
     return root / (f"{job}.onnx" if precision == "fp32" else f"{job}.{precision}.onnx")
+
+
+def checkpoint_path(job: str, root: Path = ACCURACY_DIR) -> Path:
+    """``<root>/<job>/model.pt``: the trained checkpoint the job's models were exported from."""
+    return root / job / "model.pt"
 
 
 def split_path(job: str, root: Path = MODELS_DIR) -> Path:

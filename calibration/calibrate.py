@@ -9,7 +9,8 @@ votes). Then:
 2. ``ok_below`` and ``defect_at_or_above`` are chosen so that, each with the stated confidence, the escape rate is
    at most ``escape_rate`` and the false-reject rate at most ``false_reject_rate``, with as little REVIEW as the
    data allows (:mod:`.thresholds`, Learn-Then-Test);
-3. the calibration is written into the model's metadata (graph and weights untouched), and
+3. the calibration is written into the model's metadata (graph and weights untouched), and into the dense
+   whole-frame graph beside it when there is one (``model.dense.onnx`` decides with ``model.onnx``'s calibration), and
    ``OUT/calibration.json`` and ``OUT/calibration.html`` (:mod:`.report`) describe it, including where the
    ambiguous items landed against the clear ones.
 
@@ -58,7 +59,7 @@ from crackscope.calibration.thresholds import (
 )
 from crackscope.inspect.card import Calibration, ModelCard, read_card, write_calibration
 from crackscope.inspect.decision import is_identity, probability
-from crackscope.inspect.model import OnnxModel, file_sha256
+from crackscope.inspect.model import OnnxModel, dense_path, file_sha256
 from crackscope.inspect.results import utc_now
 from crackscope.training.data import Clarity, DataConfig, Dataset, load_samples
 
@@ -180,6 +181,7 @@ class Outcome:
     sha256_before: str = ""
     sha256_after: str = ""
     previous: Calibration | None = None
+    also_written: tuple[Path, ...] = ()  # the dense graph beside the model, given the same calibration
 
     @property
     def calibration(self) -> Calibration:
@@ -210,6 +212,7 @@ class Outcome:
                 "sha256_before": self.sha256_before,
                 "sha256_after": self.sha256_after,
                 "previous_calibration": asdict(self.previous) if self.previous else None,
+                "also_written": [str(path) for path in self.also_written],
             },
             "data": self.data,
             "targets": self.calibration.targets,
@@ -253,6 +256,8 @@ class Outcome:
             f"wrote {self.model} (metadata only; graph and weights unchanged), {self.out / 'calibration.json'}, "
             f"{self.out / 'calibration.html'}",
         ]
+        dense = "the dense graph decides with its tile model's calibration"
+        lines += [f"wrote {path} too ({dense})" for path in self.also_written]
         return "\n".join(lines)
 
 
@@ -358,7 +363,13 @@ def calibrate(config: CalibrateConfig) -> Outcome:
     # Render everything before writing anything, then the model, then the files that describe it.
     page = render_report(outcome)
     write_calibration(plan.model, outcome.calibration)
-    outcome = _with_hashes(outcome, sha_before, file_sha256(plan.model), plan.card.calibration)
+    dense = dense_path(plan.model)
+    also = (dense,) if dense != Path(plan.model) and dense.is_file() else ()
+    for path in also:
+        write_calibration(path, outcome.calibration)
+    outcome = replace(
+        _with_hashes(outcome, sha_before, file_sha256(plan.model), plan.card.calibration), also_written=also
+    )
     _write_text(plan.out / "calibration.json", json.dumps(outcome.to_dict(), indent=2))
     _write_text(plan.out / "calibration.html", page)
     return outcome

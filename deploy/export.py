@@ -12,12 +12,23 @@ reported in :attr:`ExportResult.refused` and not written). int8 must keep the de
 heatmaps (mean per-tile correlation >= 0.95, :func:`~crackscope.deploy.verify.heatmap_correlations`), both measured
 on verification tiles cut from other source images than the ones its ranges were calibrated on.
 
+``--dense`` adds the dense whole-frame graph ``model.dense.onnx``: uint8 BGR frames of any size whose sides are
+multiples of 32 (dynamic H, W) in, the CAM on the frame's 32 px grid and the head's bias out
+(:mod:`crackscope.inspect.dense`). Its TF-"same" pads are the tile graph's, folded into the convolutions, after
+checking that they hold for every multiple of 32 (else the dynamic padding is kept). It passes its own parity gate
+against PyTorch on frames of two sizes; then its tile decisions are compared with the tile model's on frames
+(``--dense-frames``, else synthetic ones) and the measured agreement goes into its card, where the runtime reads it:
+below 99% of tile decisions, dense mode runs only when forced. Its card is the tile model's (same calibration
+and part scoring) with ``graph: dense``.
+
 Example:
     $ crackscope export --checkpoint runs/demo/model.pt --out model.onnx --int8 --calib-data data/val
+    $ crackscope export --checkpoint runs/demo/model.pt --out model.onnx --dense --dense-frames photos/
 """
 
 from __future__ import annotations
 
+import glob
 import io
 import logging
 import os
@@ -27,18 +38,31 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
 import crackscope
-from crackscope.deploy.graph import export_copy, fold_pads_into_convs
+from crackscope.deploy.graph import export_copy, fold_pads_into_convs, same_pads_hold_for
 from crackscope.deploy.quantize import Int8Recipe, convert_fp16, quantize_int8
-from crackscope.deploy.verify import ParityError, ParityReport, onnx_parity, torch_parity
-from crackscope.inspect.card import INPUT_NAME, OUTPUT_NAMES, Calibration, ModelCard, save_atomically, with_card
-from crackscope.inspect.images import fit_to_input
-from crackscope.inspect.model import file_sha256
+from crackscope.deploy.verify import ParityError, ParityReport, dense_parity, onnx_parity, torch_parity
+from crackscope.inspect.agreement import DenseAgreement, measure_agreement
+from crackscope.inspect.card import (
+    DENSE_OUTPUT_NAMES,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    Calibration,
+    ModelCard,
+    read_card,
+    save_atomically,
+    with_card,
+)
+from crackscope.inspect.dense import CELL
+from crackscope.inspect.images import fit_to_input, is_image_file, load_frame
+from crackscope.inspect.model import DenseModel, OnnxModel, file_sha256
+from crackscope.inspect.tiling import to_bgr8
 from crackscope.training.backbones import CrackNet
 from crackscope.training.checkpoint import CheckpointHeader, load_checkpoint
 from crackscope.training.data import Clarity, Dataset, Sample, load_samples, read_patch
@@ -82,6 +106,10 @@ class ExportConfig:
     fp16_min_agreement: float = 0.99
     opset: int = 17
     seed: int = 0
+    dense: bool = False  # also write model.dense.onnx, the whole-frame graph
+    dense_frames: str | None = None  # folder or glob of whole frames for the dense agreement (synthetic when None)
+    dense_frame_count: int = 8
+    dense_overlap: float = 0.25  # tile grid of the agreement measurement
 
     def __post_init__(self) -> None:
         if self.calib_tiles < 2 or self.verify_tiles < 2:
@@ -101,6 +129,21 @@ class ExportedModel:
     sha256: str
     size_bytes: int
     calibration_tiles: int = 0  # int8: tiles its ranges came from (none of them among the parity tiles)
+    agreement: DenseAgreement | None = None  # the dense graph's agreement with tiled inference
+
+    @property
+    def label(self) -> str:
+        return "dense" if self.agreement is not None else self.precision
+
+    def describe(self) -> str:
+        text = f"{self.label:>5}  {self.path}  ({self.size_bytes / 1e6:.1f} MB)\n       {self.parity.describe()}"
+        if self.calibration_tiles:
+            text += f"; calibrated on {self.calibration_tiles} other tiles"
+        if self.agreement is not None:
+            text += f"\n       {self.agreement.describe()}"
+            if not self.agreement.passed:
+                text += "\n       below the gate: the runtime refuses --mode dense with this model unless --force-dense"
+        return text
 
 
 @dataclass(frozen=True)
@@ -117,11 +160,7 @@ class ExportResult:
     removed: tuple[Path, ...] = ()
 
     def describe(self) -> str:
-        lines = [
-            f"{m.precision:>4}  {m.path}  ({m.size_bytes / 1e6:.1f} MB)\n      {m.parity.describe()}"
-            + (f"; calibrated on {m.calibration_tiles} other tiles" if m.calibration_tiles else "")
-            for m in self.models
-        ]
+        lines = [m.describe() for m in self.models]
         lines += [f"REFUSED  {reason}" for reason in self.refused]
         lines += [
             f"REMOVED  {path}: from an earlier export, it no longer matches the new model" for path in self.removed
@@ -154,6 +193,27 @@ class CamModel(nn.Module):
         return cam.sum(dim=(1, 2)) + self.model.fc.bias[0], cam
 
 
+class DenseCamModel(nn.Module):
+    """The dense graph: uint8 frames ``[N, H, W, 3]`` -> (``cam [N, H/32, W/32]``, ``bias [N]``).
+
+    Each CAM cell is scaled by the tile's feature-map area, as in :class:`CamModel`, so a tile's logit is the bias
+    plus the sum of the cells under it and the heatmap has the tiled heatmap's scale.
+    """
+
+    def __init__(self, model: CrackNet, feature_side: int) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("cam_weights", model.fc.weight[0].detach() / (feature_side**2), persistent=False)
+        self.register_buffer("bias", model.fc.bias.detach().reshape(()), persistent=False)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cam = torch.einsum("nchw,c->nhw", self.model.feature_map(image), self.cam_weights)
+        # One bias per frame. A constant alone would not be traced as an output of the graph, so it is added to
+        # zero made from each frame's first (uint8, hence finite) pixel: four tiny nodes, no shape arithmetic.
+        zero = image[:, 0, 0, 0].to(self.bias.dtype) * 0.0
+        return cam, zero + self.bias
+
+
 def to_onnx_bytes(model: CrackNet, opset: int = 17, *, with_cam: bool = True) -> bytes:
     """Trace the model to ONNX (dynamic batch, fixed tile size) and return the serialised graph.
 
@@ -181,6 +241,57 @@ def to_onnx_bytes(model: CrackNet, opset: int = 17, *, with_cam: bool = True) ->
             do_constant_folding=True,
         )
     return fold_pads_into_convs(onnx.load_from_string(buffer.getvalue())).SerializeToString()
+
+
+def dense_padding_is_static(model: CrackNet) -> bool:
+    """Whether the tile size's TF-"same" pads hold for whole frames: checked at two sizes, multiples of 32.
+
+    The sizes differ in ``H/32`` parity and in aspect, which is what the pads of a stride-2 layer could depend on;
+    the dense parity gate then proves the exported graph at two other sizes.
+    """
+    size, cell = model.spec.input_size, CELL
+    examples = [
+        model.preprocess(torch.zeros(1, height, width, 3, dtype=torch.uint8))
+        for height, width in ((size, size), (size + cell, size + 2 * cell))
+    ]
+    return same_pads_hold_for(model.features, examples)
+
+
+def to_dense_onnx_bytes(model: CrackNet, opset: int = 17) -> bytes:
+    """Trace the dense graph (dynamic batch, height and width) and return the serialised graph.
+
+    The static pads of :func:`~crackscope.deploy.graph.export_copy` are folded in when
+    :func:`dense_padding_is_static`; otherwise TF-"same" padding stays dynamic (shape arithmetic and ``Pad`` nodes).
+    """
+    size, side = model.spec.input_size, feature_size(model)
+    if size != side * CELL:
+        raise ExportError(
+            f"a dense graph needs a tile side that is a multiple of {CELL} px (one CAM cell per {CELL} px); "
+            f"this model's tiles are {size} px with a {side} x {side} CAM"
+        )
+    static = dense_padding_is_static(model)
+    wrapper = DenseCamModel(export_copy(model, static_padding=static), side).eval()
+    example = torch.zeros(1, size + CELL, size + 2 * CELL, 3, dtype=torch.uint8)  # not square: nothing specialises
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            buffer,
+            input_names=[INPUT_NAME],
+            output_names=list(DENSE_OUTPUT_NAMES),
+            dynamic_axes={
+                INPUT_NAME: {0: "batch", 1: "height", 2: "width"},
+                "cam": {0: "batch", 1: "cells_high", 2: "cells_wide"},
+                "bias": {0: "batch"},
+            },
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    return (fold_pads_into_convs(proto) if static else proto).SerializeToString()
 
 
 def feature_size(model: CrackNet) -> int:
@@ -311,7 +422,9 @@ def _finish(
     verified = replace(card, verification={**report.summary(), **tiles})
     save_atomically(with_card(proto, verified, crackscope.__version__), path)
     calibrated = 0 if calibration is None else len(calibration)
-    return ExportedModel(path, card.precision, report, file_sha256(path), path.stat().st_size, calibrated)
+    return ExportedModel(
+        path, card.precision, report, file_sha256(path), path.stat().st_size, calibration_tiles=calibrated
+    )
 
 
 def variant_path(out: Path, precision: str) -> Path:
@@ -319,7 +432,7 @@ def variant_path(out: Path, precision: str) -> Path:
     return out.with_name(f"{out.stem}.{precision}{out.suffix or '.onnx'}")
 
 
-VARIANTS = ("int8", "fp16")
+VARIANTS = ("int8", "fp16", "dense")
 
 
 def export(config: ExportConfig) -> ExportResult:
@@ -342,6 +455,8 @@ def export(config: ExportConfig) -> ExportResult:
         variants["int8"] = lambda: _int8(out, config, calibration, verify, base_card)
     if config.fp16:
         variants["fp16"] = lambda: _fp16(out, config, verify, base_card)
+    if config.dense:
+        variants["dense"] = lambda: _dense(model, out, config)
     exported, refused = _export_variants(variants, out, removed)
     not_asked = {variant_path(out, precision) for precision in VARIANTS if precision not in variants}
     return ExportResult((fp32, *exported), refused, tuple(path for path in removed if path in not_asked))
@@ -409,7 +524,8 @@ def _refusal(error: Exception, path: Path, out: Path, *, earlier_removed: bool) 
 
 
 def remove_variants(out: Path) -> tuple[Path, ...]:
-    """Delete the variant files beside ``out`` (``model.int8.onnx``, ``model.fp16.onnx``); returns those deleted."""
+    """Delete the variant files beside ``out`` (``model.int8.onnx``, ``model.fp16.onnx``, ``model.dense.onnx``);
+    returns those deleted."""
     removed = []
     for precision in VARIANTS:
         path = variant_path(out, precision)
@@ -480,3 +596,116 @@ def _variant(
         return _finish(onnx.load(str(staged)), card, report, path, calibration)
     finally:
         staged.unlink(missing_ok=True)
+
+
+# --- the dense whole-frame graph ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Frames:
+    images: tuple[np.ndarray, ...]  # uint8 BGR [H, W, 3], any size
+    source: str
+
+
+def load_frames(pattern: str | None, size: int, count: int, seed: int) -> Frames:
+    """Up to ``count`` whole frames from a folder (recursive) or glob, evenly spread; synthetic ones without.
+
+    Synthetic frames are 3 x 4 tiles, every other one clean and the others with one to three cracks.
+    """
+    if count < 1:
+        raise ExportError(f"dense_frame_count must be at least 1, got {count}")
+    if pattern is None:
+        from crackscope.training.synthetic import make_frame
+
+        rng = np.random.default_rng(seed)
+        images = tuple(
+            make_frame(3 * size, 4 * size, rng, n_cracks=0 if i % 2 == 0 else int(rng.integers(1, 4)))[0]
+            for i in range(count)
+        )
+        return Frames(images, f"{count} synthetic {4 * size}x{3 * size} frames, half of them cracked")
+    folder = Path(pattern)
+    if folder.is_dir():
+        files = sorted(path for path in folder.rglob("*") if path.is_file() and is_image_file(path))
+    else:
+        files = sorted(Path(path) for path in glob.glob(pattern, recursive=True) if is_image_file(Path(path)))
+    if not files:
+        raise ExportError(f"--dense-frames {pattern}: no image files found")
+    chosen = [files[int(i)] for i in np.unique(np.linspace(0, len(files) - 1, min(count, len(files))).round())]
+    images = tuple(to_bgr8(load_frame(path).image) for path in chosen)
+    return Frames(images, f"{len(images)} frames from {pattern}")
+
+
+def parity_frames(frames: Frames, size: int) -> list[np.ndarray]:
+    """Two frames of different sizes (multiples of 32, neither square nor a tile), cut or reflect-padded from
+    ``frames``."""
+    shapes = ((size + CELL, 2 * size), (2 * size + CELL, size + 2 * CELL))
+    return [_fit(frames.images[i % len(frames.images)], h, w) for i, (h, w) in enumerate(shapes)]
+
+
+def _fit(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    cut = frame[:height, :width]
+    extra_h, extra_w = height - cut.shape[0], width - cut.shape[1]
+    if extra_h or extra_w:
+        cut = cv2.copyMakeBorder(cut, 0, extra_h, 0, extra_w, cv2.BORDER_REFLECT_101)
+    return np.ascontiguousarray(cut)
+
+
+def _dense(model: CrackNet, out: Path, config: ExportConfig) -> ExportedModel:
+    """Trace and gate the dense graph, measure its agreement with the tile model at ``out``, then write it.
+
+    Written when the parity gate passes, whatever the agreement: the agreement is recorded in the card, and the
+    runtime holds the gate (it refuses dense mode below 99% of tile decisions unless forced).
+    """
+    path = variant_path(out, "dense")
+    staged = path.with_name(path.name + ".staged")
+    size = model.spec.input_size
+    dense_bytes = to_dense_onnx_bytes(model, config.opset)
+    frames = load_frames(config.dense_frames, size, config.dense_frame_count, config.seed + 2)
+    report = dense_parity(
+        model, dense_bytes, parity_frames(frames, size), feature_side=feature_size(model), atol=config.fp32_atol
+    )
+    report.raise_if_failed(str(path))
+    card = replace(read_card(out), graph="dense", verification={})
+    try:
+        save_atomically(with_card(dense_bytes, card, crackscope.__version__), staged)
+        with OnnxModel(out, providers="cpu") as tiles, DenseModel(staged, providers="cpu") as dense:
+            agreement = measure_agreement(
+                tiles, dense, frames.images, overlap=config.dense_overlap, source=frames.source
+            )
+        verification = {
+            **report.summary(),
+            "static_padding": dense_padding_is_static(model),
+            "agreement": agreement.summary(),
+        }
+        card = replace(card, verification=verification)
+        save_atomically(with_card(dense_bytes, card, crackscope.__version__), path)
+    finally:
+        staged.unlink(missing_ok=True)
+    return ExportedModel(path, card.precision, report, file_sha256(path), path.stat().st_size, agreement=agreement)
+
+
+def add_dense(config: ExportConfig) -> ExportResult:
+    """Add the dense graph beside an export already at ``config.out``, made from ``config.checkpoint``.
+
+    The tile model is left as it is (its calibration too, which the dense card copies). The checkpoint must be the
+    one the tile model was exported from: both are run on the same tiles first, and a mismatch is an
+    :class:`ExportError`. A refused dense graph leaves any earlier ``model.dense.onnx`` as it was.
+    """
+    out = Path(config.out)
+    if not out.is_file():
+        raise ExportError(f"{out}: no exported model there to add a dense graph to; export it first")
+    model, _ = load_checkpoint(config.checkpoint)
+    card, size = read_card(out), model.spec.input_size
+    if (card.backbone, card.input_size) != (model.spec.name, size):
+        raise ExportError(
+            f"{out} was not exported from {config.checkpoint}: it is a {card.input_size} px {card.backbone}, the "
+            f"checkpoint a {size} px {model.spec.name}"
+        )
+    same = torch_parity(model, str(out), synthetic_tiles(size, 8, config.seed).images, batch_sizes=(8,))
+    if not same.passed:
+        raise ExportError(f"{out} was not exported from {config.checkpoint}: {same.describe()}")
+    try:
+        return ExportResult((_dense(model, out, config),))
+    except Exception as error:
+        log.debug("dense graph failed", exc_info=True)
+        return ExportResult(refused=(_refusal(error, variant_path(out, "dense"), out, earlier_removed=False),))

@@ -15,6 +15,11 @@ Training keeps its modules; export works on a copy (:func:`export_copy`) in whic
 The outputs are those of the training model; the parity gate in :mod:`crackscope.deploy.verify` proves it for
 every export.
 
+The dense whole-frame graph takes frames of any size whose sides are multiples of 32. It reuses the tile size's
+static pads when :func:`same_pads_hold_for` finds them equal at other multiples of 32 (they are for every backbone
+here: each stride-2 layer then sees an even size), else it keeps the dynamic padding
+(``export_copy(..., static_padding=False)``).
+
 Example:
     >>> net = export_copy(model)                    # doctest: +SKIP
     >>> proto = fold_pads_into_convs(onnx.load_from_string(traced))   # doctest: +SKIP
@@ -23,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -50,14 +56,20 @@ class NchwPreprocess(nn.Module):
         return images.permute(0, 3, 1, 2).to(self.scale.dtype) * self.scale + self.shift
 
 
-def export_copy(model: CrackNet) -> CrackNet:
-    """A copy of ``model`` (eval mode) with static padding and NCHW-first preprocessing; ``model`` is untouched."""
+def export_copy(model: CrackNet, *, static_padding: bool = True) -> CrackNet:
+    """A copy of ``model`` (eval mode) with NCHW-first preprocessing; ``model`` is untouched.
+
+    With ``static_padding`` (the default) every TF-"same" convolution gets the constant padding of the model's input
+    size. The dense whole-frame graph passes ``False`` when :func:`same_pads_hold_for` says those pads would not
+    hold for every frame size it takes, and keeps the dynamic padding.
+    """
     net = copy.deepcopy(model).eval()
     first = first_convolution(net)
     with torch.no_grad():
         first.weight.copy_(first.weight.flip(1))  # the input now arrives in BGR order
-        size = net.spec.input_size
-        staticise_same_padding(net.features, net.preprocess(torch.zeros(1, size, size, 3, dtype=torch.uint8)))
+        if static_padding:
+            size = net.spec.input_size
+            staticise_same_padding(net.features, net.preprocess(torch.zeros(1, size, size, 3, dtype=torch.uint8)))
     net.preprocess = NchwPreprocess(net.preprocess.scale, net.preprocess.shift)
     return net
 
@@ -94,6 +106,18 @@ def staticise_same_padding(features: nn.Module, example: torch.Tensor) -> int:
     """
     from timm.layers import Conv2dSame
 
+    sizes = _same_padding_inputs(features, example)
+    for parent in list(features.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Conv2dSame):
+                setattr(parent, name, _static_conv(child, sizes[child]))
+    return len(sizes)
+
+
+def _same_padding_inputs(features: nn.Module, example: torch.Tensor) -> dict[nn.Module, tuple[int, int]]:
+    """The input size (height, width) of every TF-"same" convolution when ``features`` runs on ``example``."""
+    from timm.layers import Conv2dSame
+
     sizes: dict[nn.Module, tuple[int, int]] = {}
 
     def record(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:  # a pre-hook's return replaces args
@@ -108,11 +132,22 @@ def staticise_same_padding(features: nn.Module, example: torch.Tensor) -> int:
     finally:
         for hook in hooks:
             hook.remove()
-    for parent in list(features.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, Conv2dSame):
-                setattr(parent, name, _static_conv(child, sizes[child]))
-    return len(sizes)
+    return sizes
+
+
+def same_pads_hold_for(features: nn.Module, examples: Sequence[torch.Tensor]) -> bool:
+    """Whether every TF-"same" convolution pads each of ``examples`` (inputs of different sizes) alike.
+
+    TF-"same" pads a stride-``s`` convolution by ``max((ceil(x / s) - 1) * s + k - x, 0)`` in total, which depends
+    on ``x mod s`` only; for frames whose sides are multiples of the network's stride (32), every stride-2 layer
+    sees an even size and the pads are those of the tile size. Checked here by running the layers, not assumed:
+    when it holds, the dense graph can take the tile graph's static pads; when not, it keeps the dynamic padding.
+    """
+    pads = [
+        {module: same_pads(size, module.kernel_size, module.stride, module.dilation) for module, size in seen.items()}
+        for seen in (_same_padding_inputs(features, example) for example in examples)
+    ]
+    return all(other == pads[0] for other in pads[1:])
 
 
 def same_pads(size: tuple[int, int], kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]):

@@ -1,9 +1,11 @@
 """The parity gate: an exported model must give the trained model's answers before it is written.
 
 fp32 is compared with PyTorch (logits and CAM, element-wise, at two batch sizes, so batch-dependent bugs such as
-a constant-folded batch dimension cannot hide). int8 and fp16 are compared with the verified fp32 ONNX model on
-the same tiles with their own, looser tolerances: what must not change is the decision, nor (for int8) the shape of
-the heatmap, measured by :func:`heatmap_correlations`.
+a constant-folded batch dimension cannot hide). The dense whole-frame graph is compared with PyTorch on frames of
+two sizes (its CAM element-wise, and the whole-frame logit ``bias + sum of the CAM``), so a size baked into the
+graph, or padding that holds for one size only, cannot hide either. int8 and fp16 are compared with the verified
+fp32 ONNX model on the same tiles with their own, looser tolerances: what must not change is the decision, nor (for
+int8) the shape of the heatmap, measured by :func:`heatmap_correlations`.
 
 Example:
     >>> report = torch_parity(model, "model.onnx", tiles, batch_sizes=(1, 8), atol=1e-3)   # doctest: +SKIP
@@ -48,6 +50,7 @@ class ParityReport:
     min_cam_correlation: float | None = None  # gate on the mean; None: reported, not gated
     reference_accuracy: float | None = None  # against labels, when the tiles have them
     candidate_accuracy: float | None = None
+    unit: str = "tiles"  # what was compared: tiles, or whole frames (the dense graph)
 
     @property
     def passed(self) -> bool:
@@ -92,8 +95,9 @@ class ParityReport:
         )
         if self.min_cam_correlation is not None:
             correlation += f" (minimum mean {self.min_cam_correlation:.2f})"
+        batches = f"batch sizes {list(self.batch_sizes)}" if self.unit == "tiles" else "one at a time"
         text = (
-            f"{self.candidate} vs {self.reference} on {self.tiles} tiles, batch sizes {list(self.batch_sizes)}: "
+            f"{self.candidate} vs {self.reference} on {self.tiles} {self.unit}, {batches}: "
             f"max |logit diff| {self.max_abs_logit_diff:.2e} ({tolerance}), "
             f"max |cam diff| {self.max_abs_cam_diff:.2e} ({correlation}), "
             f"decisions agree {self.decision_agreement:.2%} "
@@ -236,5 +240,43 @@ def onnx_parity(
         logit_rtol=rtol,
         min_agreement=min_agreement,
         min_cam_correlation=min_cam_correlation,
+        **measured,
+    )
+
+
+@torch.inference_mode()
+def _torch_dense(model: CrackNet, frame: np.ndarray, feature_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's CAM of a whole frame, each cell scaled as in a tile's CAM, and the whole-frame logit."""
+    model.eval()
+    fmap = model.feature_map(torch.from_numpy(np.ascontiguousarray(frame[np.newaxis])))
+    cam = torch.einsum("nchw,c->nhw", fmap, model.fc.weight[0] / (feature_side * feature_side))
+    return (cam.sum(dim=(1, 2)) + model.fc.bias[0]).numpy(), cam.numpy()
+
+
+def dense_parity(
+    model: CrackNet, dense_model: str | bytes, frames: Sequence[np.ndarray], *, feature_side: int, atol: float = 1e-3
+) -> ParityReport:
+    """The dense graph (ONNX Runtime, CPU) against PyTorch eager on whole uint8 frames of different sizes.
+
+    PyTorch runs the training model itself (TF-"same" padding computed per input), so the gate also proves that
+    the static pads folded into the dense graph hold at these sizes. ``feature_side`` is the tile model's CAM side:
+    each cell is scaled by it, as in a tile's CAM.
+    """
+    session = make_session(dense_model, providers="cpu")
+    reference = [_torch_dense(model, frame, feature_side) for frame in frames]
+    candidate = []
+    for frame in frames:
+        cam, bias = session.run(["cam", "bias"], {"image": np.ascontiguousarray(frame[np.newaxis])})
+        candidate.append((cam.sum(axis=(1, 2)) + bias, cam))
+    measured = _compare(reference, candidate, None, atol, 0.0)
+    return ParityReport(
+        "pytorch",
+        "onnx-fp32-dense",
+        len(frames),
+        (1,),
+        logit_tolerance=atol,
+        min_agreement=0.0,
+        cam_tolerance=atol,
+        unit=f"frames ({', '.join(f'{f.shape[1]}x{f.shape[0]}' for f in frames)})",
         **measured,
     )

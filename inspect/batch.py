@@ -34,8 +34,8 @@ from crackscope.inspect.images import (
     is_image_file,
     load_frame,
 )
-from crackscope.inspect.model import OnnxModel
-from crackscope.inspect.pipeline import FrameInspection, InspectConfig, inspect_frames
+from crackscope.inspect.model import Layout, RuntimeModel, open_model
+from crackscope.inspect.pipeline import FrameInspection, InspectConfig, describe_mode, inspect_frames
 from crackscope.inspect.report import write_report
 from crackscope.inspect.results import InspectionResult, error_result
 from crackscope.inspect.sinks import ResultStore, SavePolicy, record_inspection, remove_partials
@@ -62,7 +62,8 @@ class BatchConfig:
     decode_workers: int = 2
     prefetch: int = 8  # files decoded ahead of the model
     providers: str = "auto"
-    threads: int | None = None  # ONNX Runtime intra-op threads (default: one per core)
+    session_workers: int = 1  # ONNX Runtime sessions fed from one queue of tile batches (crackscope bench picks)
+    threads: int | None = None  # ONNX Runtime intra-op threads per session (default: one per core)
     progress: bool = True
     report: bool = True
     inspect: InspectConfig = field(default_factory=InspectConfig)
@@ -73,6 +74,12 @@ class BatchConfig:
             raise ValueError(f"fail_on must be one of {', '.join(FAIL_ON)}, got {self.fail_on!r}")
         if self.decode_workers < 1 or self.prefetch < 1 or self.max_pixels < 1:
             raise ValueError("decode_workers, prefetch and max_pixels must be at least 1")
+        Layout(self.session_workers, self.threads)  # raises, naming the key, for a value below 1
+
+    @property
+    def layout(self) -> Layout:
+        """Sessions x threads of the model (``session_workers`` x ``threads``)."""
+        return Layout(self.session_workers, self.threads)
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,7 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
     started = time.perf_counter()
-    with OnnxModel(config.model, providers=config.providers, intra_op_threads=config.threads) as model:
+    with _open(config) as model:
         _announce(model, len(files), config.inspect)
         with ResultStore(out) as store:
             store.claim(model.model_id, str(model.path), model.card)
@@ -149,14 +156,27 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     return BatchSummary(out, counts, inspected, skipped, time.perf_counter() - started, report, failed)
 
 
-def _announce(model: OnnxModel, count: int, inspect_config: InspectConfig) -> None:
+def _open(config: BatchConfig) -> RuntimeModel:
+    inspect, layout = config.inspect, config.layout
+    return open_model(
+        config.model,
+        inspect.mode,
+        force_dense=inspect.force_dense,
+        providers=config.providers,
+        workers=layout.workers,
+        intra_op_threads=layout.threads,
+    )
+
+
+def _announce(model: RuntimeModel, count: int, inspect_config: InspectConfig) -> None:
     calibration = model.card.calibration
     prefix = "note: " if is_identity(calibration) else ""
     print(f"{prefix}{model.path} is {describe_calibration(calibration)}", file=sys.stderr)
     print(
-        f"inspecting {count} input(s) with {model.path.name} ({model.card.precision}, {model.providers[0]}), "
-        f"OK below {calibration.ok_below:.3f}, DEFECT at or above {calibration.defect_at_or_above:.3f}; "
-        f"{inspect_config.describe_scoring(model.card.part_scoring)}",
+        f"inspecting {count} input(s) with {model.path.name} ({model.card.precision}, {model.providers[0]}, "
+        f"{model.layout.describe()}), OK below {calibration.ok_below:.3f}, "
+        f"DEFECT at or above {calibration.defect_at_or_above:.3f}; "
+        f"{inspect_config.describe_scoring(model.card.part_scoring)}; {describe_mode(model, inspect_config)}",
         file=sys.stderr,
     )
 
@@ -206,7 +226,9 @@ def _loaded_in_order(files: Sequence[Path], done: set, config: BatchConfig) -> I
                 pending.append(pool.submit(_load, following, done, config.max_pixels))
 
 
-def _inspect_all(model: OnnxModel, files: Sequence[Path], store: ResultStore, config: BatchConfig) -> tuple[int, int]:
+def _inspect_all(
+    model: RuntimeModel, files: Sequence[Path], store: ResultStore, config: BatchConfig
+) -> tuple[int, int]:
     done = store.done_keys()
     policy = SavePolicy(config.save_overlays)
     verdicts: Counter[str] = Counter()
@@ -245,7 +267,7 @@ def _batches(loaded: Iterable[_Loaded | None], size: int, config: InspectConfig)
 
 
 def _with_inspections(
-    model: OnnxModel, batch: list[_Loaded], config: InspectConfig
+    model: RuntimeModel, batch: list[_Loaded], config: InspectConfig
 ) -> list[tuple[_Loaded, FrameInspection | None]]:
     """Inspect the decoded inputs together; if that fails, one by one, so one bad frame costs only its own record."""
     good = [item for item in batch if item.frame is not None]
@@ -269,7 +291,7 @@ def _tiles_along(length: int, size: int, stride: int) -> int:
 
 
 def _inspect_batch(
-    model: OnnxModel, batch: list[_Loaded], folder: Path, policy: SavePolicy, config: InspectConfig
+    model: RuntimeModel, batch: list[_Loaded], folder: Path, policy: SavePolicy, config: InspectConfig
 ) -> list[InspectionResult]:
     batch = _with_inspections(model, batch, config)
     records = []

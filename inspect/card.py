@@ -10,6 +10,10 @@ card with the ``onnx`` package alone (so ``crackscope calibrate`` runs on an edg
 Each field is stored under its own ``crackscope.<field>`` key as JSON, so tools can read one field without
 parsing the rest, and calibration can be rewritten without touching the weights.
 
+``graph`` says which of the two graphs a file holds: ``tiles`` (``model.onnx``: tiles of ``input_size`` -> logit and
+CAM) or ``dense`` (``model.dense.onnx``: whole frames -> the CAM on the frame's 32 px grid and the head's bias, see
+:mod:`crackscope.inspect.dense`); a card without it is a tile graph's.
+
 Format version 2 added ``part_scoring``. Version 1 cards still load (their frames are scored by the highest tile
 probability, as version 1 runtimes did); a version 1 runtime refuses a version 2 card rather than silently
 ignoring a part scoring it does not know.
@@ -40,6 +44,8 @@ READABLE_VERSIONS = (1, 2)  # 1: before part_scoring (frames scored by their hig
 PREFIX = "crackscope."
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logit", "cam")
+DENSE_OUTPUT_NAMES = ("cam", "bias")  # the dense whole-frame graph: CAM on the frame's 32 px grid, the head's bias
+GRAPHS = ("tiles", "dense")
 
 
 class ModelCardError(ValueError):
@@ -86,6 +92,7 @@ class ModelCard:
     calibration: Calibration = field(default_factory=Calibration)
     part_scoring: PartScoring = field(default_factory=PartScoring)  # tile probabilities -> frame score
     precision: str = "fp32"  # fp32 | int8 | fp16
+    graph: str = "tiles"  # tiles: fixed-size tiles -> logit, cam; dense: whole frames -> cam on the 32 px grid, bias
     training: dict[str, object] = field(default_factory=dict)  # data fingerprint, metrics, epochs, config
     verification: dict[str, object] = field(default_factory=dict)  # parity numbers measured at export
     crackscope_version: str = ""
@@ -121,6 +128,8 @@ class ModelCard:
             raise ModelCardError(f"{source}: model card lacks {', '.join(missing)}")
         values = {k: v for k, v in values.items() if k in known}
         values["class_names"] = tuple(values.get("class_names", ("ok", "crack")))
+        if values.get("graph", "tiles") not in GRAPHS:
+            raise ModelCardError(f"{source}: model card graph {values['graph']!r} is not one of {', '.join(GRAPHS)}")
         try:
             values["calibration"] = Calibration(**values.get("calibration", {}))
             values["part_scoring"] = PartScoring.from_dict(values.get("part_scoring", {}), "part_scoring")

@@ -34,8 +34,8 @@ from typing import Any, Literal
 
 from crackscope.config import ConfigError, from_dict, merge, write_yaml
 from crackscope.inspect.decision import describe_calibration, is_identity
-from crackscope.inspect.model import OnnxModel
-from crackscope.inspect.pipeline import InspectConfig, inspect_frames
+from crackscope.inspect.model import Layout, RuntimeModel, open_model
+from crackscope.inspect.pipeline import InspectConfig, describe_mode, inspect_frames
 from crackscope.inspect.results import InspectionResult, error_result
 from crackscope.inspect.sinks import ResultStore, SavePolicy, record_inspection, remove_partials
 from crackscope.inspect.sources import (
@@ -74,14 +74,17 @@ class DaemonConfig:
         trigger: inspect every frame, one per interval, or only frames that changed (cameras and videos).
         reconnect: backoff between attempts to (re)open a source.
         hot_folder: settle time, polling, and what happens to inspected files.
-        inspect: tiling and decision options (overlap, max_batch, roi, skip_uniform_std, ...).
+        inspect: tiling and decision options (overlap, max_batch, roi, skip_uniform_std, ...), and the mode:
+            ``tiled``, or ``dense`` (the dense graph beside the model, behind its agreement gate; ``force_dense``).
         save: which frames get image, overlay and heatmap in ``OUT/review/``: ``defect`` (DEFECT and REVIEW),
             ``all`` or ``none``.
         save_frame: also save the frame itself, not only overlay and heatmap.
         metrics_host, metrics_port: where ``/healthz`` and ``/metrics`` are served; port 0 picks a free one;
             unset: no HTTP server.
         providers: ONNX Runtime providers (``auto``, ``cpu``, ``cuda``, ...).
-        threads: ONNX Runtime intra-op threads (unset: ONNX Runtime's choice).
+        session_workers: ONNX Runtime sessions fed from one queue of tile batches (``crackscope bench`` measures
+            which layout is fastest on the machine at hand).
+        threads: ONNX Runtime intra-op threads per session (unset: ONNX Runtime's choice).
     """
 
     source: str | int | None = None
@@ -100,6 +103,7 @@ class DaemonConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
     providers: str = "auto"
+    session_workers: int = 1
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -114,6 +118,7 @@ class DaemonConfig:
             raise ConfigError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
         if self.trigger.mode != "none" and parse_source(self.source).kind == "folder":
             raise ConfigError("trigger applies to cameras and videos; a hot folder inspects every file")
+        Layout(self.session_workers, self.threads)  # raises, naming the key, for a value below 1
 
     def source_options(self) -> SourceOptions:
         return SourceOptions(
@@ -155,7 +160,14 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
     with contextlib.ExitStack() as stack:
         stack.enter_context(_stop_on_signals(stop))  # first: a SIGTERM during start-up is a clean stop too
         model = stack.enter_context(
-            OnnxModel(config.model, providers=config.providers, intra_op_threads=config.threads)
+            open_model(
+                config.model,
+                config.inspect.mode,
+                force_dense=config.inspect.force_dense,
+                providers=config.providers,
+                workers=config.session_workers,
+                intra_op_threads=config.threads,
+            )
         )
         store = stack.enter_context(ResultStore(out))
         _prepare_output(config, out, store, model)
@@ -166,14 +178,21 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
         telemetry = Telemetry(source.status, model)
         if config.metrics_port is not None:
             stack.enter_context(HealthServer(telemetry, config.metrics_host, config.metrics_port))
-        log.info("inspecting %s with %s into %s", source.name, model.path, out)
+        log.info(
+            "inspecting %s with %s into %s on %s as %s",
+            source.name,
+            model.path,
+            out,
+            model.providers[0],
+            model.layout.describe(),
+        )
         _inspect_loop(source, model, store, config, telemetry, stop, done)
     summary = telemetry.summary()
     log.info("stopped: %s", summary.describe())
     return summary
 
 
-def _prepare_output(config: DaemonConfig, out: Path, store: ResultStore, model: OnnxModel) -> None:
+def _prepare_output(config: DaemonConfig, out: Path, store: ResultStore, model: RuntimeModel) -> None:
     store.claim(model.model_id, str(model.path), model.card)
     remove_partials(out)
     # The saved config must not carry a stream's password: results folders get copied around.
@@ -183,6 +202,7 @@ def _prepare_output(config: DaemonConfig, out: Path, store: ResultStore, model: 
     # Once at start, either way: the line crew must know which thresholds decide (or that none were fitted).
     (log.warning if is_identity(calibration) else log.info)("%s is %s", model.path, describe_calibration(calibration))
     log.info("%s", config.inspect.describe_scoring(model.card.part_scoring))
+    log.info("%s", describe_mode(model, config.inspect))
 
 
 def _resume_keys(store: ResultStore, spec: SourceSpec) -> set[tuple[str, str]] | None:
@@ -202,7 +222,7 @@ def _resume_keys(store: ResultStore, spec: SourceSpec) -> set[tuple[str, str]] |
 
 def _inspect_loop(
     source: FrameSource,
-    model: OnnxModel,
+    model: RuntimeModel,
     store: ResultStore,
     config: DaemonConfig,
     telemetry: Telemetry,
@@ -237,7 +257,9 @@ def _gate(gate: FrameGate, frame: Frame) -> str | None:
     return None if frame.image is None else gate.admit(frame.image, frame.monotonic)
 
 
-def _inspect(model: OnnxModel, frames: list[Frame], config: DaemonConfig, policy: SavePolicy) -> list[InspectionResult]:
+def _inspect(
+    model: RuntimeModel, frames: list[Frame], config: DaemonConfig, policy: SavePolicy
+) -> list[InspectionResult]:
     """One record per frame, in order; a frame that cannot be inspected gets an ERROR record, not an exception."""
     started = time.monotonic()
     images = [f.image for f in frames if f.image is not None]

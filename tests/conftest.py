@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,34 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def cuda_starts() -> bool:
+    """Whether ONNX Runtime here has the CUDA provider and it really starts a session (a driver and a device)."""
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return False
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    try:
+        session = onnxruntime.InferenceSession(probe, providers=["CUDAExecutionProvider"])
+    except Exception:
+        return False
+    return session.get_providers()[0] == "CUDAExecutionProvider"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``gpu`` run only where CUDA starts; elsewhere they are skipped, saying why."""
+    if item.get_closest_marker("gpu") and not cuda_starts():
+        pytest.skip("needs a GPU: onnxruntime's CUDAExecutionProvider is missing here or does not start")
 
 
 def shared_data_root() -> Path:
@@ -89,13 +118,16 @@ def exported(tiny_run, patch_data, tmp_path_factory):
 class LineModel:
     fp32: Path
     int8: Path
+    dense: Path
     data: Path
     input_size: int
+    dense_agreement: dict  # what export measured and recorded in the dense card
 
 
 @pytest.fixture(scope="session")
 def line_model(tmp_path_factory) -> LineModel:
-    """A 96-px Lite0 trained for 5 epochs on 300 + 300 synthetic patches (about 45 s on 2 cores), then exported."""
+    """A 96-px Lite0 trained for 5 epochs on 300 + 300 synthetic patches (about 45 s on 2 cores), then exported
+    to fp32, int8 and the dense whole-frame graph (its agreement measured on 8 synthetic frames, a few seconds)."""
     from crackscope.deploy.export import ExportConfig, export
     from crackscope.training import synthetic
     from crackscope.training.train import TrainConfig, train
@@ -127,16 +159,18 @@ def line_model(tmp_path_factory) -> LineModel:
             verify_tiles=16,
             # A 5-epoch model has more tiles near the decision boundary than a real one: allow 2 flips in 128.
             int8_min_agreement=0.98,
+            dense=True,
         )
     )
     assert not result.refused, result.describe()
-    return LineModel(root / "model.onnx", root / "model.int8.onnx", data, 96)
+    (dense,) = [m for m in result.models if m.agreement is not None]
+    return LineModel(root / "model.onnx", root / "model.int8.onnx", dense.path, data, 96, dense.agreement.summary())
 
 
 # --- a brightness model: a real ONNX file whose logit the test controls through pixel values ----------------------
 
 
-def write_brightness_model(path: Path, input_size: int = 32) -> Path:
+def write_brightness_model(path: Path, input_size: int = 32, precision: str = "fp32") -> Path:
     """A crackscope ONNX model (card included) whose logit is ``(mean pixel - 128) / 8``, with a flat 2x2 CAM.
 
     It runs through ONNX Runtime like any export, in milliseconds, so runtime and calibration tests can choose the
@@ -172,7 +206,13 @@ def write_brightness_model(path: Path, input_size: int = 32) -> Path:
         constants,
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    card = ModelCard(backbone="brightness-test", input_size=input_size, feature_size=2, crackscope_version="test")
+    card = ModelCard(
+        backbone="brightness-test",
+        input_size=input_size,
+        feature_size=2,
+        precision=precision,
+        crackscope_version="test",
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(with_card(proto, card), str(path))
     return path
@@ -200,10 +240,88 @@ def write_grey_dataset(
     return root
 
 
+def write_dense_brightness_model(path: Path, input_size: int = 64, agreement: float | None = 1.0) -> Path:
+    """The dense twin of :func:`write_brightness_model` at ``input_size`` (a multiple of 32): its CAM cell is
+    ``(mean pixel of the 32 x 32 cell - 128) / 8 / cells per tile``, its bias 0.
+
+    A tile on the 32 px grid then scores exactly what the brightness model scores for it (the mean of equal cells'
+    means is the tile's mean), so runtime tests can tell the dense path's geometry from the network's context.
+    ``agreement`` is the decision agreement recorded in its card (None: none recorded).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    from crackscope.inspect.card import ModelCard, with_card
+
+    cells = (input_size // 32) ** 2
+    nodes = [
+        helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["pixels"], ["grey"], axes=[3], keepdims=1),
+        helper.make_node("Transpose", ["grey"], ["grey_nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("AveragePool", ["grey_nchw"], ["cell_means"], kernel_shape=[32, 32], strides=[32, 32]),
+        helper.make_node("Sub", ["cell_means", "mid"], ["centred"]),
+        helper.make_node("Mul", ["centred", "scale"], ["scaled"]),
+        helper.make_node("Squeeze", ["scaled", "channel_axis"], ["cam"]),
+        helper.make_node("ReduceSum", ["cam", "cell_axes"], ["cam_sum"], keepdims=0),
+        helper.make_node("Mul", ["cam_sum", "zero"], ["bias"]),
+    ]
+    constants = [
+        helper.make_tensor("mid", TensorProto.FLOAT, [], [128.0]),
+        helper.make_tensor("scale", TensorProto.FLOAT, [], [1.0 / 8.0 / cells]),
+        helper.make_tensor("channel_axis", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("cell_axes", TensorProto.INT64, [2], [1, 2]),
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dense-brightness",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", "H", "W", 3])],
+        [
+            helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", "h", "w"]),
+            helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["N"]),
+        ],
+        constants,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    verification = {} if agreement is None else {"agreement": {"decision_agreement": agreement, "tiles": 200}}
+    card = ModelCard(
+        backbone="brightness-test",
+        input_size=input_size,
+        feature_size=input_size // 32,
+        graph="dense",
+        verification=verification,
+        crackscope_version="test",
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(with_card(proto, card), str(path))
+    return path
+
+
+@pytest.fixture
+def dense_brightness_model():
+    """:func:`write_dense_brightness_model`, for tests that write their own dense twin."""
+    return write_dense_brightness_model
+
+
+@pytest.fixture
+def brightness_pair(tmp_path) -> Path:
+    """A 64 px brightness model and its dense twin beside it (``model.onnx``, ``model.dense.onnx``); returns the
+    tile model's path."""
+    tiles = write_brightness_model(tmp_path / "pair" / "model.onnx", input_size=64)
+    write_dense_brightness_model(tmp_path / "pair" / "model.dense.onnx", input_size=64)
+    return tiles
+
+
 @pytest.fixture
 def brightness_model(tmp_path) -> Path:
     """A fresh copy of the brightness model (calibrating writes into it)."""
     return write_brightness_model(tmp_path / "models" / "brightness.onnx")
+
+
+@pytest.fixture(name="write_brightness_model")
+def write_brightness_model_fixture():
+    """:func:`write_brightness_model`, for tests that write models of their own (an fp16 variant beside, say)."""
+    return write_brightness_model
 
 
 @pytest.fixture

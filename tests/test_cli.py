@@ -199,3 +199,83 @@ def test_a_training_command_on_a_runtime_only_install_says_to_install_the_traini
         f"pip install 'crackscope[train]' (missing module {module!r})\n"
     )
     assert not list(tmp_path.iterdir())  # nothing was started
+
+
+def test_rare_defect_and_schedule_flags_reach_the_train_config():
+    from crackscope.cli import train_config
+
+    parse = build_parser().parse_args
+    flags = ["--sampler", "balanced", "--positive-share", "0.3", "--hard-negatives", "0.25", "--max-minutes", "2.5"]
+    config = train_config(parse(["train", "--data", "a", *flags, "--target-steps", "400", "--head-fit", "sgd"]))
+    assert (config.sampler, config.positive_share, config.hard_negatives, config.max_minutes) == (
+        "balanced",
+        0.3,
+        0.25,
+        2.5,
+    )
+    assert (config.target_steps, config.head_fit, config.epochs, config.batch_size) == (400, "sgd", None, None)
+
+
+# --- session layouts and crackscope bench ---------------------------------------------------------------------------
+
+
+def test_bench_prints_every_layout_and_the_best_as_config_lines(brightness_model, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", str(brightness_model), "--frame", "320x256", "--seconds", "0.2", "--cores", "2"]
+    assert main([*args, "--providers", "cpu", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "| 1x2 | 1 session x 2 threads |" in printed.out and "| 2x1 | 2 sessions x 1 thread |" in printed.out
+    assert re.search(r"session_workers: [12]\nthreads: [12]\n", printed.out)
+    assert "round 1:" in printed.err  # progress goes to stderr, the table to stdout
+    assert json.loads(out.read_text())["tiles_per_frame"] == 143
+
+
+@pytest.mark.parametrize("frame", ["big", "2448", "0x2048"])
+def test_bench_with_a_frame_size_that_is_not_width_x_height_fails_with_one_line(frame, brightness_model, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--model", str(brightness_model), "--frame", frame])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --frame: frame" in err and "expected WIDTHxHEIGHT" in err
+
+
+def test_bench_asked_for_cuda_without_it_warns_and_measures_on_the_cpu(brightness_model, monkeypatch, capsys):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    args = ["bench", "--model", str(brightness_model), "--frame", "64x64", "--seconds", "0", "--cores", "1"]
+    with pytest.warns(RuntimeWarning, match="CUDAExecutionProvider not available"):
+        assert main([*args, "--providers", "cuda"]) == 0
+    out = capsys.readouterr().out
+    assert "on CPUExecutionProvider, session.run on numpy tiles" in out and "session_workers: 1\nthreads: 1" in out
+
+
+def test_inspect_runs_and_announces_the_session_layout_it_was_given(brightness_model, grey_dataset, tmp_path, capsys):
+    images = grey_dataset(tmp_path / "grey", {"crack": 3, "ok": 3})
+    out = tmp_path / "out"
+    args = ["inspect", str(images), "--model", str(brightness_model), "--out", str(out), "--no-progress"]
+    assert main([*args, "--providers", "cpu", "--session-workers", "2", "--threads", "1"]) == 0
+    assert "(fp32, CPUExecutionProvider, 2 sessions x 1 thread)" in capsys.readouterr().err
+    saved = (out / "inspect-config.yaml").read_text()
+    assert "session_workers: 2" in saved and "threads: 1" in saved
+
+
+@pytest.mark.parametrize(
+    ("flags", "config", "message"),
+    [
+        (["--session-workers", "0"], "", "session_workers: must be an integer of at least 1, got 0"),
+        (["--threads", "0"], "", "threads: must be an integer of at least 1, or unset, got 0"),
+        ([], "session_workers: two\n", "config.session_workers: expected int, got str 'two'"),
+    ],
+)
+def test_inspect_with_a_bad_session_layout_fails_with_one_line(
+    flags, config, message, brightness_model, tmp_path, capsys
+):
+    (tmp_path / "a.png").write_bytes(b"")
+    settings = tmp_path / "inspect.yaml"
+    settings.write_text(config or "{}\n")
+    args = ["inspect", str(tmp_path / "a.png"), "--model", str(brightness_model), "--out", str(tmp_path / "out")]
+    assert main([*args, "--config", str(settings), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

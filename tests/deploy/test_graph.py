@@ -12,7 +12,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from timm.layers import Conv2dSame
 
-from crackscope.deploy.graph import export_copy, fold_pads_into_convs, staticise_same_padding
+from crackscope.deploy.graph import export_copy, fold_pads_into_convs, same_pads_hold_for, staticise_same_padding
 from crackscope.deploy.quantize import Int8Recipe, float_nodes, requantisation_pairs
 from crackscope.training.backbones import build_model
 
@@ -157,3 +157,12 @@ def test_float_tail_convs_keeps_everything_from_the_kth_last_convolution_on_floa
     }
     everything = {node.name for node in TOY.node}
     assert set(float_nodes(TOY, Int8Recipe(float_stem=False, float_tail_convs=9))) == everything
+
+
+@pytest.mark.parametrize(("stride", "holds"), [(2, True), (1, True), (3, False)])
+def test_tf_same_pads_of_one_frame_size_hold_for_another_only_where_the_stride_divides_32(stride, holds):
+    """TF-"same" pads depend on the input size modulo the stride: for sides that are multiples of 32 a stride-2
+    (or stride-1) layer pads every frame alike, a stride-3 layer does not (96 and 128 leave 0 and 2)."""
+    features = torch.nn.Sequential(Conv2dSame(3, 4, 3, stride=stride)).eval()
+    examples = [torch.zeros(1, 3, 96, 96), torch.zeros(1, 3, 128, 160)]
+    assert same_pads_hold_for(features, examples) is holds

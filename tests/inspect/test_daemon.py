@@ -89,6 +89,10 @@ def test_yaml_values_are_defaults_and_flags_override_them_down_to_nested_keys():
         ({"reconnect": {"initial_s": 1, "wait": 3}}, "unknown key(s) wait"),
         ({"inspect": {"overlap": 1.5}}, "overlap must be in [0, 1)"),
         ({"model": None}, "no model: pass --model"),
+        ({"session_workers": "two"}, "config.session_workers: expected int, got str 'two'"),
+        ({"session_workers": 0}, "session_workers: must be an integer of at least 1, got 0"),
+        ({"threads": 0}, "threads: must be an integer of at least 1, or unset, got 0"),
+        ({"threads": 1.5}, "config.threads: expected int or None, got float 1.5"),
     ],
 )
 def test_a_bad_config_value_is_reported_with_its_key(values, message):
@@ -145,6 +149,18 @@ def test_a_video_file_gets_one_record_per_frame_and_the_daemon_exits_0_at_its_en
     assert (out / "daemon.yaml").is_file()
     uncalibrated = [r for r in caplog.records if "not calibrated" in r.getMessage()]
     assert len(uncalibrated) == 1
+
+
+def test_the_daemon_runs_the_session_layout_it_was_given_and_says_so_at_start(brightness_model, tmp_path, caplog):
+    video = write_video(tmp_path / "line.avi", _frames(4))
+    flags = {"source": str(video), "model": str(brightness_model), "out": str(tmp_path / "out")}
+    config = daemon_config({"session_workers": 2, "threads": 1, "providers": "cpu"}, flags)
+    with caplog.at_level(logging.INFO, logger="crackscope"):
+        summary = run_daemon(config)
+    assert summary.frames == 4
+    started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("inspecting ")]
+    assert len(started) == 1 and started[0].endswith("on CPUExecutionProvider as 2 sessions x 1 thread")
+    assert "session_workers: 2" in (tmp_path / "out" / "daemon.yaml").read_text()
 
 
 @pytest.mark.slow
