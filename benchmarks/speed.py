@@ -11,7 +11,9 @@ run, images per second at each batch size for:
 3. ONNX Runtime int8 (logit + cam);
 4. int8 and fp32 as two single-threaded sessions run concurrently from two Python threads, each on its own batch
    (aggregate images/s, i.e. two streams of the given batch size);
-5. the heatmap's cost, two ways: the fp32 graph with its ``cam`` output vs the same model exported without it, and
+5. a plain export of the same network (float NCHW input already preprocessed, static padding, logit only, no
+   CAM): what the network alone costs in ONNX Runtime, the yardstick for our graph's preprocessing and CAM;
+6. the heatmap's cost, two ways: the fp32 graph with its ``cam`` output vs the same model exported without it, and
    pytorch-grad-cam ``GradCAM`` vs plain PyTorch inference. Both of the latter take the *preprocessed* float NCHW
    tensor, made once outside the timed region (GradCAM needs float NCHW input), so the ratio compares like with like.
 
@@ -56,6 +58,7 @@ import torch
 from torch import nn
 
 from crackscope.deploy.export import to_onnx_bytes
+from crackscope.deploy.graph import fold_pads_into_convs, staticise_same_padding
 from crackscope.deploy.quantize import quantize_int8
 from crackscope.inspect.card import INPUT_NAME
 from crackscope.inspect.model import make_session
@@ -209,15 +212,52 @@ class ModelFiles:
     fp32: Path  # logit + cam, as crackscope export writes it
     fp32_logit_only: Path
     int8: Path  # static QDQ, per-channel, calibrated on synthetic tiles
+    plain: Path  # the network alone: preprocessed float NCHW in, logit out, static pads
 
 
 def export_models(model: CrackNet, calibration: np.ndarray, folder: Path) -> ModelFiles:
-    """Write the fp32, logit-only fp32 and int8 graphs to ``folder``."""
-    files = ModelFiles(folder / "model.onnx", folder / "model.logit-only.onnx", folder / "model.int8.onnx")
+    """Write the fp32, logit-only fp32, int8 and plain graphs to ``folder``."""
+    files = ModelFiles(
+        folder / "model.onnx", folder / "model.logit-only.onnx", folder / "model.int8.onnx", folder / "plain.onnx"
+    )
     files.fp32.write_bytes(to_onnx_bytes(model, OPSET))
     files.fp32_logit_only.write_bytes(to_onnx_bytes(model, OPSET, with_cam=False))
     quantize_int8(files.fp32, files.int8, calibration)
+    files.plain.write_bytes(plain_onnx_bytes(model))
     return files
+
+
+PLAIN_INPUT = "input"
+
+
+def plain_onnx_bytes(model: CrackNet) -> bytes:
+    """The network as a generic exporter would write it: ``PooledHead`` on preprocessed float NCHW input (no
+    preprocessing, no CAM), TF-"same" padding made static for the tile size and folded into the convolutions."""
+    import copy
+    import io
+    import warnings
+
+    import onnx
+
+    net = copy.deepcopy(model).eval()
+    size = model.spec.input_size
+    example = preprocessed(net, np.zeros((2, size, size, 3), dtype=np.uint8))
+    with torch.no_grad():
+        staticise_same_padding(net.features, example[:1])
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            PooledHead(net).eval(),
+            (example,),
+            buffer,
+            input_names=[PLAIN_INPUT],
+            output_names=["logit"],
+            dynamic_axes={PLAIN_INPUT: {0: "batch"}, "logit": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return fold_pads_into_convs(onnx.load_from_string(buffer.getvalue())).SerializeToString()
 
 
 # --- GradCAM ------------------------------------------------------------------------------------------------------
@@ -276,6 +316,9 @@ def sanity_checks(model: CrackNet, files: ModelFiles, seed: int) -> dict[str, fl
         logit, cam = (t.numpy() for t in model.forward_with_cam(torch.from_numpy(batch)))
     fp32_logit, fp32_cam = make_session(files.fp32, providers="cpu").run(None, feed)
     (plain_logit,) = make_session(files.fp32_logit_only, providers="cpu").run(None, feed)
+    (network_logit,) = make_session(files.plain, providers="cpu").run(
+        None, {PLAIN_INPUT: preprocessed(model, batch).numpy()}
+    )
     int8_logit, int8_cam = make_session(files.int8, providers="cpu").run(None, feed)
     with contextlib.ExitStack() as stack:
         grad = gradcam_maps(open_gradcam(model, stack), model, batch)
@@ -286,6 +329,7 @@ def sanity_checks(model: CrackNet, files: ModelFiles, seed: int) -> dict[str, fl
         "ORT fp32 vs PyTorch: logit max |diff|": float(np.abs(fp32_logit - logit).max()),
         "ORT fp32 vs PyTorch: cam max |diff|": float(np.abs(fp32_cam - cam).max()),
         "logit-only graph vs cam graph: logit max |diff|": float(np.abs(plain_logit - fp32_logit).max()),
+        "plain export vs cam graph: logit max |diff|": float(np.abs(network_logit.reshape(-1) - fp32_logit).max()),
         "ORT int8 vs fp32: logit max |diff|": float(np.abs(int8_logit - fp32_logit).max()),
         "ORT int8 vs fp32: cam correlation": float(np.corrcoef(int8_cam.ravel(), fp32_cam.ravel())[0, 1]),
         "GradCAM vs in-graph CAM (ReLU, resized, normalised): max |diff|": float(np.abs(grad - expected).max()),
@@ -347,6 +391,21 @@ def pair_builder(path: Path) -> Builder:
     return build
 
 
+def plain_builder(model: CrackNet, path: Path) -> Builder:
+    """The plain export on the preprocessed float input (made once, outside the timed region)."""
+
+    def build(stack: contextlib.ExitStack) -> StepFactory:
+        session = make_session(path, providers="cpu")
+
+        def factory(batch: np.ndarray) -> Step:
+            feed = {PLAIN_INPUT: preprocessed(model, batch).numpy()}
+            return lambda: session.run(None, feed)
+
+        return factory
+
+    return build
+
+
 def torch_builder(model: CrackNet) -> Builder:
     def build(stack: contextlib.ExitStack) -> StepFactory:
         def factory(batch: np.ndarray) -> Step:
@@ -399,9 +458,15 @@ def gradcam_builder(model: CrackNet) -> Builder:
     return build
 
 
-def ort_methods(files: ModelFiles) -> list[Method]:
+def ort_methods(files: ModelFiles, model: CrackNet) -> list[Method]:
     default = "ORT default"
     return [
+        Method(
+            "ort_plain",
+            "ONNX Runtime fp32, plain export (float NCHW in, logit only)",
+            default,
+            plain_builder(model, files.plain),
+        ),
         Method("ort_fp32", "ONNX Runtime fp32 (logit + cam)", default, ort_builder(files.fp32)),
         Method("ort_fp32_logit", "ONNX Runtime fp32, graph without cam", default, ort_builder(files.fp32_logit_only)),
         Method("ort_int8", "ONNX Runtime int8 (logit + cam)", default, ort_builder(files.int8)),
@@ -524,6 +589,9 @@ class Ratio:
 GRADCAM_CLAIM = 11.0
 RATIOS = (
     Ratio("ORT fp32 / PyTorch eager", "ort_fp32", "torch", Goal(">= 3x at batch 8", lambda r: r >= 3.0, batch=8)),
+    Ratio(
+        "plain export / ORT fp32 (cost of our graph)", "ort_plain", "ort_fp32", Goal("<= 1.15x", lambda r: r <= 1.15)
+    ),
     Ratio("ORT int8 / ORT fp32", "ort_int8", "ort_fp32", Goal(">= 1.6x", lambda r: r >= 1.6)),
     Ratio("2x1-thread int8 / ORT fp32", "pair_int8", "ort_fp32"),
     Ratio("2x1-thread fp32 / ORT fp32", "pair_fp32", "ort_fp32"),
@@ -630,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, tiles, files = prepare(settings, Path(scratch))
         checks = sanity_checks(model, files, settings.seed + 1)
         print_checks(checks)
-        onnx_rows = ort_methods(files) + cuda_methods(files, settings.providers)
+        onnx_rows = ort_methods(files, model) + cuda_methods(files, settings.providers)
         torch_rows = torch_methods(model)
         print("## Measuring (all methods in paired, interleaved rounds)\n", flush=True)
         results = measure_all(onnx_rows + torch_rows, tiles, settings)
