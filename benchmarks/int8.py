@@ -55,6 +55,7 @@ MIN_CORRELATION = ExportConfig().int8_min_cam_correlation
 MAIN = Int8Recipe(
     op_types=("Conv", "Clip", "Add"),
     float_stem=True,
+    pixel_stem=False,
     float_tail_convs=1,
     calibration="MinMax",
     percentile=99.999,
@@ -81,7 +82,8 @@ MODIFICATIONS: dict[str, dict[str, object]] = {
     "tail-4": {"float_tail_convs": 4},
     "tail-7": {"float_tail_convs": 7},
     "tail-10": {"float_tail_convs": 10},
-    "int8-stem": {"float_stem": False},
+    "int8-stem": {"float_stem": False},  # quantised on the preprocessed image
+    "pixel-stem": {"float_stem": False, "pixel_stem": True},  # quantised, reading the uint8 pixels
     "conv-only": {"op_types": ("Conv",)},
     "qoperator": {"quant_format": "QOperator"},
 }
@@ -112,6 +114,7 @@ DEFAULT_CANDIDATES = (
     "pair-safe+tail-7",
     "pair-safe+tiles-1024",
     "pair-safe+qoperator",
+    "pair-safe+percentile-99.99+pixel-stem",
 )
 
 

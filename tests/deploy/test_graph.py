@@ -13,8 +13,17 @@ from onnx import TensorProto, helper, numpy_helper
 from timm.layers import Conv2dSame
 
 from crackscope.deploy.graph import export_copy, fold_pads_into_convs, same_pads_hold_for, staticise_same_padding
-from crackscope.deploy.quantize import Int8Recipe, float_nodes, requantisation_pairs
+from crackscope.deploy.quantize import (
+    Int8Recipe,
+    PixelStem,
+    float_nodes,
+    fold_preprocessing_into_stem,
+    quantize_int8,
+    requantisation_pairs,
+)
 from crackscope.training.backbones import build_model
+
+PIXEL_STEM = Int8Recipe(float_stem=False, pixel_stem=True)  # the stem quantised, reading the uint8 pixels
 
 
 @pytest.mark.parametrize("size", [7, 8, 64, 65])
@@ -112,6 +121,95 @@ def test_int8_graph_keeps_activations_int8_between_convolutions_and_preprocessin
     assert ops["QLinearConv"] >= 40 and ops["Conv"] == 2, ops  # every conv but the stem and the last one
     # Besides the input's, ONNX Runtime may add one Transpose into its NHWC int8 kernels and one back out.
     assert ops["Transpose"] <= 3 and ops["QuantizeLinear"] <= 1 and ops["DequantizeLinear"] <= 1, ops
+
+
+@pytest.mark.slow
+def test_a_pixel_stem_int8_graph_is_one_chain_of_integer_kernels_from_the_uint8_pixels(exported, tmp_path):
+    fp32 = next(m.path for m in exported.models if m.precision == "fp32")
+    tiles = np.random.default_rng(1).integers(0, 256, (32, 64, 64, 3), dtype=np.uint8)
+    path = quantize_int8(fp32, tmp_path / "pixel-stem.onnx", tiles, PIXEL_STEM)
+    optimised = _optimised(path, tmp_path)
+    ops = Counter(node.op_type for node in optimised.node)
+    assert requantisation_pairs(optimised) == 0, ops  # no int8 -> float -> int8 round trips left
+    first = optimised.node[0]
+    assert first.op_type == "QLinearConv" and first.input[0] == "image", first  # the stem reads the pixels
+    assert ops["QLinearConv"] >= 40 and ops["Conv"] == 1, ops  # every conv but the last one
+    # No float preprocessing and no quantising of the input; the one way out of the NHWC integer kernels is into
+    # the float last convolution (DequantizeLinear, Transpose to NCHW, ORT's blocked layout).
+    assert not {"Cast", "Mul", "QuantizeLinear"} & set(ops), ops
+    assert ops["DequantizeLinear"] == 1 and ops["Transpose"] <= 1 and ops["ReorderInput"] <= 1, ops
+
+
+def test_folding_the_preprocessing_into_the_stem_gives_the_same_convolution_output():
+    """Without padding the fold is exact for any per-channel scale and shift (and any zero point it picks)."""
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["image"], ["pixels"], perm=[0, 3, 1, 2]),
+            helper.make_node("Cast", ["pixels"], ["float_pixels"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["float_pixels", "a"], ["scaled"]),
+            helper.make_node("Add", ["scaled", "b"], ["normalised"]),
+            helper.make_node("Conv", ["normalised", "w", "bias"], ["out"], name="stem", strides=[2, 2]),
+        ],
+        "toy",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 9, 9, 3])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [
+            numpy_helper.from_array(
+                (1 / (255 * np.array([0.229, 0.224, 0.225]))).reshape(1, 3, 1, 1).astype(np.float32), "a"
+            ),
+            numpy_helper.from_array(
+                (-np.array([0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).reshape(1, 3, 1, 1).astype(np.float32), "b"
+            ),
+            numpy_helper.from_array(weight, "w"),
+            numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "bias"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    image = rng.integers(0, 256, (1, 9, 9, 3), dtype=np.uint8)
+    (expected,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"image": image}
+    )
+    pixels = fold_preprocessing_into_stem(model)
+    assert pixels == PixelStem(
+        "normalised", "pixels", pytest.approx(1 / (255 * 0.224)), 114
+    )  # 255 x the mean of the ImageNet means
+    (folded,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"image": image}
+    )
+    np.testing.assert_allclose(folded, expected, rtol=1e-5, atol=1e-4)
+    (normalised,) = [n for n in model.graph.node if n.op_type == "Add"]
+    (scale,) = [n for n in model.graph.node if n.op_type == "Mul"]
+    assert set(numpy_helper.to_array(_initializer(model, scale.input[1])).ravel()) == {np.float32(pixels.scale)}
+    assert np.allclose(numpy_helper.to_array(_initializer(model, normalised.input[1])), -114 * pixels.scale)
+
+
+def _initializer(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
+    return next(init for init in model.graph.initializer if init.name == name)
+
+
+@pytest.mark.slow
+def test_the_quantised_stem_reading_the_pixels_gives_exactly_what_quantising_its_input_gave(
+    exported, tmp_path, monkeypatch
+):
+    """QuantizeLinear((pixels - Z) * a) with scale a and zero point Z is the pixels: dropping it changes nothing."""
+    import crackscope.deploy.quantize as quantize
+
+    fp32 = next(m.path for m in exported.models if m.precision == "fp32")
+    tiles = np.random.default_rng(1).integers(0, 256, (32, 64, 64, 3), dtype=np.uint8)
+    direct = quantize.quantize_int8(fp32, tmp_path / "direct.onnx", tiles, PIXEL_STEM)
+    monkeypatch.setattr(quantize, "read_pixels_directly", lambda path, pixels: None)
+    through = quantize.quantize_int8(fp32, tmp_path / "through.onnx", tiles, PIXEL_STEM)
+    assert {"Cast", "Mul"} <= {node.op_type for node in onnx.load(str(through)).graph.node}  # still float in front
+    assert not {"Cast", "Mul"} & {node.op_type for node in onnx.load(str(direct)).graph.node}
+    test = np.random.default_rng(2).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    for a, b in zip(_outputs(direct, test), _outputs(through, test), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def _outputs(path, tiles):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": tiles})
 
 
 def _chain(*ops: tuple[str, str]) -> onnx.GraphProto:
