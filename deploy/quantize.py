@@ -16,11 +16,12 @@ test images (heatmap correlation: :func:`~crackscope.deploy.verify.heatmap_corre
   default) the preprocessing's per-channel scale and shift are folded into the stem's weights and bias
   (:func:`fold_preprocessing_into_stem`), so the stem reads ``(pixel - zero_point) * scale``, which int8 holds
   exactly, and the Cast, Mul, Add and QuantizeLinear in front of it are removed: one chain of integer kernels from
-  the uint8 NHWC input on, with no float stem, NCHWc reorders or layout transposes. On the 224 px network (2 cores,
-  AVX2) that took int8 from 1.43x to 1.51x fp32 at batch 8 in paired rounds, but the stem's quantised weights
-  cost heatmap correlation everywhere downstream: 0.958 -> 0.880 and 99.25% -> 97.8% of decisions (magnetic
-  tile, failing the gates), 0.975 -> 0.955 (concrete). Quantising the stem on the preprocessed image
-  (``pixel_stem=False``) was slower than keeping it float: the optimiser moves the float preprocessing to NHWC.
+  the uint8 NHWC input on, with no float stem, NCHWc reorders or layout transposes. On the 224 px magnetic-tile
+  model (2 cores, AVX2; ``benchmarks/int8.py --job magnetic-tile --rounds 7``) int8 went from 1.48x to 1.58x fp32
+  at batch 8 in paired rounds, but the stem's quantised weights cost heatmap correlation everywhere downstream:
+  0.958 -> 0.880 and 99.25% -> 97.8% of decisions (magnetic tile, failing the gates), 0.975 -> 0.955 (concrete).
+  Quantising the stem on the preprocessed image (``pixel_stem=False``) was slower than keeping it float: the
+  optimiser moves the float preprocessing to NHWC.
 - Pair-safe weights (:func:`pair_safe_ranges`) are what the heatmaps needed. On x86 CPUs without VNNI (AVX2, where
   these numbers were measured) ONNX Runtime's u8 x s8 kernels add neighbouring products in saturating 16-bit
   arithmetic; ReLU6 outputs sit at 255 often, so with weights scaled to +-127 the sums overflowed: correlation
