@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import io
 import json
 import os
 import platform
@@ -46,6 +48,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -53,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
@@ -233,12 +237,6 @@ PLAIN_INPUT = "input"
 def plain_onnx_bytes(model: CrackNet) -> bytes:
     """The network as a generic exporter would write it: ``PooledHead`` on preprocessed float NCHW input (no
     preprocessing, no CAM), TF-"same" padding made static for the tile size and folded into the convolutions."""
-    import copy
-    import io
-    import warnings
-
-    import onnx
-
     net = copy.deepcopy(model).eval()
     size = model.spec.input_size
     example = preprocessed(net, np.zeros((2, size, size, 3), dtype=np.uint8))

@@ -227,7 +227,8 @@ def fold_preprocessing_into_stem(model: onnx.ModelProto) -> PixelStem | None:
     :func:`read_pixels_directly` can drop the float arithmetic in front of the quantised stem.
 
     Returns ``None`` (and leaves the graph alone) when the nodes in front of the first convolution are not
-    ``Cast -> Mul -> Add`` with constant operands and the convolution has no constant weights.
+    ``Cast -> Mul -> Add`` with constant operands, or the convolution is grouped or lacks constant weights and bias
+    (an exported stem has both: BatchNorm is folded into it).
     """
     from onnx import numpy_helper
 
@@ -237,10 +238,12 @@ def fold_preprocessing_into_stem(model: onnx.ModelProto) -> PixelStem | None:
     add = producer.get(stem.input[0]) if stem is not None else None
     mul = producer.get(add.input[0]) if add is not None and add.op_type == "Add" else None
     cast = producer.get(mul.input[0]) if mul is not None and mul.op_type == "Mul" else None
-    if cast is None or cast.op_type != "Cast" or len(stem.input) < 2:
+    if cast is None or cast.op_type != "Cast" or len(stem.input) < 3:
         return None
     constants = _constants(graph)
-    if not {mul.input[1], add.input[1], *stem.input[1:]} <= set(constants):
+    if not {mul.input[1], add.input[1], stem.input[1], stem.input[2]} <= set(constants):
+        return None
+    if next((a.i for a in stem.attribute if a.name == "group"), 1) != 1:
         return None
     weight = numpy_helper.to_array(constants[stem.input[1]]).astype(np.float64)
     channels = weight.shape[1]
@@ -251,26 +254,14 @@ def fold_preprocessing_into_stem(model: onnx.ModelProto) -> PixelStem | None:
     scale = float(a.max())
     zero_point = int(np.clip(np.round(np.mean(-b / a)), 0, 255))
     offset = b + zero_point * a  # what the old input is where the new one is 0
-    bias = (
-        numpy_helper.to_array(constants[stem.input[2]]).astype(np.float64)
-        if len(stem.input) > 2 and stem.input[2]
-        else np.zeros(len(weight))
-    )
+    bias = numpy_helper.to_array(constants[stem.input[2]]).astype(np.float64)
     bias = bias + np.einsum("ochw,c->o", weight, offset)
     weight = weight * (a / scale)[None, :, None, None]
     shape = (1, channels, 1, 1)
     _set_constant(graph, constants, mul.input[1], np.full(shape, scale, np.float32))
     _set_constant(graph, constants, add.input[1], np.full(shape, -zero_point * scale, np.float32))
     _set_constant(graph, constants, stem.input[1], weight.astype(np.float32))
-    if len(stem.input) > 2 and stem.input[2]:
-        _set_constant(graph, constants, stem.input[2], bias.astype(np.float32))
-    else:
-        name = f"{stem.name or 'stem'}_folded_bias"
-        graph.initializer.append(numpy_helper.from_array(bias.astype(np.float32), name))
-        if len(stem.input) == 2:
-            stem.input.append(name)
-        else:
-            stem.input[2] = name
+    _set_constant(graph, constants, stem.input[2], bias.astype(np.float32))
     return PixelStem(stem.input[0], cast.input[0], scale, zero_point)
 
 
