@@ -191,7 +191,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     """The ``TrainConfig`` of ``crackscope train``'s flags over its --config file (each source inheriting the run's
     data settings it does not set itself)."""
     from crackscope.config import from_dict, merge, read_yaml
-    from crackscope.training.data import inherit_data_config
+    from crackscope.labelled import inherit_data_config
     from crackscope.training.train import TrainConfig
 
     flags = {

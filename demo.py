@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from crackscope.training.data import DataConfig
+from crackscope.labelled import DataConfig
 
 if TYPE_CHECKING:
     from crackscope.deploy.export import ExportResult

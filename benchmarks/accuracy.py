@@ -37,13 +37,13 @@ import torch
 from domains import DomainOptions
 from saved_models import MODELS_DIR, HeldOut, model_path, write_held_out
 
-from crackscope.training.checkpoint import load_checkpoint
-from crackscope.training.data import (
+from crackscope.labelled import (
     DataConfig,
     Sample,
     load_samples,
     split_by_group,
 )
+from crackscope.training.checkpoint import load_checkpoint
 from crackscope.training.evaluate import Metrics, metrics_for, predict
 from crackscope.training.train import Split, TrainConfig, train
 

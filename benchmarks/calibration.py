@@ -47,7 +47,7 @@ from crackscope.calibration.thresholds import InsufficientData
 from crackscope.inspect.card import Calibration
 from crackscope.inspect.decision import probability
 from crackscope.inspect.model import OnnxModel
-from crackscope.training.data import Clarity, DataConfig, Sample, load_samples, split_by_group
+from crackscope.labelled import Clarity, DataConfig, Sample, load_samples, split_by_group
 
 REPO = Path(__file__).resolve().parents[1]
 STRICT = Targets(escape_rate=0.01, false_reject_rate=0.05, confidence=0.9)

@@ -41,8 +41,7 @@ import numpy as np
 import torch
 
 from crackscope.inspect.parts import PartScoring, average_precision, part_score, roc_auc
-from crackscope.training.checkpoint import load_checkpoint
-from crackscope.training.data import (
+from crackscope.labelled import (
     Clarity,
     DataConfig,
     DataSource,
@@ -51,6 +50,7 @@ from crackscope.training.data import (
     load_sources,
     split_by_group,
 )
+from crackscope.training.checkpoint import load_checkpoint
 from crackscope.training.evaluate import Metrics, metrics_for, predict
 from crackscope.training.train import Split, TrainConfig, train
 

@@ -45,8 +45,8 @@ from crackscope.deploy.export import ExportConfig, Tiles, balanced, read_tiles, 
 from crackscope.deploy.quantize import Int8Recipe, quantize_int8
 from crackscope.deploy.verify import heatmap_correlations, run_session
 from crackscope.inspect.model import make_session
+from crackscope.labelled import Clarity, load_samples
 from crackscope.training.checkpoint import load_checkpoint
-from crackscope.training.data import Clarity, load_samples
 
 MIN_AGREEMENT = ExportConfig().int8_min_agreement  # export's default gates
 MIN_CORRELATION = ExportConfig().int8_min_cam_correlation

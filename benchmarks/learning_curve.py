@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from crackscope.labelled import DataConfig, Sample, load_samples, split_by_group
 from crackscope.training.checkpoint import load_checkpoint
-from crackscope.training.data import DataConfig, Sample, load_samples, split_by_group
 from crackscope.training.evaluate import metrics_for, predict
 from crackscope.training.train import Split, TrainConfig, train
 

@@ -11,8 +11,8 @@ each image's mask:
   (input size / feature size, 32 px for EfficientNet-Lite0): the heatmap is bilinear between cell centres, so at
   0% overlap its maximum sits on a cell centre and cannot come closer to a thin crack than the cell grid allows;
 - **tile-level ROC-AUC** of the tile logits against labels derived from the mask at the tile's size by the training
-  code's rule (:func:`crackscope.training.data.label_from_mask` with the default
-  :class:`~crackscope.training.data.MaskLabelling`: crack when enough crack pixels lie in the tile's centre, ok when
+  code's rule (:func:`crackscope.labelled.label_from_mask` with the default
+  :class:`~crackscope.labelled.MaskLabelling`: crack when enough crack pixels lie in the tile's centre, ok when
   none lie in the tile); ambiguous tiles are left out and counted;
 - **image-level ROC-AUC** of the frame score (the highest calibrated tile probability), defect vs defect-free
   images; only where the dataset has defect-free images.
@@ -57,7 +57,7 @@ from crackscope.inspect.images import read_image
 from crackscope.inspect.model import OnnxModel
 from crackscope.inspect.pipeline import FrameInspection, InspectConfig, inspect_frames
 from crackscope.inspect.tiling import pad_to_grid, tile_grid
-from crackscope.training.data import (
+from crackscope.labelled import (
     AMBIGUOUS,
     CRACK,
     OK,

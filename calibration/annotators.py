@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
-from crackscope.training.data import DataError
+from crackscope.labelled import DataError
 
 Vote = tuple[str, str, float]  # image, annotator, 1.0 crack / 0.0 ok
 

@@ -51,7 +51,7 @@ from crackscope.inspect.decision import Verdict, is_identity, probability, verdi
 from crackscope.inspect.model import OnnxModel
 from crackscope.inspect.overlay import VERDICT_COLOURS, colour_heatmap, normalised_heat
 from crackscope.inspect.tiling import upsample_cams
-from crackscope.training.data import AMBIGUOUS, CRACK, OK, Clarity, DataConfig, Sample, load_samples, read_votes
+from crackscope.labelled import AMBIGUOUS, CRACK, OK, Clarity, DataConfig, Sample, load_samples, read_votes
 
 CSV_COLUMNS = (
     "rank",

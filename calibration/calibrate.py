@@ -17,10 +17,10 @@ votes). Then:
 When the data cannot support the request, :class:`~.thresholds.InsufficientData` says how many labelled items
 would be needed and nothing at all is written. Every input is checked before the model runs.
 
-This package is torch-free. It reads labelled data with :mod:`crackscope.training.data`, whose import needs only
-numpy, OpenCV and tqdm (a test runs ``crackscope calibrate`` with PyTorch unimportable), so the architecture's
-"calibration imports inspect only" rule has this one documented exception rather than a second copy of the
-dataset reader.
+This package is torch-free. It reads labelled data with :mod:`crackscope.labelled`, the labelled-data reader that
+sits below training, calibration and deploy and whose import needs only numpy, OpenCV and tqdm (a test runs
+``crackscope calibrate`` with PyTorch unimportable, and ``tests/test_layout.py`` checks that this package imports
+nothing from ``crackscope.training`` and no PyTorch).
 
 Example:
     $ crackscope calibrate --model model.int8.onnx --data calib/ --escape-rate 0.01 --false-reject-rate 0.05 \\
@@ -61,7 +61,7 @@ from crackscope.inspect.card import Calibration, ModelCard, read_card, write_cal
 from crackscope.inspect.decision import is_identity, probability
 from crackscope.inspect.model import OnnxModel, dense_path, file_sha256
 from crackscope.inspect.results import utc_now
-from crackscope.training.data import Clarity, DataConfig, Dataset, load_samples
+from crackscope.labelled import Clarity, DataConfig, LabelledSet, load_samples
 
 METHOD = "temperature scaling (NLL) + Learn-Then-Test thresholds (binomial tail, fixed sequence)"
 
@@ -299,7 +299,7 @@ class _Plan:
     model: Path
     out: Path
     card: ModelCard
-    dataset: Dataset
+    dataset: LabelledSet
 
 
 def check_inputs(config: CalibrateConfig) -> _Plan:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from crackscope.inspect.images import fit_to_input
 from crackscope.inspect.model import OnnxModel
 from crackscope.inspect.pipeline import run_model
-from crackscope.training.data import Clarity, Sample, read_patch
+from crackscope.labelled import Clarity, Sample, read_patch
 
 
 @dataclass(frozen=True)

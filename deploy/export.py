@@ -63,9 +63,9 @@ from crackscope.inspect.dense import CELL
 from crackscope.inspect.images import fit_to_input, is_image_file, load_frame
 from crackscope.inspect.model import DenseModel, OnnxModel, file_sha256
 from crackscope.inspect.tiling import to_bgr8
+from crackscope.labelled import Clarity, LabelledSet, Sample, load_samples, read_patch
 from crackscope.training.backbones import CrackNet
 from crackscope.training.checkpoint import CheckpointHeader, load_checkpoint
-from crackscope.training.data import Clarity, Dataset, Sample, load_samples, read_patch
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +388,7 @@ def read_tiles(samples: Sequence[Sample], size: int, source: str) -> Tiles:
 
 
 def draw_tiles(
-    dataset: Dataset | None, size: int, verify_count: int, calib_count: int, seed: int
+    dataset: LabelledSet | None, size: int, verify_count: int, calib_count: int, seed: int
 ) -> tuple[Tiles, Tiles | None]:
     """Class-balanced verification tiles and (when ``calib_count``) calibration tiles from other source images.
 

@@ -1,6 +1,6 @@
 """``crackscope review export``: the reviewed items of a results folder as a training dataset.
 
-The dataset is in the class-folder layout that ``crackscope train`` reads (:mod:`crackscope.training.data`):
+The dataset is in the class-folder layout that ``crackscope train`` reads (:mod:`crackscope.labelled`):
 
 * ``crack/``, ``ok/``, ``ambiguous/``: each reviewed item once, in the folder of its label (every reviewer said
   defect, ok or ambiguous; reviewers who disagree make it ambiguous);

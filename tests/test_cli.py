@@ -76,7 +76,7 @@ def test_repeated_data_flags_make_several_sources_and_a_single_one_stays_a_plain
 
 def test_sources_in_a_config_file_inherit_the_runs_flags_and_data_flags_replace_them(tmp_path):
     from crackscope.cli import train_config
-    from crackscope.training.data import DataConfig, DataSource, MaskLabelling
+    from crackscope.labelled import DataConfig, DataSource, MaskLabelling
 
     config = tmp_path / "train.yaml"
     config.write_text("data:\n  - ../a\n  - {path: ../b, name: cracks, data_config: {masks: {stride: 32}}}\n")

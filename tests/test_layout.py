@@ -1,5 +1,6 @@
-"""The repo root is the package root; the standard library must stay reachable from it."""
+"""The repo root is the package root; the standard library must stay reachable from it; imports point downwards."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,36 @@ def test_the_runtime_imports_neither_training_nor_deploy_nor_pytorch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
     assert result.returncode == 0, result.stderr
     assert len(modules) >= 10
+
+
+def _modules_loaded_by_importing(modules: list[str]) -> set[str]:
+    """Every name in ``sys.modules`` after a fresh interpreter, started in the repo root, imports ``modules``."""
+    code = (
+        "import importlib, json, sys\n"
+        f"for module in {modules!r}:\n"
+        "    importlib.import_module(module)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(result.stdout.splitlines()[-1]))
+
+
+def _training_or_torch(loaded: set[str]) -> list[str]:
+    return sorted(m for m in loaded if m == "torch" or m.startswith(("torch.", "crackscope.training")))
+
+
+def test_calibration_imports_nothing_from_training_and_no_pytorch():
+    # Calibration runs the exported model on a runtime install (no PyTorch) and reads data with crackscope.labelled.
+    modules = sorted(f"crackscope.calibration.{p.stem}" for p in (REPO_ROOT / "calibration").glob("*.py"))
+    modules = [m.removesuffix(".__init__") for m in modules]
+    loaded = _modules_loaded_by_importing(modules)
+    assert set(modules) <= loaded
+    assert len(modules) >= 8
+    assert _training_or_torch(loaded) == []
+
+
+def test_the_labelled_data_reader_imports_nothing_from_training_and_no_pytorch():
+    loaded = _modules_loaded_by_importing(["crackscope.labelled"])
+    assert "crackscope.labelled" in loaded
+    assert _training_or_torch(loaded) == []

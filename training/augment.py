@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from crackscope.inspect.images import fit_to_input
-from crackscope.training.data import Sample, read_patch
+from crackscope.labelled import Sample, read_patch
 
 PRESETS = ("none", "light", "heavy", "colour", "scale", "domain")
 REFERENCE_PRESETS = frozenset({"colour", "domain"})  # the presets that histogram-match to reference images

@@ -27,8 +27,8 @@ import torch
 import crackscope
 from crackscope.config import from_dict, replacing, to_dict
 from crackscope.inspect.parts import MAX, PartScoring
+from crackscope.labelled import CLASS_NAMES, DataConfig
 from crackscope.training.backbones import CrackNet, build_model
-from crackscope.training.data import CLASS_NAMES, DataConfig
 
 CHECKPOINT_FORMAT = "crackscope-checkpoint/1"
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from crackscope.training.data import Clarity, Sample, read_patch
+from crackscope.labelled import Clarity, Sample, read_patch
 
 
 @dataclass(frozen=True)

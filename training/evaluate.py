@@ -35,10 +35,10 @@ from tqdm import tqdm
 
 from crackscope.config import replacing
 from crackscope.inspect.parts import CANDIDATES, PartScoring, choose_part_scoring, part_score
+from crackscope.labelled import Clarity, DataArgument, DataConfig, Sample, load_sources
 from crackscope.training.augment import eval_transform
 from crackscope.training.backbones import CrackNet
 from crackscope.training.checkpoint import load_checkpoint
-from crackscope.training.data import Clarity, DataArgument, DataConfig, Sample, load_sources
 from crackscope.training.dataset import PatchDataset, collate
 
 
@@ -415,7 +415,7 @@ def evaluate_checkpoint(
 ) -> Evaluation:
     """Score ``data`` with the checkpoint; write ``metrics.json`` and curves to ``out`` (default: beside it).
 
-    ``data`` is one folder or several sources (folders or :class:`~crackscope.training.data.DataSource`); sources
+    ``data`` is one folder or several sources (folders or :class:`~crackscope.labelled.DataSource`); sources
     without settings of their own are read with ``data_config``, by default the way the training data was read.
     """
     model, header = load_checkpoint(checkpoint, device)

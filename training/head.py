@@ -25,9 +25,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from crackscope.labelled import Sample
 from crackscope.training.augment import eval_transform
 from crackscope.training.backbones import CrackNet
-from crackscope.training.data import Sample
 from crackscope.training.dataset import PatchDataset, collate
 
 

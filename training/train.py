@@ -38,6 +38,19 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from crackscope.config import replacing, to_dict, write_yaml
+from crackscope.labelled import (
+    Clarity,
+    DataConfig,
+    DataSource,
+    LabelledSet,
+    LabelledSources,
+    Sample,
+    class_counts,
+    describe,
+    load_sources,
+    split_by_source,
+    training_view,
+)
 from crackscope.training.augment import (
     PRESETS,
     REFERENCE_PRESETS,
@@ -48,19 +61,6 @@ from crackscope.training.augment import (
 )
 from crackscope.training.backbones import CrackNet, build_model, get_spec
 from crackscope.training.checkpoint import CheckpointHeader, save_checkpoint
-from crackscope.training.data import (
-    Clarity,
-    DataConfig,
-    Dataset,
-    DataSource,
-    MultiDataset,
-    Sample,
-    class_counts,
-    describe,
-    load_sources,
-    split_by_source,
-    training_view,
-)
 from crackscope.training.dataset import PatchDataset, collate
 from crackscope.training.evaluate import Metrics, Predictions, metrics_for, predict
 from crackscope.training.head import fit_head
@@ -244,13 +244,13 @@ def _counts(samples: list[Sample], source: str | None = None) -> dict[str, int]:
     return class_counts(s for s in samples if source is None or s.source == source)
 
 
-def data_fingerprint(dataset: Dataset | MultiDataset) -> str:
+def data_fingerprint(dataset: LabelledSet | LabelledSources) -> str:
     """sha256 over the sample list (paths relative to the root, boxes, targets): same data, same fingerprint.
 
     With several sources each path is relative to its source's root and prefixed with the source's name, and the
     order of the sources does not matter; one source gives the same fingerprint as that folder alone.
     """
-    if isinstance(dataset, MultiDataset):
+    if isinstance(dataset, LabelledSources):
         named = sorted(zip((s.name for s in dataset.sources), dataset.parts, strict=True), key=lambda pair: pair[0])
     else:
         named = [("", dataset)]

@@ -72,7 +72,7 @@ def voted(tmp_path, grey_dataset) -> Path:
 def test_annotator_reliability_ranks_the_careless_annotator_last_and_kappa_matches_sklearn(voted, brightness_model):
     from sklearn.metrics import cohen_kappa_score
 
-    from crackscope.training.data import read_votes
+    from crackscope.labelled import read_votes
 
     votes = read_votes(voted / "votes.csv", {})
     _, reliability = dawid_skene(votes)

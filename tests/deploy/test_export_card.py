@@ -11,9 +11,9 @@ import torch
 from crackscope.deploy.export import card_for
 from crackscope.inspect.card import ModelCard
 from crackscope.inspect.parts import PartScoring
+from crackscope.labelled import Clarity, Sample
 from crackscope.training.backbones import build_model
 from crackscope.training.checkpoint import CheckpointHeader
-from crackscope.training.data import Clarity, Sample
 from crackscope.training.evaluate import Predictions, metrics_for
 
 

@@ -15,8 +15,8 @@ from crackscope.deploy.export import ExportConfig, draw_tiles, export
 from crackscope.deploy.quantize import Int8Recipe, pair_sums, quantize_int8
 from crackscope.deploy.verify import heatmap_correlations
 from crackscope.inspect.card import read_card
+from crackscope.labelled import DataConfig, MaskLabelling, load_samples
 from crackscope.training import synthetic
-from crackscope.training.data import DataConfig, MaskLabelling, load_samples
 
 # --- which tiles calibrate and which verify ---------------------------------------------------------------------
 

@@ -383,7 +383,7 @@ def test_export_writes_class_folders_votes_of_several_reviewers_and_a_manifest(r
 
 
 def test_the_exported_dataset_loads_for_training_with_votes_as_soft_targets(results, tmp_path):
-    from crackscope.training.data import Clarity, DataConfig, load_samples
+    from crackscope.labelled import Clarity, DataConfig, load_samples
 
     _decide_for_export(results)
     export_dataset(results, tmp_path / "dataset")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from crackscope.training.data import AMBIGUOUS, CRACK, OK, DataConfig, MaskLabelling, load_samples, read_patch
+from crackscope.labelled import AMBIGUOUS, CRACK, OK, DataConfig, MaskLabelling, load_samples, read_patch
 
 pytestmark = pytest.mark.realdata
 

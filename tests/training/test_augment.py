@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from crackscope.cli import build_parser
+from crackscope.labelled import Clarity, Sample
 from crackscope.training.augment import (
     PRESETS,
     Augmentation,
@@ -27,7 +28,6 @@ from crackscope.training.augment import (
     zoom_in,
     zoom_out,
 )
-from crackscope.training.data import Clarity, Sample
 from crackscope.training.train import Runtime, TrainConfig, make_loader
 
 

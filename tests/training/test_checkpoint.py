@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from crackscope.inspect.parts import PartScoring
+from crackscope.labelled import DataConfig, MaskLabelling
 from crackscope.training.backbones import build_model
 from crackscope.training.checkpoint import CHECKPOINT_FORMAT, CheckpointHeader, load_checkpoint, save_checkpoint
-from crackscope.training.data import DataConfig, MaskLabelling
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from crackscope.inspect.parts import PartScoring
-from crackscope.training.data import Clarity, Sample
+from crackscope.labelled import Clarity, Sample
 from crackscope.training.evaluate import (
     AmbiguousReport,
     BinaryMetrics,

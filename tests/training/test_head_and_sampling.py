@@ -49,8 +49,8 @@ def test_logistic_head_refuses_a_single_class():
 
 
 def test_fit_head_sets_the_network_head_so_the_network_reproduces_the_fit(patch_data):
+    from crackscope.labelled import Clarity, load_samples
     from crackscope.training.backbones import build_model
-    from crackscope.training.data import Clarity, load_samples
 
     clear = [s for s in load_samples(patch_data).samples if s.clarity is Clarity.CLEAR]
     samples = [s for s in clear if s.label == 1][:20] + [s for s in clear if s.label == 0][:20]

@@ -12,8 +12,7 @@ import pytest
 import yaml
 
 from crackscope.config import ConfigError, from_dict, to_dict
-from crackscope.training import synthetic
-from crackscope.training.data import (
+from crackscope.labelled import (
     AMBIGUOUS,
     CRACK,
     OK,
@@ -30,6 +29,7 @@ from crackscope.training.data import (
     split_by_group,
     split_by_source,
 )
+from crackscope.training import synthetic
 from crackscope.training.train import TrainConfig, data_fingerprint, load_split
 
 FRAMES_CONFIG = DataConfig(mode="mask", masks=MaskLabelling(patch_size=32, stride=32))

@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from crackscope.config import from_dict
+from crackscope.labelled import Clarity, load_samples, split_by_group
 from crackscope.training.checkpoint import load_checkpoint
-from crackscope.training.data import Clarity, load_samples, split_by_group
 from crackscope.training.evaluate import metrics_for, predict
 from crackscope.training.schedule import plan_schedule
 from crackscope.training.train import TrainConfig, positive_weight, stages

@@ -1,4 +1,8 @@
-"""Datasets of crack / no-crack patches, with ambiguous items as first-class data.
+"""The labelled-data reader: crack / no-crack patches, with ambiguous items as first-class data.
+
+It sits below training, calibration and deploy, which all read labelled data, and is torch-free (numpy, OpenCV
+and tqdm), so calibration can read data without training's dependencies. :func:`load_samples` reads one folder
+into a :class:`LabelledSet`; :func:`load_sources` reads several into one :class:`LabelledSources`.
 
 Two layouts are read as they are:
 
@@ -17,9 +21,9 @@ if it needs them, its own layout and labelling settings. Each sample remembers i
 the source's name, and :func:`split_by_source` splits each source apart, so per-source numbers stay comparable.
 
 Example:
-    >>> from crackscope.training.data import DataConfig, DataSource, load_samples, load_sources
-    >>> dataset = load_samples("../shared/datasets/ozgenel-concrete", DataConfig())   # doctest: +SKIP
-    >>> dataset.summary()                                                              # doctest: +SKIP
+    >>> from crackscope.labelled import DataConfig, DataSource, load_samples, load_sources
+    >>> labelled = load_samples("../shared/datasets/ozgenel-concrete", DataConfig())  # doctest: +SKIP
+    >>> labelled.summary()                                                             # doctest: +SKIP
     >>> both = load_sources(                                                           # doctest: +SKIP
     ...     ["../shared/datasets/ozgenel-concrete",
     ...      DataSource("../shared/datasets/deepcrack-train", "deepcrack", DataConfig(mode="mask"))]
@@ -154,7 +158,7 @@ def class_counts(samples: Iterable[Sample]) -> dict[str, int]:
 
 
 @dataclass(frozen=True)
-class Dataset:
+class LabelledSet:
     """Samples plus what was skipped while reading them."""
 
     root: Path
@@ -422,14 +426,14 @@ def apply_votes(samples: list[Sample], root: Path, targets: dict[str, float]) ->
 # --- entry point ----------------------------------------------------------------------------------------------------
 
 
-def load_samples(root: str | os.PathLike, config: DataConfig | None = None) -> Dataset:
+def load_samples(root: str | os.PathLike, config: DataConfig | None = None) -> LabelledSet:
     """Read a dataset folder into samples, or raise :class:`DataError` before any training starts."""
     dataset = _read_folder(Path(root), config or DataConfig())
     _check_classes(dataset)
     return dataset
 
 
-def _read_folder(root: Path, config: DataConfig) -> Dataset:
+def _read_folder(root: Path, config: DataConfig) -> LabelledSet:
     """Samples of one folder, which may hold only one class (a folder of good parts, say)."""
     if not root.exists():
         raise DataError(f"{root}: data path does not exist")
@@ -455,10 +459,10 @@ def _read_folder(root: Path, config: DataConfig) -> Dataset:
         samples = apply_votes(
             samples, root, consensus_targets(read_votes(votes_path, config.class_map), config.consensus)
         )
-    return Dataset(root, tuple(samples), tuple(skipped))
+    return LabelledSet(root, tuple(samples), tuple(skipped))
 
 
-def _check_classes(dataset: Dataset) -> None:
+def _check_classes(dataset: LabelledSet) -> None:
     counts = dataset.counts()
     empty = [name for name in (CRACK, OK) if counts[name] == 0]
     if empty:
@@ -469,11 +473,11 @@ def _check_classes(dataset: Dataset) -> None:
 
 
 @dataclass(frozen=True)
-class MultiDataset:
+class LabelledSources:
     """Several sources read as one sample list; each part keeps its own root, settings and skipped files."""
 
     sources: tuple[DataSource, ...]  # resolved: every name and data_config filled in
-    parts: tuple[Dataset, ...]  # one per source, in the same order; their samples carry the source's name
+    parts: tuple[LabelledSet, ...]  # one per source, in the same order; their samples carry the source's name
 
     @cached_property
     def samples(self) -> tuple[Sample, ...]:
@@ -544,8 +548,8 @@ def _check_distinct(sources: Sequence[DataSource]) -> None:
                 )
 
 
-def load_sources(data: DataArgument, base: DataConfig | None = None) -> MultiDataset:
-    """Read every source with its own settings into one :class:`MultiDataset`, or raise :class:`DataError`.
+def load_sources(data: DataArgument, base: DataConfig | None = None) -> LabelledSources:
+    """Read every source with its own settings into one :class:`LabelledSources`, or raise :class:`DataError`.
 
     Samples are tagged with their source's name and their groups prefixed with it, so a grouped split never
     joins images of two sources. A source may hold a single class (a folder of good parts) as long as the
@@ -553,12 +557,12 @@ def load_sources(data: DataArgument, base: DataConfig | None = None) -> MultiDat
     """
     sources = resolve_sources(data, base)
     parts = tuple(_read_source(source, several=len(sources) > 1) for source in sources)
-    dataset = MultiDataset(sources, parts)
+    dataset = LabelledSources(sources, parts)
     _check_union(dataset)
     return dataset
 
 
-def _read_source(source: DataSource, *, several: bool) -> Dataset:
+def _read_source(source: DataSource, *, several: bool) -> LabelledSet:
     try:
         dataset = _read_folder(Path(source.path), source.data_config or DataConfig())
         if not dataset.samples:
@@ -571,7 +575,7 @@ def _read_source(source: DataSource, *, several: bool) -> Dataset:
     return replace(dataset, samples=tagged)
 
 
-def _check_union(dataset: MultiDataset) -> None:
+def _check_union(dataset: LabelledSources) -> None:
     if len(dataset.parts) == 1:
         _check_classes(dataset.parts[0])  # the same message as for one folder read with load_samples
         return
@@ -673,9 +677,9 @@ def read_patch(sample: Sample) -> np.ndarray:
     return image[y : y + h, x : x + w]
 
 
-def describe(dataset: Dataset | MultiDataset, emit: Callable[[str], None] = print) -> None:
+def describe(dataset: LabelledSet | LabelledSources, emit: Callable[[str], None] = print) -> None:
     """One line per source (items, source images, class counts, unreadable files), then one of totals."""
-    if isinstance(dataset, Dataset):
+    if isinstance(dataset, LabelledSet):
         emit(_summary_line(str(dataset.root), dataset.summary()))
         return
     several = len(dataset.parts) > 1

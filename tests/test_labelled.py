@@ -1,4 +1,4 @@
-"""Dataset discovery, labels from masks, votes and grouped splits."""
+"""The labelled-data reader: dataset discovery, labels from masks, votes and grouped splits."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from crackscope.training.data import (
+from crackscope.labelled import (
     AMBIGUOUS,
     CRACK,
     OK,
