@@ -11,7 +11,8 @@ Two layouts are read as they are:
   ``MT_*`` -> crack). A mask lying beside its image (``x.jpg`` + ``x.png``) is never a training image.
 * **masks**: image + same-stem mask, side by side or in ``images/`` + ``masks/``. Images are cut into patches on a
   grid and each patch is labelled from its mask (:func:`label_from_mask`): crack when enough mask pixels lie in the
-  patch centre, ok when none lie in the patch, ambiguous otherwise.
+  patch centre, ok when none lie in the patch, ambiguous otherwise. Each patch keeps its mask file
+  (:attr:`Sample.mask`, read with :func:`read_mask_patch`) so training can supervise the heatmap with it.
 
 An optional ``votes.csv`` (``image,annotator,label``) turns annotator disagreement into soft targets. Every sample
 remembers its source image (``group``) so splits never put one photo in both train and validation.
@@ -96,6 +97,9 @@ class Sample:
     group: str
     box: tuple[int, int, int, int] | None = None  # x, y, width, height of the patch in the source image
     source: str = ""  # name of the DataSource it came from; "" when read alone with load_samples
+    # The pixel mask of the source image (mask layout only), for training the heatmap against it. Not part of
+    # ``key`` or the data fingerprint: the mask adds supervision, it does not make the item another item.
+    mask: Path | None = None
 
     @property
     def label(self) -> int:
@@ -322,9 +326,10 @@ def _mask_samples(
             x, y, w, h = box
             kind = label_from_mask(mask[y : y + h, x : x + w], rules)
             if kind == AMBIGUOUS:
-                out.append(Sample(image_path, config.ambiguous_target, Clarity.AMBIGUOUS, group, box))
+                target, clarity = config.ambiguous_target, Clarity.AMBIGUOUS
             else:
-                out.append(Sample(image_path, 1.0 if kind == CRACK else 0.0, Clarity.CLEAR, group, box))
+                target, clarity = 1.0 if kind == CRACK else 0.0, Clarity.CLEAR
+            out.append(Sample(image_path, target, clarity, group, box, mask=mask_path))
         return out
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
@@ -675,6 +680,24 @@ def read_patch(sample: Sample) -> np.ndarray:
         return image
     x, y, w, h = sample.box
     return image[y : y + h, x : x + w]
+
+
+def read_mask_patch(sample: Sample) -> np.ndarray | None:
+    """The sample's mask as uint8 0/255 ``[h, w]``, cut like :func:`read_patch`; None when it has no mask.
+
+    Any non-zero mask pixel is crack (as in :func:`label_from_mask`), so masks stored as 0/1, as 0/255 or as a
+    JPEG's near-black and near-white all come out the same.
+
+    Raises:
+        ImageReadError: the mask file is missing, empty, or not a decodable image.
+    """
+    if sample.mask is None:
+        return None
+    mask = read_image(sample.mask, grayscale=True)
+    if sample.box is not None:
+        x, y, w, h = sample.box
+        mask = mask[y : y + h, x : x + w]
+    return np.where(mask > 0, np.uint8(255), np.uint8(0))
 
 
 def describe(dataset: LabelledSet | LabelledSources, emit: Callable[[str], None] = print) -> None:

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from crackscope.inspect.images import ImageReadError
 from crackscope.labelled import (
     AMBIGUOUS,
     CRACK,
@@ -21,6 +22,8 @@ from crackscope.labelled import (
     consensus_targets,
     label_from_mask,
     load_samples,
+    read_mask_patch,
+    read_patch,
     split_by_group,
     training_view,
 )
@@ -123,6 +126,40 @@ def test_images_and_masks_folders_are_read_as_a_mask_dataset(tmp_path):
         _write(tmp_path / "masks" / f"{i}.png", mask)
     dataset = load_samples(tmp_path, DataConfig(masks=MaskLabelling(patch_size=64, stride=64)))
     assert dataset.counts() == {CRACK: 2, OK: 1, AMBIGUOUS: 0}
+
+
+def test_samples_from_a_mask_folder_carry_their_mask_and_class_folder_samples_do_not(mt_like):
+    as_masks = load_samples(mt_like, DataConfig(mode="mask", masks=MaskLabelling(patch_size=20, stride=20)))
+    assert all(s.mask == s.path.with_suffix(".png") for s in as_masks.samples)
+    as_folders = load_samples(mt_like)
+    assert all(s.mask is None for s in as_folders.samples)
+
+
+def test_the_mask_does_not_change_a_samples_key():
+    plain = Sample(Path("a.jpg"), 1.0, Clarity.CLEAR, "a.jpg", (0, 20, 20, 20))
+    with_mask = Sample(Path("a.jpg"), 1.0, Clarity.CLEAR, "a.jpg", (0, 20, 20, 20), mask=Path("a.png"))
+    assert with_mask.key == plain.key == "a.jpg@0,20,20,20"
+
+
+def test_read_mask_patch_cuts_the_samples_box_as_0_or_255(tmp_path):
+    mask = np.zeros((40, 60), np.uint8)
+    mask[25:30, 3:8] = 1  # stored as 0/1, as some datasets do
+    image = np.zeros((40, 60, 3), np.uint8)
+    _write(tmp_path / "x.jpg", image)
+    _write(tmp_path / "x.png", mask)
+    sample = Sample(tmp_path / "x.jpg", 1.0, Clarity.CLEAR, "x.jpg", (0, 20, 20, 20), mask=tmp_path / "x.png")
+    patch = read_mask_patch(sample)
+    assert patch.shape == read_patch(sample).shape[:2] == (20, 20) and patch.dtype == np.uint8
+    expected = np.zeros((20, 20), np.uint8)
+    expected[5:10, 3:8] = 255
+    assert np.array_equal(patch, expected)
+
+
+def test_read_mask_patch_is_none_without_a_mask_and_an_image_read_error_for_a_missing_one(tmp_path):
+    assert read_mask_patch(Sample(tmp_path / "x.jpg", 0.0, Clarity.CLEAR, "x.jpg")) is None
+    missing = Sample(tmp_path / "x.jpg", 0.0, Clarity.CLEAR, "x.jpg", mask=tmp_path / "gone.png")
+    with pytest.raises(ImageReadError, match=r"gone\.png"):
+        read_mask_patch(missing)
 
 
 def test_unreadable_images_are_skipped_and_counted(patch_data, caplog):

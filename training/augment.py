@@ -17,21 +17,29 @@ The presets, so that they can be compared on held-out domains:
 - ``scale``: light + zoom in (centre-keeping crops) or out (shrink and reflect-pad), 0.6x to 2x.
 - ``domain``: heavy's warps and damage + colour + scale, each applied to a share of the images.
 
+Every transform also takes an image and its crack mask together (``transform.pair(image, mask)``), for training the
+heatmap against masks: geometric steps (resize, flips, turns, warps, zoom) move the mask with the image, with
+nearest-neighbour sampling or :func:`resize_mask` so it stays 0/255; photometric steps (colour, blur, noise, JPEG,
+shadows, dropout holes, histogram matching) leave it alone. The image comes out exactly as ``transform(image)``
+would give it from the same random state.
+
 Example:
     >>> from crackscope.training.augment import build_transform, read_references
     >>> transform = build_transform("heavy", 224)
     >>> augmented = transform(image)                  # doctest: +SKIP
+    >>> augmented, moved_mask = transform.pair(image, mask)  # doctest: +SKIP
     >>> references = read_references(train_samples)  # doctest: +SKIP
     >>> transform = build_transform("domain", 224, references=references, seed=0)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import albumentations as A
 import cv2
@@ -58,17 +66,72 @@ ZOOM_OUT_SHRINK = (0.6, 1.0)
 Transform = Callable[[np.ndarray], np.ndarray]
 
 
-def eval_transform(size: int) -> Transform:
+class PairedTransform(Protocol):
+    """A transform that also carries a crack mask through the same geometry (what :func:`build_transform` makes)."""
+
+    def __call__(self, image: np.ndarray) -> np.ndarray: ...
+
+    def pair(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(uint8 BGR [size, size, 3], uint8 0/255 [size, size])`` from an image and its ``[H, W]`` mask."""
+        ...
+
+
+@dataclass(frozen=True)
+class EvalTransform:
     """The evaluation transform: resize to the input size, nothing else (the rest is in the model).
 
-    A ``partial`` of a module function rather than a closure, so that it pickles into DataLoader workers.
+    A frozen dataclass rather than a closure, so that it pickles into DataLoader workers.
     """
-    return functools.partial(fit_bgr, size=size)
+
+    size: int
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return fit_bgr(image, self.size)
+
+    def pair(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return fit_bgr(image, self.size), fit_mask(mask, image.shape[:2], self.size)
+
+
+def eval_transform(size: int) -> EvalTransform:
+    """The evaluation transform for the input side ``size`` (see :class:`EvalTransform`)."""
+    return EvalTransform(size)
 
 
 def fit_bgr(image: np.ndarray, size: int) -> np.ndarray:
     """``image`` as three-channel BGR at the square input size."""
     return fit_to_input(as_bgr(image), size)
+
+
+def fit_mask(mask: np.ndarray, image_shape: tuple[int, ...], size: int) -> np.ndarray:
+    """A crack mask of an image of ``image_shape`` at the square input size, as :func:`fit_bgr` fits the image.
+
+    Raises:
+        ValueError: the mask is not ``[H, W]`` (or ``[H, W, 1]``) with the image's height and width.
+    """
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[..., 0]
+    if mask.ndim != 2 or mask.shape != tuple(image_shape[:2]):
+        raise ValueError(f"a mask must be [H, W] like its image {list(image_shape[:2])}, got shape {list(mask.shape)}")
+    return resize_mask(mask, size, size)
+
+
+def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A crack mask resized to ``width`` x ``height``, uint8 0/255.
+
+    Enlarging samples the nearest pixel. Shrinking averages (area interpolation, as :func:`fit_to_input` shrinks
+    the image) and keeps any output pixel that a crack pixel reaches: nearest-neighbour would skip most pixels of
+    a 1-2 px crack, whereas the image keeps it as a fainter line. The mask may so grow by a pixel; cell targets
+    (:func:`crackscope.training.supervision.cell_targets`) ask only whether a cell holds any crack pixel anyway.
+    """
+    binary = np.where(mask > 0, np.uint8(255), np.uint8(0))
+    rows, cols = binary.shape[:2]
+    if (rows, cols) == (height, width):
+        return binary
+    if width < cols or height < rows:
+        shrunk = cv2.resize(binary, (width, height), interpolation=cv2.INTER_AREA)
+        return np.where(shrunk > 0, np.uint8(255), np.uint8(0))
+    # NEAREST_EXACT samples pixel centres; plain NEAREST is shifted by half a source pixel against the image.
+    return cv2.resize(binary, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 def as_bgr(image: np.ndarray) -> np.ndarray:
@@ -104,31 +167,44 @@ def centre_keeping_span(length: int, crop: float, keep: float, position: float) 
     return low + round(position * (high - low)), extent
 
 
-def zoom_in(image: np.ndarray, crop: float, keep: float, x_position: float, y_position: float) -> np.ndarray:
-    """Crop a square share ``crop`` of the image that contains its central share ``keep``, resized back up."""
+def zoom_in(
+    image: np.ndarray, crop: float, keep: float, x_position: float, y_position: float, *, mask: bool = False
+) -> np.ndarray:
+    """Crop a square share ``crop`` of the image that contains its central share ``keep``, resized back up.
+
+    ``mask=True`` treats ``image`` as a crack mask: the same crop, resized by :func:`resize_mask`.
+    """
     height, width = image.shape[:2]
     top, crop_height = centre_keeping_span(height, crop, keep, y_position)
     left, crop_width = centre_keeping_span(width, crop, keep, x_position)
     window = image[top : top + crop_height, left : left + crop_width]
+    if mask:
+        return resize_mask(window, width, height)
     return cv2.resize(window, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def zoom_out(image: np.ndarray, shrink: float, x_position: float, y_position: float) -> np.ndarray:
+def zoom_out(
+    image: np.ndarray, shrink: float, x_position: float, y_position: float, *, mask: bool = False
+) -> np.ndarray:
     """Shrink the image by ``shrink`` and reflect-pad it back to its size; the positions place it in the frame.
 
     Reflection (not a constant colour) keeps the surface texture up to the border, so the model cannot learn
-    "flat border = augmented". Any crack is kept whole, and mirrored copies of it stay crack-like.
+    "flat border = augmented". Any crack is kept whole, and mirrored copies of it stay crack-like (and so are
+    marked in the mask too). ``mask=True`` treats ``image`` as a crack mask, shrunk by :func:`resize_mask`.
     """
     height, width = image.shape[:2]
     small_height, small_width = max(1, round(shrink * height)), max(1, round(shrink * width))
-    small = cv2.resize(image, (small_width, small_height), interpolation=cv2.INTER_AREA)
+    if mask:
+        small = resize_mask(image, small_width, small_height)
+    else:
+        small = cv2.resize(image, (small_width, small_height), interpolation=cv2.INTER_AREA)
     top = round(y_position * (height - small_height))
     left = round(x_position * (width - small_width))
     bottom, right = height - small_height - top, width - small_width - left
     return cv2.copyMakeBorder(small, top, bottom, left, right, cv2.BORDER_REFLECT_101)
 
 
-class CentreZoomIn(A.ImageOnlyTransform):
+class CentreZoomIn(A.DualTransform):
     """Zoom in by a random crop that always contains the central ``keep`` share of the patch (see ``zoom_in``)."""
 
     def __init__(self, crop_range: tuple[float, float] = ZOOM_IN_CROP, keep: float = CENTRE_KEPT, p: float = 0.5):
@@ -145,8 +221,13 @@ class CentreZoomIn(A.ImageOnlyTransform):
     def apply(self, img: np.ndarray, crop: float, x_position: float, y_position: float, **params) -> np.ndarray:
         return zoom_in(img, crop, self.keep, x_position, y_position)
 
+    def apply_to_mask(
+        self, mask: np.ndarray, crop: float, x_position: float, y_position: float, **params
+    ) -> np.ndarray:
+        return zoom_in(mask, crop, self.keep, x_position, y_position, mask=True)
 
-class ShrinkAndReflect(A.ImageOnlyTransform):
+
+class ShrinkAndReflect(A.DualTransform):
     """Zoom out: shrink by a random factor and reflect-pad back to size at a random place (see ``zoom_out``)."""
 
     def __init__(self, shrink_range: tuple[float, float] = ZOOM_OUT_SHRINK, p: float = 0.5):
@@ -162,6 +243,11 @@ class ShrinkAndReflect(A.ImageOnlyTransform):
 
     def apply(self, img: np.ndarray, shrink: float, x_position: float, y_position: float, **params) -> np.ndarray:
         return zoom_out(img, shrink, x_position, y_position)
+
+    def apply_to_mask(
+        self, mask: np.ndarray, shrink: float, x_position: float, y_position: float, **params
+    ) -> np.ndarray:
+        return zoom_out(mask, shrink, x_position, y_position, mask=True)
 
 
 # --- presets ---------------------------------------------------------------------------------------------------------
@@ -290,6 +376,7 @@ class Augmentation:
     """``uint8 BGR image -> uint8 BGR [size, size, 3]`` through one albumentations pipeline; picklable.
 
     The image is first brought to the input size (augmenting at the final size is cheapest), then augmented.
+    :meth:`pair` does the same to an image and its crack mask at once.
 
     Seeding works around two traits of albumentations 2.0: ``Compose(seed=s)`` gives every step its own generator
     seeded with the same ``s`` (so a horizontal and a vertical flip would always fire together), and it ignores
@@ -307,12 +394,24 @@ class Augmentation:
         self._seed_pipeline(None if seed is None else [seed])
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self._run({"image": fit_bgr(image, self.size)})["image"]
+
+    def pair(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The augmented image and its mask moved alike: uint8 BGR ``[size, size, 3]``, uint8 0/255 ``[size, size]``.
+
+        The random draws do not depend on whether a mask comes along, so the image is the one ``self(image)``
+        would have given. Masks go through the geometric steps with nearest-neighbour sampling (albumentations'
+        default for masks; :func:`resize_mask` in the zoom steps), so they stay 0/255.
+        """
+        fitted = self._run({"image": fit_bgr(image, self.size), "mask": fit_mask(mask, image.shape[:2], self.size)})
+        return fitted["image"], fitted["mask"]
+
+    def _run(self, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if os.getpid() != self._pid:
             self._seed_pipeline([random.getrandbits(64)] if self.seed is None else [self.seed, random.getrandbits(64)])
-        data = {"image": fit_bgr(image, self.size)}
         if self.references:
-            data[REFERENCES_KEY] = self.references
-        return self.pipeline(**data)["image"]
+            data = {**data, REFERENCES_KEY: self.references}
+        return self.pipeline(**data)
 
     def _seed_pipeline(self, entropy: list[int] | None) -> None:
         numpy_seed, python_seed = np.random.SeedSequence(entropy).spawn(2)
@@ -323,8 +422,8 @@ class Augmentation:
 
 def build_transform(
     preset: str, size: int, references: Sequence[np.ndarray] = (), seed: int | None = None
-) -> Transform:
-    """A callable ``uint8 BGR image -> uint8 BGR [size, size, 3]`` for the named preset.
+) -> PairedTransform:
+    """A callable ``uint8 BGR image -> uint8 BGR [size, size, 3]`` for the named preset, with a mask-carrying ``pair``.
 
     Args:
         preset: one of :data:`PRESETS`.

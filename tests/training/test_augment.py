@@ -17,6 +17,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from crackscope.cli import build_parser
 from crackscope.labelled import Clarity, Sample
+from crackscope.training import synthetic
 from crackscope.training.augment import (
     PRESETS,
     Augmentation,
@@ -25,6 +26,7 @@ from crackscope.training.augment import (
     eval_transform,
     pick_references,
     read_references,
+    resize_mask,
     zoom_in,
     zoom_out,
 )
@@ -295,3 +297,86 @@ def test_a_seeded_loader_repeats_its_augmentations():
     first = _augment_in_two_workers(build_transform("domain", 32, seed=0), seed=11)
     second = _augment_in_two_workers(build_transform("domain", 32, seed=0), seed=11)
     assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(first, second, strict=True))
+
+
+# --- masks carried with the image -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cracked() -> tuple[np.ndarray, np.ndarray]:
+    """A 150x200 surface with a dark, 3-px crack and its 0/255 mask."""
+    mask = np.zeros((150, 200), np.uint8)
+    cv2.line(mask, (10, 20), (190, 130), 255, thickness=3)
+    image = np.random.default_rng(4).normal(200, 5, (150, 200, 3)).clip(0, 255).astype(np.uint8)
+    image[mask > 0] = 30
+    return image, mask
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_a_paired_call_gives_the_image_a_plain_call_gives_under_the_same_seed(preset):
+    image, mask = synthetic.make_frame(150, 200, 5, kind="concrete", n_cracks=2)
+    plain = build_transform(preset, 64, references=_bright_references(), seed=9)
+    paired = build_transform(preset, 64, references=_bright_references(), seed=9)
+    for _ in range(12):
+        augmented, moved = paired.pair(image, mask)
+        assert np.array_equal(augmented, plain(image))
+        assert moved.shape == (64, 64) and moved.dtype == np.uint8
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_the_mask_stays_on_the_crack_and_binary_under_every_preset(preset, cracked):
+    # No references: matching to the bright ones washes the crack out, which is tone, not geometry.
+    transform = build_transform(preset, 64, seed=0)
+    for _ in range(40):
+        augmented, moved = transform.pair(*cracked)
+        assert set(np.unique(moved)) <= {0, 255}
+        grey = augmented.astype(np.float32).mean(axis=2)
+        if moved.any() and not moved.all():
+            assert grey[moved > 0].mean() < grey[moved == 0].mean() - 10  # a mask left behind: about 0
+
+
+def test_the_mask_follows_a_horizontal_flip():
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[4:10, 2:6] = 255
+    transform = Augmentation(A.Compose([A.HorizontalFlip(p=1.0)]), 32, [], seed=0)
+    flipped, moved = transform.pair(image, mask)
+    assert np.array_equal(flipped, image[:, ::-1])
+    assert np.array_equal(moved, mask[:, ::-1])
+
+
+@pytest.mark.parametrize("shape", [(300, 400), (20, 30), (64, 200)], ids=["shrink", "enlarge", "mixed"])
+def test_the_mask_stays_binary_after_the_resize_and_a_hairline_survives_shrinking(shape):
+    mask = np.zeros(shape, np.uint8)
+    mask[shape[0] // 2, :] = 1  # a one-pixel line, stored as 0/1
+    image = np.zeros((*shape, 3), np.uint8)
+    fitted_image, fitted = eval_transform(64).pair(image, mask)
+    assert fitted_image.shape == (64, 64, 3) and fitted.shape == (64, 64)
+    assert set(np.unique(fitted)) == {0, 255}
+    assert np.all(fitted.max(axis=0) == 255)  # the line crosses every column still
+
+
+def test_resize_mask_enlarges_by_the_nearest_pixel_and_keeps_any_covered_pixel_when_shrinking():
+    mask = np.array([[0, 255], [0, 0]], np.uint8)
+    assert np.array_equal(resize_mask(mask, 4, 4)[:2, 2:], np.full((2, 2), 255))
+    assert resize_mask(mask, 4, 4).sum() == 4 * 255
+    dot = np.zeros((8, 8), np.uint8)
+    dot[5, 2] = 255
+    assert np.array_equal(resize_mask(dot, 2, 2), np.array([[0, 0], [255, 0]], np.uint8))
+
+
+@pytest.mark.parametrize("zoom", ["in", "out"])
+def test_zooming_a_mask_moves_it_like_the_image(zoom, cracked):
+    image, mask = cracked
+    if zoom == "in":
+        grey, moved = zoom_in(image, 0.6, 0.5, 0.3, 0.8), zoom_in(mask, 0.6, 0.5, 0.3, 0.8, mask=True)
+    else:
+        grey, moved = zoom_out(image, 0.7, 0.3, 0.8), zoom_out(mask, 0.7, 0.3, 0.8, mask=True)
+    assert moved.shape == mask.shape and set(np.unique(moved)) == {0, 255}
+    dark = grey.mean(axis=2) < 115
+    assert (dark & (moved > 0)).sum() >= 0.95 * dark.sum()  # every dark crack pixel is marked
+
+
+def test_a_mask_of_another_size_than_its_image_is_refused():
+    with pytest.raises(ValueError, match=r"like its image \[150, 200\], got shape \[150, 100\]"):
+        build_transform("light", 32, seed=0).pair(np.zeros((150, 200, 3), np.uint8), np.zeros((150, 100), np.uint8))
