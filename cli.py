@@ -150,15 +150,24 @@ def _add_train(subparsers) -> None:
     )
     p.add_argument(
         "--sampler",
-        choices=["shuffle", "balanced"],
-        help="shuffle every item once per epoch (default), or draw cracks at --positive-share (rare defects)",
+        choices=["auto", "shuffle", "balanced"],
+        help="auto (default): shuffle with the crack loss weighted n_ok / n_crack up to --max-positive-weight, "
+        "balanced above it; shuffle every item once per epoch; or draw cracks at --positive-share (rare defects)",
     )
-    p.add_argument("--positive-share", type=float, help="share of crack draws with --sampler balanced (default 0.5)")
+    p.add_argument("--positive-share", type=float, help="share of crack draws when balanced (default 0.3)")
     p.add_argument(
         "--hard-negatives",
         type=float,
         help="keep only this hardest share of ok items each fine-tuning epoch, rescored by the current model",
     )
+    p.add_argument("--max-positive-weight", type=float, help="cap on the crack loss weight n_ok / n_crack (10)")
+    p.add_argument("--grad-clip", type=float, help="clip the gradient's global norm to this while fine-tuning")
+    p.add_argument(
+        "--select-by",
+        choices=["ap", "loss"],
+        help="keep the epoch with the best validation AP on clear items, ties to the lower loss (default), or loss",
+    )
+    p.add_argument("--mask-weight", type=float, help="heatmap-vs-mask loss weight for items with masks (1; 0: off)")
     p.add_argument("--lr", type=float, help="head learning rate (default 1e-3); backbone gets lr x 0.1")
     p.add_argument(
         "--augment",
@@ -210,6 +219,10 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         "sampler": args.sampler,
         "positive_share": args.positive_share,
         "hard_negatives": args.hard_negatives,
+        "max_positive_weight": args.max_positive_weight,
+        "grad_clip": args.grad_clip,
+        "select_by": args.select_by,
+        "mask_weight": args.mask_weight,
         "lr": args.lr,
         "augment": args.augment,
         "val_fraction": args.val_fraction,

@@ -34,11 +34,14 @@ from pathlib import Path
 import domains
 import numpy as np
 import torch
+import yaml
 from domains import DomainOptions
 from saved_models import MODELS_DIR, HeldOut, model_path, write_held_out
 
+from crackscope.config import from_dict, to_dict
 from crackscope.labelled import (
     DataConfig,
+    MaskLabelling,
     Sample,
     load_samples,
     split_by_group,
@@ -48,6 +51,7 @@ from crackscope.training.evaluate import Metrics, metrics_for, predict
 from crackscope.training.train import Split, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
+NATIVE_TILES = DataConfig(mode="mask", masks=MaskLabelling(patch_size=224, stride=168))
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class Job:
     augment: str | None = None  # None: the trainer's default preset
     lr: float = 1e-3
     cross: tuple[tuple[str, str, DataConfig], ...] = ()  # (label, folder, config) evaluated with this job's model
+    rare_defect_images: int | None = None  # keep only this many defect images in train + validation (rare defects)
 
 
 JOBS = (
@@ -80,6 +85,26 @@ JOBS = (
         augment="light",
         lr=3e-3,
     ),
+    # Tiles cut from each image at its own resolution, as the runtime cuts frames (224 px, 25% overlap), labelled
+    # from the masks: what training, evaluation and inspection all see. Trainer defaults otherwise.
+    Job(
+        "magnetic-tile-native",
+        "magnetic-tile",
+        "grouped by image; 224 px tiles at native resolution, labelled from masks",
+        input_size=224,
+        data_config=NATIVE_TILES,
+    ),
+    # Rare defects: every defect-free image but only 24 defect images in train + validation (under 1% of the
+    # tiles are defective, as on a real line); the test split is the full held-out split, so image AP is measured
+    # on as many defective parts as the other magnetic-tile jobs.
+    Job(
+        "magnetic-tile-rare",
+        "magnetic-tile",
+        "grouped by image; native tiles; 24 defect images among all free ones in train/val",
+        input_size=224,
+        data_config=NATIVE_TILES,
+        rare_defect_images=24,
+    ),
 )
 
 
@@ -97,6 +122,7 @@ class Options:
     max_items: int | None = None  # a class-balanced subset of this many source images per job (smoke runs)
     export: bool = True
     export_only: bool = False  # re-export the checkpoints of an earlier run with the current exporter
+    overrides: tuple[tuple[str, object], ...] = ()  # TrainConfig fields set from the command line (--set key=value)
 
 
 def run(job: Job, options: Options) -> list[dict]:
@@ -104,6 +130,8 @@ def run(job: Job, options: Options) -> list[dict]:
     dataset = load_samples(data_root / job.folder, job.data_config)
     samples = subset(dataset.samples, options.max_items, seed) if options.max_items else list(dataset.samples)
     rest, test = split_by_group(samples, 0.2, seed)
+    if job.rare_defect_images is not None:
+        rest = keep_defect_images(rest, job.rare_defect_images, seed)
     train_part, val_part = split_by_group(rest, 0.125, seed + 1)
     if options.export_only:  # the same seeded split, the checkpoint of an earlier run, the current exporter
         checkpoint = options.out_root / job.name / "model.pt"
@@ -125,22 +153,33 @@ def run(job: Job, options: Options) -> list[dict]:
         steps_per_epoch=options.steps_per_epoch,
         data_config=job.data_config,
     )
+    config = from_dict(TrainConfig, {**to_dict(config), **dict(options.overrides)})
     print(
         f"\n=== {job.name}: {len(train_part)} train / {len(val_part)} val / {len(test)} test, "
-        f"{config.input_size}px, {config.epochs or 'automatic'} epochs ===",
+        f"{config.input_size}px, {config.epochs or 'automatic'} epochs; defective train tiles "
+        f"{defect_share(train_part):.2%} ===",
         flush=True,
     )
+    started = time.time()
     result = train(config, Split(tuple(train_part), tuple(val_part), summary))
+    minutes = (time.time() - started) / 60
     model, _ = load_checkpoint(result.checkpoint)
     finetune = [h for h in result.history if h.stage == "finetune"] or list(result.history)
     timing = {
         "sec_per_epoch": float(np.mean([h.seconds for h in finetune])),
         "train_img_per_s": float(np.mean([h.images_per_second for h in finetune])),
         "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "run_minutes": minutes,
+        "defect_share": defect_share(train_part),
+        "head_val_ap": result.fine_tuning.head_ap,
+        "finetune_val_ap": result.fine_tuning.best_finetune_ap,
     }
     predictions = predict(model, test, batch_size=64, workers=workers)
     base = {"train_items": len(train_part), "input_px": config.input_size, **timing}
-    rows = [_row(job.name, job.split_note, metrics_for(predictions), base)]
+    chosen = result.validation.image_level  # test images are scored the way validation chose
+    test_metrics = metrics_for(predictions, chosen.scoring, "validation") if chosen else metrics_for(predictions)
+    rows = [_row(job.name, job.split_note, test_metrics, base)]
     for label, folder, data_config in job.cross:
         cross = predict(model, load_samples(data_root / folder, data_config).samples, batch_size=64, workers=workers)
         rows.append(_row(label, f"trained on {job.name}", metrics_for(cross), {"input_px": config.input_size}))
@@ -161,8 +200,23 @@ def _held_out(job: Job, options: Options, test: list, train_part: list, val_part
     )
 
 
+def keep_defect_images(samples: Sequence[Sample], keep: int, seed: int) -> list[Sample]:
+    """Every image without a clear defect tile, and a seeded choice of ``keep`` images with one (rare defects)."""
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        groups[sample.group].append(sample)
+    defective = sorted(name for name, members in groups.items() if any(s.label == 1 for s in members))
+    kept = {defective[i] for i in np.random.default_rng(seed).permutation(len(defective))[:keep]}
+    return [s for s in samples if s.group in kept or s.group not in set(defective)]
+
+
+def defect_share(samples: Sequence[Sample]) -> float:
+    return sum(s.label == 1 for s in samples) / max(1, len(samples))
+
+
 def _row(name: str, split_note: str, metrics: Metrics, extra: dict) -> dict:
     clear = metrics.clear
+    image = metrics.image_level.metrics if metrics.image_level else None
     return {
         "dataset": name,
         "split": split_note,
@@ -172,25 +226,36 @@ def _row(name: str, split_note: str, metrics: Metrics, extra: dict) -> dict:
         "roc_auc": clear.roc_auc,
         "average_precision": clear.average_precision,
         "confusion_matrix": clear.to_dict()["confusion_matrix"],
+        "image_ap": image.average_precision if image else None,
+        "image_roc_auc": image.roc_auc if image else None,
         **extra,
     }
 
 
 def table(rows: list[dict]) -> str:
     head = (
-        "| dataset | split | train | test (clear) | input | epochs | accuracy | F1 | ROC-AUC | AP "
-        "| s/epoch (fine-tune) | train img/s |"
+        "| dataset | split | train (defective) | test (clear) | input | epochs (kept) | accuracy | F1 | ROC-AUC | AP "
+        "| image AP | image ROC-AUC | val AP head / fine-tuned | s/epoch (fine-tune) | train img/s | run time |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 16]
     for r in rows:
         sec = f"{r['sec_per_epoch']:.0f}" if "sec_per_epoch" in r else ""
         ips = f"{r['train_img_per_s']:.1f}" if "train_img_per_s" in r else ""
+        train_items = f"{r['train_items']} ({r['defect_share']:.1%})" if "train_items" in r else ""
+        epochs = f"{r['epochs_run']} ({r['best_epoch']})" if "epochs_run" in r else ""
+        val_ap = f"{_fmt(r.get('head_val_ap'))} / {_fmt(r.get('finetune_val_ap'))}" if "head_val_ap" in r else ""
+        minutes = f"{r['run_minutes']:.1f} min" if "run_minutes" in r else ""
         lines.append(
-            f"| {r['dataset']} | {r['split']} | {r.get('train_items', '')} | {r['test_items']} | {r['input_px']} "
-            f"| {r.get('epochs_run', '')} | {r['accuracy']:.4f} | {r['f1']:.4f} | {r['roc_auc']:.4f} "
-            f"| {r['average_precision']:.4f} | {sec} | {ips} |"
+            f"| {r['dataset']} | {r['split']} | {train_items} | {r['test_items']} | {r['input_px']} "
+            f"| {epochs} | {r['accuracy']:.4f} | {r['f1']:.4f} | {_fmt(r['roc_auc'])} "
+            f"| {_fmt(r['average_precision'])} | {_fmt(r['image_ap'])} | {_fmt(r['image_roc_auc'])} | {val_ap} "
+            f"| {sec} | {ips} | {minutes} |"
         )
     return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def subset(samples: Sequence[Sample], max_items: int, seed: int) -> list[Sample]:
@@ -211,7 +276,8 @@ def save_models(checkpoint: Path, trained_on: Sequence[Sample], held_out: HeldOu
     """Export fp32 + int8 into the models folder and write the held-out record beside them.
 
     int8 ranges and the parity checks use tiles of the training and validation images only (a folder of links to
-    them), so the test images stay unseen by everything that shaped the deployed file.
+    them), so the test images stay unseen by everything that shaped the deployed file. Jobs trained on tiles cut
+    from masks export fp32 only: int8 calibration reads class folders.
     """
     # Imported here so that a --no-export run does not load the export stack (onnx, quantisation).
     from crackscope.deploy.export import ExportConfig, export
@@ -219,11 +285,18 @@ def save_models(checkpoint: Path, trained_on: Sequence[Sample], held_out: HeldOu
     out = model_path(held_out.job, "fp32", options.models_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     model_path(held_out.job, "int8", options.models_dir).unlink(missing_ok=True)  # never pair a stale int8 file
+    int8 = all(s.box is None for s in trained_on)
     with tempfile.TemporaryDirectory(prefix=f"crackscope-calib-{held_out.job}-") as scratch:
         calib = link_images(trained_on, options.data_root / held_out.dataset, Path(scratch) / held_out.dataset)
         started = time.time()
         result = export(
-            ExportConfig(checkpoint=str(checkpoint), out=str(out), int8=True, calib_data=str(calib), seed=held_out.seed)
+            ExportConfig(
+                checkpoint=str(checkpoint),
+                out=str(out),
+                int8=int8,
+                calib_data=str(calib) if int8 else None,
+                seed=held_out.seed,
+            )
         )
     print(f"\nexported {held_out.job} in {time.time() - started:.0f}s:\n{result.describe()}", flush=True)
     exported = {m.precision: m.path.name for m in result.models}
@@ -233,13 +306,16 @@ def save_models(checkpoint: Path, trained_on: Sequence[Sample], held_out: HeldOu
 
 def link_images(samples: Sequence[Sample], root: Path, folder: Path) -> Path:
     """A folder of symbolic links to the samples' image files, laid out as under ``root`` (class folders kept)."""
-    if any(s.box is not None for s in samples):
-        raise ValueError(f"{root}: calibrating on a training subset needs a class-folder dataset, not masks")
     for path in sorted({s.path for s in samples}):
         link = folder / path.relative_to(root)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(path.resolve())
     return folder
+
+
+def _override(item: str) -> tuple[str, object]:
+    key, _, value = item.partition("=")
+    return key, yaml.safe_load(value)
 
 
 def run_domains(args: argparse.Namespace) -> int:
@@ -264,6 +340,13 @@ def main() -> int:
         "--export-only", action="store_true", help="re-export an earlier run's checkpoints (same split), no training"
     )
     parser.add_argument("--steps-per-epoch", type=int, help="smoke runs: cap training batches per epoch")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a TrainConfig field for every job, e.g. --set mask_weight=0 --set sampler=shuffle",
+    )
     parser.add_argument("--max-items", type=int, help="smoke runs: a class-balanced subset of N source images per job")
     parser.add_argument(
         "--domains", action="store_true", help="leave-one-domain-out table and preset comparison instead (domains.py)"
@@ -285,6 +368,7 @@ def main() -> int:
         max_items=args.max_items,
         export=not args.no_export,
         export_only=args.export_only,
+        overrides=tuple(_override(item) for item in args.set),
     )
     if not options.data_root.is_dir():
         print(f"datasets not found at {options.data_root} (set CRACKSCOPE_DATA)", file=sys.stderr)

@@ -84,9 +84,22 @@ class CrackNet(nn.Module):
         """The last feature map ``A`` of shape ``[N, C, h, w]`` (the Grad-CAM target layer)."""
         return self.features(self.preprocess(images))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        pooled = self.feature_map(images).mean(dim=(2, 3))
-        return self.fc(self.dropout(pooled)).squeeze(1)
+    def forward(self, images: torch.Tensor, with_cam: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The crack logit ``[N]``; with ``with_cam`` also the CAM ``[N, h, w]`` of the same feature map.
+
+        Training with mask supervision asks for both in one pass through ``forward`` (so DistributedDataParallel
+        sees it); the logit keeps the head's dropout, the CAM is the exported one (:meth:`forward_with_cam`).
+        """
+        fmap = self.feature_map(images)
+        logit = self.fc(self.dropout(fmap.mean(dim=(2, 3)))).squeeze(1)
+        if not with_cam:
+            return logit
+        return logit, self.cam_of(fmap)
+
+    def cam_of(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The CAM ``[N, h, w]`` of the crack logit for feature map ``fmap``: ``sum_c w_c * A_c / (h*w)``."""
+        height, width = fmap.shape[-2:]
+        return torch.einsum("nchw,c->nhw", fmap, self.fc.weight[0] / (height * width))
 
     def forward_with_cam(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Crack logit ``[N]`` and its class activation map ``[N, h, w]`` (unnormalised, before ReLU).
@@ -95,10 +108,7 @@ class CrackNet(nn.Module):
         ``d logit / d A_c = w_c / (h*w)`` at every position, so ``cam = sum_c w_c * A_c / (h*w)`` is Grad-CAM
         before its ReLU, and ``cam.sum((1, 2)) + b == logit``.
         """
-        fmap = self.feature_map(images)
-        height, width = fmap.shape[-2:]
-        weights = self.fc.weight[0] / (height * width)
-        cam = torch.einsum("nchw,c->nhw", fmap, weights)
+        cam = self.cam_of(self.feature_map(images))
         logit = cam.sum(dim=(1, 2)) + self.fc.bias[0]
         return logit, cam
 
