@@ -96,7 +96,9 @@ def _add_session_workers_flag(p: argparse.ArgumentParser) -> None:
 def _add_layout_flags(p: argparse.ArgumentParser) -> None:
     """Flags of every command that reads a labelled dataset."""
     p.add_argument("--data-mode", choices=["auto", "folder", "mask"], help="how --data is laid out (default auto)")
-    p.add_argument("--patch-size", type=int, help="patch side for mask datasets (default 128)")
+    p.add_argument(
+        "--patch-size", type=int, help="tile side for mask datasets (default: the model's input size, 25%% overlap)"
+    )
 
 
 # --- train ----------------------------------------------------------------------------------------------------------

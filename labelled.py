@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from crackscope.config import from_dict, merge
 from crackscope.inspect.images import ImageReadError, is_image_file, read_image
-from crackscope.inspect.tiling import patch_boxes
+from crackscope.inspect.tiling import patch_boxes, stride_for
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +111,29 @@ class Sample:
         return str(self.path) if self.box is None else f"{self.path}@{','.join(map(str, self.box))}"
 
 
+DEFAULT_TILE = 224  # the default backbone's input size: the tile side when no model says otherwise
+RUNTIME_OVERLAP = 0.25  # crackscope inspect's default tile overlap (InspectConfig.overlap; a test keeps them equal)
+
+
 @dataclass(frozen=True)
 class MaskLabelling:
-    """Thresholds that turn a mask patch into crack / ok / ambiguous."""
+    """How mask images are cut into tiles, and the thresholds that turn a mask tile into crack / ok / ambiguous.
 
-    patch_size: int = 128
-    stride: int = 128
+    By default tiles are cut the way the runtime cuts frames: at the model's input size (training fills it in
+    from the backbone or ``--input-size``), at the image's own resolution, with the runtime's 25% overlap, so
+    training, evaluation and inspection all see the same pixels at the same scale.
+    """
+
+    patch_size: int | None = None  # tile side in image pixels; None: the model's input size (224 without a model)
+    stride: int | None = None  # None: 75% of the tile side (the runtime's default 25% overlap)
     center_fraction: float = 0.5  # side of the centre square, as a share of the patch side
     crack_min_center_fraction: float = 0.004  # share of centre pixels that must be crack for a clear crack
     ok_max_pixels: int = 0  # at most this many mask pixels anywhere in the patch for a clear ok
+
+    def for_tile(self, size: int) -> MaskLabelling:
+        """These rules with an unset tile side taken as ``size`` and an unset stride from the runtime's overlap."""
+        patch = self.patch_size or size
+        return replace(self, patch_size=patch, stride=self.stride or stride_for(patch, RUNTIME_OVERLAP))
 
 
 @dataclass(frozen=True)
@@ -302,7 +316,7 @@ def _folder_samples(root: Path, config: DataConfig) -> list[Sample]:
 def _mask_samples(
     pairs: Sequence[tuple[Path, Path]], root: Path, config: DataConfig, skipped: list[str]
 ) -> list[Sample]:
-    rules = config.masks
+    rules = config.masks.for_tile(DEFAULT_TILE)
 
     def one(pair: tuple[Path, Path]) -> list[Sample]:
         image_path, mask_path = pair
@@ -551,6 +565,23 @@ def _check_distinct(sources: Sequence[DataSource]) -> None:
                 raise DataError(
                     f"sources {earlier.path} and {later.path} overlap; each image must come from one source only"
                 )
+
+
+def for_tile(data: DataArgument, base: DataConfig, size: int) -> tuple[DataArgument, DataConfig]:
+    """``data`` and ``base`` with every unset mask tile side taken as ``size`` (see :meth:`MaskLabelling.for_tile`),
+    so that a run's saved settings name the tiles it trained on."""
+
+    def resolved(config: DataConfig) -> DataConfig:
+        return replace(config, masks=config.masks.for_tile(size))
+
+    def entry(item: str | DataSource) -> str | DataSource:
+        if isinstance(item, DataSource) and item.data_config is not None:
+            return replace(item, data_config=resolved(item.data_config))
+        return item
+
+    if isinstance(data, str | os.PathLike | DataSource):
+        return entry(data) if isinstance(data, DataSource) else data, resolved(base)
+    return tuple(entry(item) for item in data), resolved(base)
 
 
 def load_sources(data: DataArgument, base: DataConfig | None = None) -> LabelledSources:

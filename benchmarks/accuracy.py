@@ -52,6 +52,7 @@ from crackscope.training.train import Split, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 NATIVE_TILES = DataConfig(mode="mask", masks=MaskLabelling(patch_size=224, stride=168))
+PATCHES_128 = DataConfig(masks=MaskLabelling(patch_size=128, stride=128))  # the tiles of the published figures
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ JOBS = (
         "ozgenel-concrete",
         "random (group-free: source photos unknown)",
         input_size=160,
-        cross=(("DeepCrack 128px patches (cross-dataset)", "deepcrack-train", DataConfig()),),
+        cross=(("DeepCrack 128px patches (cross-dataset)", "deepcrack-train", PATCHES_128),),
     ),
     # Defects can be a few pixels: heavy augmentation (dropout holes, blur, noise, JPEG) erases them, so light.
     Job(

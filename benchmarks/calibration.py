@@ -47,9 +47,10 @@ from crackscope.calibration.thresholds import InsufficientData
 from crackscope.inspect.card import Calibration
 from crackscope.inspect.decision import probability
 from crackscope.inspect.model import OnnxModel
-from crackscope.labelled import Clarity, DataConfig, Sample, load_samples, split_by_group
+from crackscope.labelled import Clarity, DataConfig, MaskLabelling, Sample, load_samples, split_by_group
 
 REPO = Path(__file__).resolve().parents[1]
+PATCHES_128 = DataConfig(masks=MaskLabelling(patch_size=128, stride=128))  # the tiles of the published figures
 STRICT = Targets(escape_rate=0.01, false_reject_rate=0.05, confidence=0.9)
 LOOSER = tuple(  # tried in order after the strict setting; the first the calibration half can certify is reported
     Targets(escape, reject, 0.9) for escape in (0.02, 0.05, 0.1, 0.2) for reject in (0.05, 0.1, 0.2)
@@ -114,7 +115,7 @@ class Row:
 def held_out_samples(job: Job, settings: Settings) -> list[Sample]:
     """The job's test-split samples: never trained on, early-stopped on or int8-calibrated on."""
     held_out = read_held_out(job.name, settings.models_dir)
-    dataset = load_samples(settings.datasets / held_out.dataset, DataConfig())
+    dataset = load_samples(settings.datasets / held_out.dataset, PATCHES_128)
     test = set(held_out.test)
     samples = [s for s in dataset.samples if s.group in test]
     missing = len(test) - len({s.group for s in samples})
@@ -254,7 +255,7 @@ def score(model: Path, samples: Sequence[Sample], settings: Settings, desc: str)
 
 def ambiguous_samples(folder: Path, settings: Settings) -> list[Sample]:
     """Clear and ambiguous patches of a labelled folder (masks: 128 px patches), on at most N source images."""
-    dataset = load_samples(folder, DataConfig())
+    dataset = load_samples(folder, PATCHES_128)
     groups = sorted({s.group for s in dataset.samples})
     if settings.max_ambiguous_images is not None and len(groups) > settings.max_ambiguous_images:
         rng = np.random.default_rng(settings.seed)
@@ -295,7 +296,7 @@ def run_job(job: Job, settings: Settings) -> list[Row]:
 def run_custom(settings: Settings) -> list[Row]:
     """``--model/--data``: the whole folder is taken as held out (the caller vouches for it)."""
     assert settings.model is not None and settings.data is not None
-    samples = limit(load_samples(settings.data, DataConfig()).samples, settings.max_items, settings.seed)
+    samples = limit(load_samples(settings.data, PATCHES_128).samples, settings.max_items, settings.seed)
     calibration, test = halves(samples, settings.calibration_share, settings.seed)
     print(f"\n=== {settings.data}: calibration {counts(calibration)}, test {counts(test)} ===", flush=True)
     scored = score(settings.model, calibration + test, settings, settings.data.name)

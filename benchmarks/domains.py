@@ -59,11 +59,14 @@ GOAL_ROC_AUC = 0.95  # leave-one-domain-out, each crack source
 GOAL_IMAGE_AP = 0.95  # magnetic tile, image level
 
 
+PATCHES_128 = DataConfig(masks=MaskLabelling(patch_size=128, stride=128))  # the tiles of the published figures
+
+
 def sources(data_root: Path) -> tuple[DataSource, ...]:
-    magnetic = DataConfig(mode="mask", masks=MaskLabelling(stride=64, crack_min_center_fraction=0.001))
+    magnetic = DataConfig(mode="mask", masks=MaskLabelling(patch_size=128, stride=64, crack_min_center_fraction=0.001))
     return (
         DataSource(str(data_root / "ozgenel-concrete"), "ozgenel"),
-        DataSource(str(data_root / "deepcrack-train"), "deepcrack"),
+        DataSource(str(data_root / "deepcrack-train"), "deepcrack", PATCHES_128),
         DataSource(str(data_root / "magnetic-tile"), "magnetic", magnetic),
     )
 

@@ -142,7 +142,9 @@ def test_values_of_the_right_type_are_read_and_normalised(values, expected):
 def test_a_wrong_type_in_a_nested_train_config_names_the_full_path():
     from crackscope.training.train import TrainConfig
 
-    with pytest.raises(ConfigError, match=r"^config\.data_config\.masks\.patch_size: expected int, got str 'many'"):
+    with pytest.raises(
+        ConfigError, match=r"^config\.data_config\.masks\.patch_size: expected int or None, got str 'many'"
+    ):
         resolve(TrainConfig, {"data_config": {"masks": {"patch_size": "many"}}}, {})
 
 

@@ -277,3 +277,26 @@ def test_ambiguous_items_are_kept_as_soft_targets_or_excluded_by_config(patch_da
 def test_ambiguous_target_is_configurable(patch_data):
     samples = load_samples(patch_data, DataConfig(ambiguous_target=0.3)).samples
     assert {s.target for s in samples if s.clarity is Clarity.AMBIGUOUS} == {0.3}
+
+
+def test_mask_tiles_default_to_the_runtimes_tiles_at_the_models_input_size():
+    from crackscope.inspect.pipeline import InspectConfig
+    from crackscope.labelled import RUNTIME_OVERLAP
+
+    assert InspectConfig().overlap == RUNTIME_OVERLAP
+    assert MaskLabelling().for_tile(160) == MaskLabelling(patch_size=160, stride=120)
+    assert MaskLabelling(patch_size=100).for_tile(160) == MaskLabelling(patch_size=100, stride=75)
+    assert MaskLabelling(stride=64).for_tile(160) == MaskLabelling(patch_size=160, stride=64)
+
+
+def test_a_mask_folder_read_without_a_model_is_cut_into_224_px_tiles_with_a_quarter_overlap(tmp_path):
+    image = np.zeros((300, 500, 3), np.uint8)
+    mask = np.zeros((300, 500), np.uint8)
+    mask[100:200, 330:334] = 255  # one crack, so the set has both classes
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), image)
+    cv2.imwrite(str(tmp_path / "masks" / "a.png"), mask)
+    boxes = sorted(s.box for s in load_samples(tmp_path, DataConfig(mode="mask")).samples)
+    # Columns at 0, 168 and 276 (flush with the edge), rows at 0 and 76: the runtime's grid for this frame.
+    assert boxes == sorted((x, y, 224, 224) for x in (0, 168, 276) for y in (0, 76))

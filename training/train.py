@@ -47,6 +47,7 @@ from crackscope.labelled import (
     Sample,
     class_counts,
     describe,
+    for_tile,
     load_sources,
     split_by_source,
     training_view,
@@ -641,8 +642,18 @@ def train(config: TrainConfig, split: Split | None = None) -> TrainResult:
     The data comes from ``config.data`` / ``config.val_data`` unless an explicit ``split`` is given.
     """
     check_choices(config)
+    config = native_tiles(config)
     with distributed_runtime(config.device) as runtime:
         return _train(config, runtime, split)
+
+
+def native_tiles(config: TrainConfig) -> TrainConfig:
+    """The run's settings with mask datasets cut into tiles of the model's input size at their own resolution,
+    with the runtime's overlap, wherever no tile size was set: the tiles ``crackscope inspect`` will see."""
+    size = config.resolved_input_size()
+    data, data_config = for_tile(config.data, config.data_config, size)
+    val_data = for_tile(config.val_data, data_config, size)[0] if config.val_data else config.val_data
+    return replace(config, data=data, val_data=val_data, data_config=data_config)
 
 
 def check_choices(config: TrainConfig) -> None:
