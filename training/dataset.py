@@ -35,6 +35,19 @@ class Batch:
     masks: torch.Tensor
     has_mask: torch.Tensor  # bool [N], whether the item came with a crack mask
 
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked memory (DataLoader's ``pin_memory=True`` calls this), so copies to a GPU can
+        overlap with compute; the zero-mask view of a mask-free batch is left as it is."""
+        masks = self.masks.pin_memory() if bool(self.has_mask.any()) else self.masks
+        return Batch(
+            self.images.pin_memory(),
+            self.targets.pin_memory(),
+            self.ambiguous.pin_memory(),
+            self.indices.pin_memory(),
+            masks,
+            self.has_mask.pin_memory(),
+        )
+
 
 class PatchDataset(Dataset):
     """Samples -> (image, target, is_ambiguous, index, mask) with a transform applied to each image.

@@ -82,3 +82,11 @@ def test_a_transform_that_cannot_move_masks_is_refused_for_mask_samples(mask_sam
     with pytest.raises(TypeError, match="pair"):
         PatchDataset(mask_samples, lambda image: image, masks=True)
     PatchDataset(mask_samples, lambda image: image)
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_loader_pins_every_tensor_of_a_batch_with_masks(mask_samples):
+    dataset = PatchDataset(mask_samples, eval_transform(64), masks=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=collate, pin_memory=True)
+    batch = next(iter(loader))
+    assert all(t.is_pinned() for t in (batch.images, batch.targets, batch.masks, batch.has_mask))
