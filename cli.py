@@ -162,7 +162,7 @@ def _add_train(subparsers) -> None:
         type=float,
         help="keep only this hardest share of ok items each fine-tuning epoch, rescored by the current model",
     )
-    p.add_argument("--max-positive-weight", type=float, help="cap on the crack loss weight n_ok / n_crack (10)")
+    p.add_argument("--max-positive-weight", type=float, help="cap on the crack loss weight n_ok / n_crack (4)")
     p.add_argument("--grad-clip", type=float, help="clip the gradient's global norm to this while fine-tuning")
     p.add_argument(
         "--select-by",

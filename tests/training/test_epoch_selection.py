@@ -75,9 +75,10 @@ def _samples(cracks: int, oks: int) -> list[Sample]:
     ("cracks", "oks", "changes", "sampler", "pos_weight"),
     [
         (50, 50, {}, "shuffle", 1.0),  # balanced classes: nothing to do
-        (10, 100, {}, "shuffle", 10.0),  # ratio 10: weighted loss, at the cap
-        (10, 110, {}, "balanced", 1.0),  # ratio 11: above the cap, auto draws cracks instead
-        (2, 300, {"sampler": "shuffle"}, "shuffle", 10.0),  # forced shuffle: the weight stays capped
+        (20, 80, {}, "shuffle", 4.0),  # ratio 4: weighted loss, at the cap
+        (20, 90, {}, "balanced", 1.0),  # ratio 4.5: above the cap, auto draws cracks instead
+        (10, 100, {"max_positive_weight": 10.0}, "shuffle", 10.0),
+        (2, 300, {"sampler": "shuffle"}, "shuffle", 4.0),  # forced shuffle: the weight stays capped
         (2, 300, {"sampler": "shuffle", "max_positive_weight": 200.0}, "shuffle", 150.0),
         (50, 50, {"sampler": "balanced"}, "balanced", 1.0),
     ],
