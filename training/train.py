@@ -318,9 +318,16 @@ def data_fingerprint(dataset: LabelledSet | LabelledSources) -> str:
 
 
 def make_loader(
-    samples: list[Sample], config: TrainConfig, runtime: Runtime, *, train: bool, batch_size: int
+    samples: list[Sample],
+    config: TrainConfig,
+    runtime: Runtime,
+    *,
+    train: bool,
+    batch_size: int,
+    balanced: bool = False,
 ) -> tuple[DataLoader, EpochSampler | None]:
-    """The training loader (augmented, drawn by an :class:`EpochSampler`) or a plain validation loader."""
+    """The training loader (augmented, drawn by an :class:`EpochSampler`, with cracks at ``positive_share`` when
+    ``balanced``) or a plain validation loader."""
     size = config.resolved_input_size()
     transform = training_transform(samples, config, runtime) if train else eval_transform(size)
     dataset = PatchDataset(samples, transform, masks=train and config.mask_weight > 0)
@@ -328,7 +335,7 @@ def make_loader(
     if train:
         sampler = EpochSampler(
             [int(s.label == 1 or s.clarity is Clarity.AMBIGUOUS) for s in samples],
-            balanced=choose_balance(samples, config).sampler == "balanced",
+            balanced=balanced,
             positive_share=config.positive_share,
             negatives_kept=config.hard_negatives or 1.0,
             seed=config.seed,
@@ -680,12 +687,10 @@ def check_choices(config: TrainConfig) -> None:
         raise ValueError(f"positive_share: expected a share in (0, 1), got {config.positive_share}")
     if config.max_positive_weight < 1.0:
         raise ValueError(f"max_positive_weight: expected a weight of at least 1, got {config.max_positive_weight}")
-    for key in ("mask_weight", "grad_clip"):
-        value = getattr(config, key)
-        if value is not None and not (math.isfinite(value) and value >= (0.0 if key == "mask_weight" else 1e-12)):
-            raise ValueError(
-                f"{key}: expected a {'non-negative' if key == 'mask_weight' else 'positive'} number, got {value}"
-            )
+    if not (math.isfinite(config.mask_weight) and config.mask_weight >= 0.0):
+        raise ValueError(f"mask_weight: expected a non-negative number, got {config.mask_weight}")
+    if config.grad_clip is not None and not (math.isfinite(config.grad_clip) and config.grad_clip > 0.0):
+        raise ValueError(f"grad_clip: expected a positive number, got {config.grad_clip}")
     if config.max_minutes is not None and config.max_minutes <= 0:
         raise ValueError(f"max_minutes: expected a positive number of minutes, got {config.max_minutes}")
 
@@ -810,12 +815,19 @@ def _prepare(config: TrainConfig, runtime: Runtime, split: Split | None, run: Ru
         max_epochs=config.max_epochs,
         steps_per_epoch=config.steps_per_epoch,
     )
-    train_loader, sampler = make_loader(train_samples, config, runtime, train=True, batch_size=schedule.batch_size)
-    val_loader, _ = make_loader(val_samples, config, runtime, train=False, batch_size=max(32, schedule.batch_size))
     # Balanced draws already show the network cracks in every batch: weighting their loss again would count the
     # imbalance twice.
     balance = choose_balance(train_samples, config)
     emit(balance.describe())
+    train_loader, sampler = make_loader(
+        train_samples,
+        config,
+        runtime,
+        train=True,
+        batch_size=schedule.batch_size,
+        balanced=balance.sampler == "balanced",
+    )
+    val_loader, _ = make_loader(val_samples, config, runtime, train=False, batch_size=max(32, schedule.batch_size))
     return Fit(
         config=config,
         runtime=runtime,
