@@ -315,7 +315,9 @@ def check_inputs(config: CalibrateConfig) -> _Plan:
             raise ValueError(f"{path}: no permission to write; the calibration is written into the model file")
     out = config.out_dir
     _check_writable_folder(out)
-    dataset = load_samples(config.data, config.data_config)
+    # Mask images are cut into tiles of the model's input size unless a tile size was given.
+    tiles = config.data_config.masks.for_tile(card.input_size)
+    dataset = load_samples(config.data, replace(config.data_config, masks=tiles))
     clear = [s for s in dataset.samples if s.clarity is Clarity.CLEAR]
     check_request(
         sum(s.label for s in clear),

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from crackscope.config import replacing
 from crackscope.inspect.parts import CANDIDATES, PartScoring, choose_part_scoring, part_score
-from crackscope.labelled import Clarity, DataArgument, DataConfig, Sample, load_sources
+from crackscope.labelled import Clarity, DataArgument, DataConfig, Sample, for_tile, load_sources
 from crackscope.training.augment import eval_transform
 from crackscope.training.backbones import CrackNet
 from crackscope.training.checkpoint import load_checkpoint
@@ -419,7 +419,8 @@ def evaluate_checkpoint(
     without settings of their own are read with ``data_config``, by default the way the training data was read.
     """
     model, header = load_checkpoint(checkpoint, device)
-    dataset = load_sources(data, data_config or header.data_config())
+    # Mask images are cut into tiles of the model's input size unless a tile size was given.
+    dataset = load_sources(*for_tile(data, data_config or header.data_config(), model.spec.input_size))
     predictions = predict(model, dataset.samples, batch_size=batch_size, workers=workers, device=device)
     out_dir = Path(out) if out else Path(checkpoint).parent / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)

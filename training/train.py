@@ -67,7 +67,7 @@ from crackscope.training.evaluate import Metrics, Predictions, metrics_for, pred
 from crackscope.training.head import fit_head
 from crackscope.training.sampling import EpochSampler, hardest
 from crackscope.training.schedule import Budget, Clock, Horizon, Schedule, few_steps_warning, plan_schedule
-from crackscope.training.supervision import cam_mask_loss, cam_where_loss
+from crackscope.training.supervision import cam_mask_loss
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,6 @@ class TrainConfig:
     max_positive_weight: float = 4.0  # shuffle's pos_weight n_ok / n_crack is capped here; auto goes balanced above it
     grad_clip: float | None = None  # clip the gradient's global norm to this; None: no clipping
     mask_weight: float = 1.0  # heatmap-vs-mask loss weight (training.supervision) for items with masks; 0: off
-    mask_loss: str = "where"  # where: softmax of the CAM over cells vs the crack cells; cells: per-cell BCE
     hard_negatives: float | None = None  # keep this hardest share of ok items each fine-tuning epoch; None: all
     val_fraction: float = 0.2
     seed: int = 0
@@ -521,10 +520,7 @@ def train_one_epoch(
         if cam is not None:
             masks = batch.masks.to(runtime.device, non_blocking=True)
             has_mask = batch.has_mask.to(runtime.device, non_blocking=True)
-            if config.mask_loss == "where":
-                mask_loss = cam_where_loss(cam.float(), masks, has_mask)
-            else:
-                mask_loss = cam_mask_loss(cam.float(), _unwrapped(model).fc.bias[0], masks, has_mask)
+            mask_loss = cam_mask_loss(cam.float(), _unwrapped(model).fc.bias[0], masks, has_mask)
             mask_losses.append(mask_loss.detach())
             loss = loss + config.mask_weight * mask_loss
         optimizer.zero_grad(set_to_none=True)
@@ -676,7 +672,6 @@ def check_choices(config: TrainConfig) -> None:
         "head_fit": ("logistic", "sgd"),
         "sampler": ("auto", "shuffle", "balanced"),
         "select_by": ("ap", "loss"),
-        "mask_loss": ("where", "cells"),
     }
     for key, allowed in choices.items():
         if getattr(config, key) not in allowed:

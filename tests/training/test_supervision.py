@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crackscope.training.supervision import cam_mask_loss, cam_where_loss, cell_targets
+from crackscope.training.supervision import cam_mask_loss, cell_targets
 
 
 def _crack_mask(column: int, size: int = 224) -> torch.Tensor:
@@ -82,34 +82,3 @@ def test_a_half_precision_cam_gives_a_float32_loss():
     cam = torch.zeros(1, 7, 7, dtype=torch.bfloat16)
     loss = cam_mask_loss(cam, torch.tensor(0.0), _crack_mask(100)[None], torch.tensor([True]))
     assert loss.dtype == torch.float32
-
-
-def _crack_row_masks(row_pixels: slice = slice(100, 103)) -> torch.Tensor:
-    masks = torch.zeros(2, 224, 224)
-    masks[0, row_pixels, :] = 1.0  # a horizontal crack through the fourth row of cells of the first item
-    return masks
-
-
-def test_the_where_loss_is_lowest_when_the_heatmap_sits_on_the_cracks_cells():
-    masks, has_mask = _crack_row_masks(), torch.tensor([True, True])
-    on_crack = torch.zeros(2, 7, 7)
-    on_crack[0, 3, :] = 1.0
-    elsewhere = torch.zeros(2, 7, 7)
-    elsewhere[0, 0, :] = 1.0
-    assert cam_where_loss(on_crack, masks, has_mask) < cam_where_loss(torch.zeros(2, 7, 7), masks, has_mask)
-    assert cam_where_loss(torch.zeros(2, 7, 7), masks, has_mask) < cam_where_loss(elsewhere, masks, has_mask)
-
-
-def test_the_where_loss_ignores_the_tile_logit_and_items_without_crack():
-    masks, has_mask = _crack_row_masks(), torch.tensor([True, True])
-    cam = torch.randn(2, 7, 7, generator=torch.Generator().manual_seed(0))
-    shifted = cam + 5.0  # the same heatmap with a higher tile logit
-    assert cam_where_loss(shifted, masks, has_mask).item() == pytest.approx(cam_where_loss(cam, masks, has_mask).item())
-    second_only = cam.clone()
-    second_only[1] = torch.randn(7, 7, generator=torch.Generator().manual_seed(1))  # the crack-free item changes
-    assert cam_where_loss(second_only, masks, has_mask).item() == pytest.approx(
-        cam_where_loss(cam, masks, has_mask).item()
-    )
-    no_crack = cam_where_loss(cam.requires_grad_(), torch.zeros(2, 224, 224), has_mask)
-    assert no_crack.item() == 0.0
-    no_crack.backward()  # still part of the graph
