@@ -10,8 +10,15 @@ parity gate; int8 calibrated on the job's training images only) into ``benchmark
 ``<job>.int8.onnx``, with ``<job>.split.json`` listing the held-out test images, so that ``benchmarks/frames.py``
 and ``benchmarks/localization.py`` measure these very models on images they never saw.
 
+Two more jobs cut magnetic-tile images into the runtime's 224 px tiles at their own resolution, labelled from the
+masks: ``magnetic-tile-native`` (every image) and ``magnetic-tile-rare`` (every defect-free image, 24 defect images
+in train + validation: about 1% crack tiles), each scored per tile and per image on the full held-out split, with
+the head-only and fine-tuned validation AP and the run time beside it. ``--set key=value`` overrides a
+``TrainConfig`` field for every job (paired comparisons of trainer settings).
+
 Run:
-    python benchmarks/accuracy.py                     # both sets, about 20 min on 2 idle CPU cores
+    python benchmarks/accuracy.py                     # every job, about 30 min on 2 idle CPU cores
+    python benchmarks/accuracy.py --only magnetic-tile-native --only magnetic-tile-rare --set mask_weight=0
     python benchmarks/accuracy.py --only magnetic-tile --epochs 6
     python benchmarks/accuracy.py --export-only      # re-export the trained checkpoints (same split, current exporter)
     python benchmarks/accuracy.py --only magnetic-tile --epochs 1 --steps-per-epoch 2 --max-items 60   # smoke run
