@@ -17,7 +17,7 @@ the head-only and fine-tuned validation AP and the run time beside it. ``--set k
 ``TrainConfig`` field for every job (paired comparisons of trainer settings).
 
 Run:
-    python benchmarks/accuracy.py                     # every job, about 30 min on 2 idle CPU cores
+    python benchmarks/accuracy.py                     # every job; the two native-tile jobs take 10 min on 2 cores
     python benchmarks/accuracy.py --only magnetic-tile-native --only magnetic-tile-rare --set mask_weight=0
     python benchmarks/accuracy.py --only magnetic-tile --epochs 6
     python benchmarks/accuracy.py --export-only      # re-export the trained checkpoints (same split, current exporter)
