@@ -9,10 +9,11 @@ Two layouts are read as they are:
 * **class folders**: ``crack/`` (or ``defect/``, ``Positive/``), ``ok/`` (or ``Negative/``, ``MT_Free/``) and an
   optional ``ambiguous/``; other folder names map through :attr:`DataConfig.class_map` (glob patterns, e.g.
   ``MT_*`` -> crack). A mask lying beside its image (``x.jpg`` + ``x.png``) is never a training image.
-* **masks**: image + same-stem mask, side by side or in ``images/`` + ``masks/``. Images are cut into patches on a
-  grid and each patch is labelled from its mask (:func:`label_from_mask`): crack when enough mask pixels lie in the
-  patch centre, ok when none lie in the patch, ambiguous otherwise. Each patch keeps its mask file
-  (:attr:`Sample.mask`, read with :func:`read_mask_patch`) so training can supervise the heatmap with it.
+* **masks**: image + same-stem mask, side by side or in ``images/`` + ``masks/``. Images are cut into tiles as the
+  runtime cuts frames (:meth:`MaskLabelling.for_tile`) and each tile is labelled from its mask
+  (:func:`label_from_mask`): crack when enough mask pixels lie in the tile centre, ok when none lie in the tile,
+  ambiguous otherwise. Each tile keeps its mask file (:attr:`Sample.mask`, read with :func:`read_mask_patch`) so
+  training can supervise the heatmap with it.
 
 An optional ``votes.csv`` (``image,annotator,label``) turns annotator disagreement into soft targets. Every sample
 remembers its source image (``group``) so splits never put one photo in both train and validation.

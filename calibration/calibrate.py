@@ -61,7 +61,7 @@ from crackscope.inspect.card import Calibration, ModelCard, read_card, write_cal
 from crackscope.inspect.decision import is_identity, probability
 from crackscope.inspect.model import OnnxModel, dense_path, file_sha256
 from crackscope.inspect.results import utc_now
-from crackscope.labelled import Clarity, DataConfig, LabelledSet, load_samples
+from crackscope.labelled import Clarity, DataConfig, LabelledSet, for_tile, load_samples
 
 METHOD = "temperature scaling (NLL) + Learn-Then-Test thresholds (binomial tail, fixed sequence)"
 
@@ -316,8 +316,7 @@ def check_inputs(config: CalibrateConfig) -> _Plan:
     out = config.out_dir
     _check_writable_folder(out)
     # Mask images are cut into tiles of the model's input size unless a tile size was given.
-    tiles = config.data_config.masks.for_tile(card.input_size)
-    dataset = load_samples(config.data, replace(config.data_config, masks=tiles))
+    dataset = load_samples(*for_tile(config.data, config.data_config, card.input_size))
     clear = [s for s in dataset.samples if s.clarity is Clarity.CLEAR]
     check_request(
         sum(s.label for s in clear),

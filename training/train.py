@@ -377,18 +377,18 @@ class Balance:
     """How a run balances cracks against ok items: the sampler it draws with and the loss's ``pos_weight``.
 
     ``sampler="auto"`` (the default) weights the loss by ``n_ok / n_crack`` while that ratio is at most
-    ``max_positive_weight`` (4), and above it draws cracks at ``positive_share`` (30%) of every batch with the
-    loss unweighted. Measured on magnetic tile cut into native-resolution tiles with 24 defect images kept (0.8%
-    defective tiles, ratio 118): with the loss weighted by 118, fine-tuning oscillated (one crack in a batch of 16
-    made a batch loss of 20-90, the following ok batches 5-25; validation accuracy fell from 0.998 to 0.79); with
-    gradients clipped to norm 1 as well, it collapsed to calling everything ok (validation AP 0.67 -> 0.20), and
-    so it did with the weight capped at 10 and clipping (AP 0.006); with balanced draws at 30% the batch loss fell
-    smoothly from 0.7 to 0.4 and validation ROC-AUC rose 0.86 -> 0.98. With one crack in most batches and none in
-    the rest, a large weight swings the network on single items and a small one lets it forget cracks between
-    them; showing it cracks in every batch, unweighted, does neither. Magnetic tile at native resolution with
-    every image (18% crack or ambiguous tiles, ratio 9.3) fell from validation AP 0.79 (head only) to 0.46 when
-    fine-tuned with the loss weighted by 9.3, hence the cap of 4; whole magnetic-tile images (ratio 2.4) and the
-    balanced Özgenel and DeepCrack sets trained well weighted.
+    ``max_positive_weight`` (4), and above it draws cracks at ``positive_share`` (30%) of every batch with the loss
+    unweighted. Measured by ``benchmarks/fine_tuning.py`` on magnetic tile cut into native-resolution tiles with 24
+    defect images kept (0.8% defective tiles, ratio 118): with the loss weighted by 118, fine-tuning oscillated (one
+    crack in a batch of 16 made a batch loss of 20-90, the following ok batches 5-25; validation accuracy fell from
+    0.998 to 0.79); with gradients clipped to norm 1 as well, it collapsed to calling everything ok (validation AP
+    0.67 -> 0.20), and so it did with the weight capped at 10 and clipping (AP 0.006); with balanced draws at 30%
+    the batch loss fell smoothly from 0.7 to 0.4 and validation ROC-AUC rose 0.86 -> 0.98. With one crack in most
+    batches and none in the rest, a large weight swings the network on single items and a small one lets it forget
+    cracks between them; showing it cracks in every batch, unweighted, does neither. Magnetic tile at native
+    resolution with every image (18% crack or ambiguous tiles, ratio 9.3) fell from validation AP 0.79 (head only)
+    to 0.46 when fine-tuned with the loss weighted by 9.3, hence the cap of 4; whole magnetic-tile images (ratio
+    2.4) and the balanced Özgenel and DeepCrack sets trained well weighted.
     """
 
     sampler: str  # shuffle | balanced
