@@ -170,6 +170,12 @@ def _add_train(subparsers) -> None:
         help="keep the epoch with the best validation AP on clear items, ties to the lower loss (default), or loss",
     )
     p.add_argument("--mask-weight", type=float, help="heatmap-vs-mask loss weight for items with masks (1; 0: off)")
+    p.add_argument(
+        "--heatmap-stride",
+        type=int,
+        choices=[16, 32],
+        help="heatmap cell side in px: 16 (default) adds a linear term on the backbone's stride-16 stage; 32: last map",
+    )
     p.add_argument("--lr", type=float, help="head learning rate (default 1e-3); backbone gets lr x 0.1")
     p.add_argument(
         "--augment",
@@ -225,6 +231,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         "grad_clip": args.grad_clip,
         "select_by": args.select_by,
         "mask_weight": args.mask_weight,
+        "heatmap_stride": args.heatmap_stride,
         "lr": args.lr,
         "augment": args.augment,
         "val_fraction": args.val_fraction,

@@ -44,7 +44,7 @@ import torch
 from frames import REAL_FRAMES, real_frames
 from saved_models import checkpoint_path
 
-from crackscope.inspect.dense import CELL, dense_grid
+from crackscope.inspect.dense import dense_grid
 from crackscope.inspect.tiling import TileGrid, cut_tiles, pad_to_grid
 from crackscope.training.backbones import CrackNet
 from crackscope.training.checkpoint import load_checkpoint
@@ -82,11 +82,11 @@ def prepare(path: Path, size: int) -> Prepared:
 
 def dense_logits(model: CrackNet, prepared: Prepared) -> torch.Tensor:
     """Bias + the CAM cells under each tile, from one pass over the padded frame (differentiable)."""
-    side = model.spec.input_size // CELL
-    features = model.feature_map(torch.from_numpy(prepared.padded)[None])
-    cam = torch.einsum("nchw,c->nhw", features, model.fc.weight[0] / (side * side))[0]
+    cell = model.heatmap_stride
+    side = model.spec.input_size // cell
+    cam = model.cam_of(model.feature_maps(torch.from_numpy(prepared.padded)[None]), side * side)[0]
     integral = torch.nn.functional.pad(cam.cumsum(0).cumsum(1), (1, 0, 1, 0))
-    cells = torch.from_numpy(prepared.grid.boxes // CELL)
+    cells = torch.from_numpy(prepared.grid.boxes // cell)
     x0, y0 = cells[:, 0], cells[:, 1]
     x1, y1 = x0 + cells[:, 2], y0 + cells[:, 3]
     return model.fc.bias[0] + integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]

@@ -504,7 +504,7 @@ def measure_dense_speed(fp32: Path, dense: Path, frame: np.ndarray, settings: Se
                 model, config = runs[name]
                 seconds[name].append(_timed_inspection(model, frame, config)[0])
     height, width = frame.shape[:2]
-    grid = dense_grid(height, width, tiles.input_size, DENSE_OVERLAP, whole.cell)
+    grid = dense_grid(height, width, tiles.input_size, DENSE_OVERLAP, whole.stride)
     return DenseSpeed(
         tiled_s=statistics.median(seconds["tiled"]),
         dense_s=statistics.median(seconds["dense"]),

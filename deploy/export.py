@@ -59,7 +59,7 @@ from crackscope.inspect.card import (
     save_atomically,
     with_card,
 )
-from crackscope.inspect.dense import CELL
+from crackscope.inspect.dense import STRIDE
 from crackscope.inspect.images import fit_to_input, is_image_file, load_frame
 from crackscope.inspect.model import DenseModel, OnnxModel, file_sha256
 from crackscope.inspect.tiling import to_bgr8
@@ -175,39 +175,38 @@ class ExportError(ValueError):
 class CamModel(nn.Module):
     """The exported graph: uint8 tiles -> (logit, cam), or the logit alone (for measuring what the CAM costs).
 
-    The CAM is :meth:`CrackNet.forward_with_cam`'s, with the feature map's area known before tracing, so the graph
-    holds ``w / (h*w)`` as one constant instead of reading the feature map's shape at run time.
+    The CAM is :meth:`CrackNet.forward_with_cam`'s, with the number of CAM cells known before tracing, so the
+    graph divides by a constant instead of reading the feature map's shape at run time.
     """
 
     def __init__(self, model: CrackNet, with_cam: bool = True) -> None:
         super().__init__()
         self.model = model
         self.with_cam = with_cam
-        side = feature_size(model)
-        self.register_buffer("cam_weights", model.fc.weight[0].detach() / (side * side), persistent=False)
+        self.cells = feature_size(model) ** 2
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if not self.with_cam:
             return (self.model(image),)
-        cam = torch.einsum("nchw,c->nhw", self.model.feature_map(image), self.cam_weights)
+        cam = self.model.cam_of(self.model.feature_maps(image), self.cells)
         return cam.sum(dim=(1, 2)) + self.model.fc.bias[0], cam
 
 
 class DenseCamModel(nn.Module):
-    """The dense graph: uint8 frames ``[N, H, W, 3]`` -> (``cam [N, H/32, W/32]``, ``bias [N]``).
+    """The dense graph: uint8 frames ``[N, H, W, 3]`` -> (``cam [N, H/c, W/c]``, ``bias [N]``), ``c`` the CAM cell.
 
-    Each CAM cell is scaled by the tile's feature-map area, as in :class:`CamModel`, so a tile's logit is the bias
+    Each CAM cell is scaled by the tile's number of cells, as in :class:`CamModel`, so a tile's logit is the bias
     plus the sum of the cells under it and the heatmap has the tiled heatmap's scale.
     """
 
     def __init__(self, model: CrackNet, feature_side: int) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("cam_weights", model.fc.weight[0].detach() / (feature_side**2), persistent=False)
+        self.cells = feature_side**2
         self.register_buffer("bias", model.fc.bias.detach().reshape(()), persistent=False)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cam = torch.einsum("nchw,c->nhw", self.model.feature_map(image), self.cam_weights)
+        cam = self.model.cam_of(self.model.feature_maps(image), self.cells)
         # One bias per frame. A constant alone would not be traced as an output of the graph, so it is added to
         # zero made from each frame's first (uint8, hence finite) pixel: four tiny nodes, no shape arithmetic.
         zero = image[:, 0, 0, 0].to(self.bias.dtype) * 0.0
@@ -249,7 +248,7 @@ def dense_padding_is_static(model: CrackNet) -> bool:
     The sizes differ in ``H/32`` parity and in aspect, which is what the pads of a stride-2 layer could depend on;
     the dense parity gate then proves the exported graph at two other sizes.
     """
-    size, cell = model.spec.input_size, CELL
+    size, cell = model.spec.input_size, STRIDE
     examples = [
         model.preprocess(torch.zeros(1, height, width, 3, dtype=torch.uint8))
         for height, width in ((size, size), (size + cell, size + 2 * cell))
@@ -264,14 +263,15 @@ def to_dense_onnx_bytes(model: CrackNet, opset: int = 17) -> bytes:
     :func:`dense_padding_is_static`; otherwise TF-"same" padding stays dynamic (shape arithmetic and ``Pad`` nodes).
     """
     size, side = model.spec.input_size, feature_size(model)
-    if size != side * CELL:
+    if size % STRIDE or size != side * model.heatmap_stride:
         raise ExportError(
-            f"a dense graph needs a tile side that is a multiple of {CELL} px (one CAM cell per {CELL} px); "
-            f"this model's tiles are {size} px with a {side} x {side} CAM"
+            f"a dense graph needs a tile side that is a multiple of {STRIDE} px (the backbone's stride) and a "
+            f"whole number of {model.heatmap_stride} px CAM cells; this model's tiles are {size} px with a "
+            f"{side} x {side} CAM"
         )
     static = dense_padding_is_static(model)
     wrapper = DenseCamModel(export_copy(model, static_padding=static), side).eval()
-    example = torch.zeros(1, size + CELL, size + 2 * CELL, 3, dtype=torch.uint8)  # not square: nothing specialises
+    example = torch.zeros(1, size + STRIDE, size + 2 * STRIDE, 3, dtype=torch.uint8)  # not square: nothing specialises
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -295,9 +295,10 @@ def to_dense_onnx_bytes(model: CrackNet, opset: int = 17) -> bytes:
 
 
 def feature_size(model: CrackNet) -> int:
+    """The side of a tile's CAM grid (input size / heatmap stride)."""
     with torch.inference_mode():
         size = model.spec.input_size
-        return int(model.feature_map(torch.zeros(1, size, size, 3, dtype=torch.uint8)).shape[-1])
+        return int(model.forward_with_cam(torch.zeros(1, size, size, 3, dtype=torch.uint8))[1].shape[-1])
 
 
 def card_for(model: CrackNet, header: CheckpointHeader, precision: str) -> ModelCard:
@@ -638,7 +639,7 @@ def load_frames(pattern: str | None, size: int, count: int, seed: int) -> Frames
 def parity_frames(frames: Frames, size: int) -> list[np.ndarray]:
     """Two frames of different sizes (multiples of 32, neither square nor a tile), cut or reflect-padded from
     ``frames``."""
-    shapes = ((size + CELL, 2 * size), (2 * size + CELL, size + 2 * CELL))
+    shapes = ((size + STRIDE, 2 * size), (2 * size + STRIDE, size + 2 * STRIDE))
     return [_fit(frames.images[i % len(frames.images)], h, w) for i, (h, w) in enumerate(shapes)]
 
 

@@ -248,8 +248,8 @@ def onnx_parity(
 def _torch_dense(model: CrackNet, frame: np.ndarray, feature_side: int) -> tuple[np.ndarray, np.ndarray]:
     """PyTorch's CAM of a whole frame, each cell scaled as in a tile's CAM, and the whole-frame logit."""
     model.eval()
-    fmap = model.feature_map(torch.from_numpy(np.ascontiguousarray(frame[np.newaxis])))
-    cam = torch.einsum("nchw,c->nhw", fmap, model.fc.weight[0] / (feature_side * feature_side))
+    maps = model.feature_maps(torch.from_numpy(np.ascontiguousarray(frame[np.newaxis])))
+    cam = model.cam_of(maps, feature_side * feature_side)
     return (cam.sum(dim=(1, 2)) + model.fc.bias[0]).numpy(), cam.numpy()
 
 

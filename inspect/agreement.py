@@ -89,7 +89,7 @@ def compare_frame(tile_model: OnnxModel, dense_model: DenseModel, frame: np.ndar
     size = tile_model.input_size
     if dense_model.input_size != size:
         raise ValueError(f"{dense_model.path} scores {dense_model.input_size} px tiles, {tile_model.path} {size} px")
-    grid = dense_grid(height, width, size, overlap, dense_model.cell)
+    grid = dense_grid(height, width, size, overlap, dense_model.stride)
     padded = np.ascontiguousarray(pad_to_grid(frame, grid))
     tiled_logits, cams = run_model(tile_model, cut_tiles(padded, grid), max_batch=32)
     output = dense_model.predict(padded)

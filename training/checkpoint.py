@@ -136,7 +136,15 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     header = CheckpointHeader.from_saved(saved, str(path))
     if not isinstance(saved.get("state_dict"), Mapping):
         raise ValueError(f"{path}: damaged crackscope checkpoint (no state_dict)")
-    model = build_model(header.backbone, pretrained=False, dropout=header.dropout, input_size=header.input_size)
+    # Checkpoints from before the stride-16 heatmap term have no ``fine.*`` weights: they keep the 32 px heatmap.
+    stride = 16 if any(str(name).startswith("fine.") for name in saved["state_dict"]) else 32
+    model = build_model(
+        header.backbone,
+        pretrained=False,
+        dropout=header.dropout,
+        input_size=header.input_size,
+        heatmap_stride=stride,
+    )
     model.load_state_dict(saved["state_dict"])
     return model.to(device).eval(), header
 

@@ -59,7 +59,7 @@ def pooled_features(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> np.ndarray:
-    """``[N, C]`` global-average-pooled last feature maps, evaluation transform, model in eval mode."""
+    """``[N, C]`` global-average-pooled feature maps (:meth:`CrackNet.pooled`), evaluation transform, eval mode."""
     model.eval()
     loader = DataLoader(
         PatchDataset(samples, eval_transform(model.spec.input_size)),
@@ -69,9 +69,10 @@ def pooled_features(
     )
     out = []
     for batch in tqdm(loader, desc="head: features", leave=False, disable=not progress):
-        fmap = model.feature_map(batch.images.to(device, non_blocking=True))
-        out.append(fmap.float().mean(dim=(2, 3)).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.spec.channels), dtype=np.float32)
+        maps = model.feature_maps(batch.images.to(device, non_blocking=True))
+        out.append(model.pooled(maps).float().cpu().numpy())
+    channels = model.spec.channels + (0 if model.fine is None else model.fine.in_features)
+    return np.concatenate(out) if out else np.zeros((0, channels), dtype=np.float32)
 
 
 def logistic_head(features: np.ndarray, targets: np.ndarray, c: float = 1.0) -> tuple[np.ndarray, float, float]:
@@ -114,12 +115,11 @@ def fit_head(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> HeadFit:
-    """Set ``model.fc`` to the logistic regression of the samples' soft targets on their pooled features."""
+    """Set the head (``model.fc`` and the stride-16 term) to the logistic regression of the samples' soft targets
+    on their pooled features."""
     started = time.perf_counter()
     features = pooled_features(model, samples, batch_size=batch_size, workers=workers, device=device, progress=progress)
     fitted = time.perf_counter()
     coef, bias, accuracy = logistic_head(features, np.array([s.target for s in samples]), c)
-    with torch.no_grad():
-        model.fc.weight.copy_(torch.from_numpy(coef).reshape(model.fc.weight.shape))
-        model.fc.bias.fill_(bias)
+    model.set_head(torch.from_numpy(coef), bias)
     return HeadFit(len(samples), features.shape[1], c, accuracy, fitted - started, time.perf_counter() - fitted)

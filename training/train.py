@@ -83,6 +83,7 @@ class TrainConfig:
     pretrained: bool = True
     input_size: int | None = None  # default: the backbone's
     dropout: float = 0.2
+    heatmap_stride: int = 16  # CAM cell side in px: 16 adds a linear term on the stride-16 stage; 32: last map only
     augment: str = "colour"  # the preset that generalised best to held-out surfaces (benchmarks/domains.py)
     epochs: int | None = None  # total, both stages; None: enough fine-tuning epochs to reach target_steps
     head_epochs: int = 1  # stage 1: frozen backbone
@@ -672,10 +673,13 @@ def check_choices(config: TrainConfig) -> None:
         "head_fit": ("logistic", "sgd"),
         "sampler": ("auto", "shuffle", "balanced"),
         "select_by": ("ap", "loss"),
+        "heatmap_stride": (16, 32),
     }
     for key, allowed in choices.items():
         if getattr(config, key) not in allowed:
-            raise ValueError(f"{key}: unknown value {getattr(config, key)!r}; choose one of: {', '.join(allowed)}")
+            raise ValueError(
+                f"{key}: unknown value {getattr(config, key)!r}; choose one of: {', '.join(map(str, allowed))}"
+            )
     if config.hard_negatives is not None and not 0.0 < config.hard_negatives <= 1.0:
         raise ValueError(f"hard_negatives: expected a share in (0, 1], got {config.hard_negatives}")
     if not 0.0 < config.positive_share < 1.0:
@@ -795,11 +799,16 @@ def _prepare(config: TrainConfig, runtime: Runtime, split: Split | None, run: Ru
         train_samples = training_view(split.train, config.data_config)
         val_samples, data_summary = list(split.val), split.summary
     model = build_model(
-        config.backbone, pretrained=config.pretrained, dropout=config.dropout, input_size=config.input_size
+        config.backbone,
+        pretrained=config.pretrained,
+        dropout=config.dropout,
+        input_size=config.input_size,
+        heatmap_stride=config.heatmap_stride,
     ).to(runtime.device, memory_format=torch.channels_last)
     emit(
         f"model: {config.backbone} ({'ImageNet weights' if config.pretrained else 'random init'}), "
-        f"input {model.spec.input_size}px, device {runtime.device}, {runtime.world_size} process(es)"
+        f"input {model.spec.input_size}px, {model.heatmap_stride}px heatmap cells, device {runtime.device}, "
+        f"{runtime.world_size} process(es)"
     )
     schedule = plan_schedule(
         items=-(-_epoch_items(train_samples, config) // runtime.world_size),

@@ -52,7 +52,7 @@ def test_onnx_matches_pytorch_on_batch_sizes_not_used_at_export(exported, tiny_r
 
 def test_metadata_card_carries_everything_the_runtime_needs(exported):
     card = read_card(_by_precision(exported, "fp32").path)
-    assert card.backbone == "tf_efficientnet_lite0" and card.input_size == 64 and card.feature_size == 2
+    assert card.backbone == "tf_efficientnet_lite0" and card.input_size == 64 and card.feature_size == 4
     assert card.class_names == ("ok", "crack") and card.channel_order == "BGR"
     assert card.normalisation["mean"] == [0.5, 0.5, 0.5]
     assert card.calibration == Calibration()  # identity until calibrated

@@ -56,7 +56,7 @@ def test_dense_tile_origins_sit_on_the_32_px_grid_with_at_least_the_asked_overla
 
 
 def test_a_tile_side_off_the_cell_grid_is_refused():
-    with pytest.raises(ValueError, match="not a multiple of the 32 px CAM cell"):
+    with pytest.raises(ValueError, match="not a multiple of the backbone's 32 px stride"):
         dense_grid(480, 640, 100)
 
 
@@ -64,7 +64,9 @@ def test_a_tile_logit_is_the_bias_plus_the_cam_cells_under_it():
     cam = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], np.float32)
     boxes = np.array([[0, 0, 64, 64], [32, 0, 64, 64], [64, 32, 32, 32], [0, 0, 96, 64]])
     # 1+2+4+5, 2+3+5+6, 6 alone, all six
-    np.testing.assert_allclose(tile_logits(cam, 0.5, boxes), [12.5, 16.5, 6.5, 21.5])
+    np.testing.assert_allclose(tile_logits(cam, 0.5, boxes, 32), [12.5, 16.5, 6.5, 21.5])
+    # The same CAM on 16 px cells: the same boxes, in pixels, cover a quarter of the area
+    np.testing.assert_allclose(tile_logits(cam, 0.5, boxes // 2, 16), [12.5, 16.5, 6.5, 21.5])
 
 
 @pytest.mark.parametrize(
@@ -72,7 +74,7 @@ def test_a_tile_logit_is_the_bias_plus_the_cam_cells_under_it():
 )
 def test_a_tile_off_the_grid_or_beyond_the_cam_is_refused(box, message):
     with pytest.raises(ValueError, match=message):
-        tile_logits(np.zeros((2, 3), np.float32), 0.0, np.array([box]))
+        tile_logits(np.zeros((2, 3), np.float32), 0.0, np.array([box]), 32)
 
 
 @pytest.mark.parametrize("factor", [1, 4])

@@ -170,7 +170,7 @@ def test_runtime_and_calibration_work_with_pytorch_unimportable(model_path):
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd="/")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok (2,) (2, 2, 2)"
+    assert result.stdout.strip() == "ok (2,) (2, 4, 4)"  # 16 px heatmap cells on 64 px tiles
 
 
 # --- make_session: the one way a session is built ------------------------------------------------------------------

@@ -16,6 +16,7 @@ from crackscope.training.backbones import (
     build_lite0_imagenet,
     build_model,
     lite0_weights_path,
+    without_stride16_term,
 )
 
 # --- an independent EfficientNet-Lite0 written the way the original code names its tensors ----------------------
@@ -142,10 +143,41 @@ def test_preprocess_converts_bgr_uint8_to_normalised_rgb_nchw():
 
 def test_cam_sums_to_the_logit_minus_bias():
     model = build_model("tf_efficientnet_lite0", pretrained=True, input_size=96).eval()
+    model.fine.reset_parameters()  # the stride-16 term starts at zero; a trained one is not
     images = torch.randint(0, 256, (3, 96, 96, 3), dtype=torch.uint8)
     with torch.no_grad():
         logit = model(images)
         cam_logit, cam = model.forward_with_cam(images)
-    assert cam.shape == (3, 3, 3)
+    assert cam.shape == (3, 6, 6)  # 16 px cells
     torch.testing.assert_close(cam_logit, logit, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(cam.sum((1, 2)) + model.fc.bias, logit, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "resnet18", "mobilenet_v3_large", "efficientnet_b0"])
+def test_every_backbone_has_a_stride16_stage_whose_map_is_twice_the_last_maps_side(name):
+    model = build_model(name, pretrained=False, input_size=64).eval()
+    with torch.no_grad():
+        coarse, fine = model.feature_maps(torch.zeros(1, 64, 64, 3, dtype=torch.uint8))
+    assert coarse.shape[-2:] == (2, 2) and fine.shape[-2:] == (4, 4)
+    assert fine.shape[1] == model.fine.in_features and model.heatmap_stride == 16
+
+
+def test_a_32_px_heatmap_model_has_no_stride16_term_and_the_16_px_one_needs_a_multiple_of_32():
+    coarse = build_model("tf_efficientnet_lite0", pretrained=False, input_size=64, heatmap_stride=32)
+    assert coarse.fine is None and coarse.heatmap_stride == 32
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_model("tf_efficientnet_lite0", pretrained=False, input_size=80)
+    with pytest.raises(ValueError, match="heatmap_stride"):
+        build_model("tf_efficientnet_lite0", pretrained=False, input_size=64, heatmap_stride=8)
+
+
+def test_dropping_the_stride16_term_leaves_the_last_maps_logit():
+    model = build_model("tf_efficientnet_lite0", pretrained=False, input_size=64).eval()
+    images = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        before = model(images)
+        model.fine.reset_parameters()
+        after = model(images)
+        coarse = without_stride16_term(model)(images)
+    torch.testing.assert_close(coarse, before)  # the term starts at zero, so the model was its 32 px part
+    assert (after - coarse).abs().max() > 1e-3

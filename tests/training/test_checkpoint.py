@@ -9,14 +9,16 @@ import torch
 
 from crackscope.inspect.parts import PartScoring
 from crackscope.labelled import DataConfig, MaskLabelling
-from crackscope.training.backbones import build_model
+from crackscope.training.backbones import build_model, without_stride16_term
 from crackscope.training.checkpoint import CHECKPOINT_FORMAT, CheckpointHeader, load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return build_model("tf_efficientnet_lite0", pretrained=False, dropout=0.3, input_size=32).eval()
+    model = build_model("tf_efficientnet_lite0", pretrained=False, dropout=0.3, input_size=32).eval()
+    model.fine.reset_parameters()  # not zero, so a checkpoint that dropped the stride-16 term would show it
+    return model
 
 
 def _header(model, **changes) -> CheckpointHeader:
@@ -120,3 +122,14 @@ def test_a_damaged_part_scoring_is_a_damaged_checkpoint_named_by_file(model, tmp
     torch.save({**header.to_dict(), "state_dict": model.state_dict()}, tmp_path / "model.pt")
     with pytest.raises(ValueError, match=r"model\.pt: damaged crackscope checkpoint \(metrics\.part_scoring: part"):
         load_checkpoint(tmp_path / "model.pt")
+
+
+def test_a_checkpoint_without_the_stride16_term_loads_as_a_32_px_heatmap_model(model, tmp_path):
+    coarse = without_stride16_term(model)
+    loaded, _ = load_checkpoint(save_checkpoint(coarse, _header(coarse), tmp_path / "model.pt"))
+    assert loaded.heatmap_stride == 32 and loaded.fine is None
+    images = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(images), coarse(images), atol=0, rtol=0)
+        assert loaded.forward_with_cam(images)[1].shape == (2, 1, 1)
+        assert model.forward_with_cam(images)[1].shape == (2, 2, 2)

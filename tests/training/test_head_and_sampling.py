@@ -60,7 +60,7 @@ def test_fit_head_sets_the_network_head_so_the_network_reproduces_the_fit(patch_
 
     logits = predict(model, samples, batch_size=16, progress=False).logits
     hard = np.array([s.label for s in samples])
-    assert fit.items == 40 and fit.features == model.spec.channels
+    assert fit.items == 40 and fit.features == model.spec.channels + model.fine.in_features
     assert np.isclose(((logits >= 0) == hard).mean(), fit.train_accuracy, atol=1e-9)
     assert fit.train_accuracy >= 0.9
     assert torch.isfinite(model.fc.weight).all()
