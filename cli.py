@@ -95,9 +95,16 @@ def _add_session_workers_flag(p: argparse.ArgumentParser) -> None:
 
 def _add_layout_flags(p: argparse.ArgumentParser) -> None:
     """Flags of every command that reads a labelled dataset."""
-    p.add_argument("--data-mode", choices=["auto", "folder", "mask"], help="how --data is laid out (default auto)")
     p.add_argument(
-        "--patch-size", type=int, help="tile side for mask datasets (default: the model's input size, 25%% overlap)"
+        "--data-mode",
+        choices=["auto", "folder", "mask", "tiles"],
+        help="how --data is laid out (default auto); tiles: class folders of images labelled as a whole, cut into "
+        "the runtime's tiles and learned from them (multiple-instance learning)",
+    )
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        help="tile side for mask and tiles datasets (default: the model's input size, 25%% overlap)",
     )
 
 
@@ -164,6 +171,11 @@ def _add_train(subparsers) -> None:
     )
     p.add_argument("--max-positive-weight", type=float, help="cap on the crack loss weight n_ok / n_crack (4)")
     p.add_argument("--grad-clip", type=float, help="clip the gradient's global norm to this while fine-tuning")
+    p.add_argument(
+        "--weak-positives",
+        type=int,
+        help="--data-mode tiles: tiles of each defective image trained as its crack tiles, chosen by the model (1)",
+    )
     p.add_argument(
         "--select-by",
         choices=["ap", "loss"],
@@ -232,6 +244,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         "select_by": args.select_by,
         "mask_weight": args.mask_weight,
         "heatmap_stride": args.heatmap_stride,
+        "weak_positives": args.weak_positives,
         "lr": args.lr,
         "augment": args.augment,
         "val_fraction": args.val_fraction,

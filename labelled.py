@@ -4,7 +4,7 @@ It sits below training, calibration and deploy, which all read labelled data, an
 and tqdm), so calibration can read data without training's dependencies. :func:`load_samples` reads one folder
 into a :class:`LabelledSet`; :func:`load_sources` reads several into one :class:`LabelledSources`.
 
-Two layouts are read as they are:
+Three layouts are read:
 
 * **class folders**: ``crack/`` (or ``defect/``, ``Positive/``), ``ok/`` (or ``Negative/``, ``MT_Free/``) and an
   optional ``ambiguous/``; other folder names map through :attr:`DataConfig.class_map` (glob patterns, e.g.
@@ -14,6 +14,11 @@ Two layouts are read as they are:
   (:func:`label_from_mask`): crack when enough mask pixels lie in the tile centre, ok when none lie in the tile,
   ambiguous otherwise. Each tile keeps its mask file (:attr:`Sample.mask`, read with :func:`read_mask_patch`) so
   training can supervise the heatmap with it.
+* **class folders cut into tiles** (``mode: tiles``): images labelled as a whole, larger than a tile (a photo of
+  a part marked good or bad). Each image is cut into tiles as the runtime cuts frames; the tiles of a good image are
+  clear ok, those of a defective image are :attr:`Clarity.WEAK`: at least one of them shows the defect, nobody said
+  which. Training learns which from the tiles themselves (multiple-instance learning, see
+  :mod:`crackscope.training.head` and the trainer), and evaluation scores such an image as a part.
 
 An optional ``votes.csv`` (``image,annotator,label``) turns annotator disagreement into soft targets. Every sample
 remembers its source image (``group``) so splits never put one photo in both train and validation.
@@ -58,6 +63,7 @@ from crackscope.inspect.tiling import patch_boxes, stride_for
 log = logging.getLogger(__name__)
 
 CRACK, OK, AMBIGUOUS, IGNORE = "crack", "ok", "ambiguous", "ignore"
+WEAK = "weak"  # the count of weak tiles (Clarity.WEAK)
 CLASS_NAMES = (OK, CRACK)  # index = label: 0 ok, 1 crack
 DEFAULT_CLASS_MAP = {
     "crack": CRACK,
@@ -86,6 +92,7 @@ class Clarity(str, Enum):
 
     CLEAR = "clear"
     AMBIGUOUS = "ambiguous"
+    WEAK = "weak"  # a tile of an image labelled as a whole: its image's label holds for some tile, not each one
 
 
 @dataclass(frozen=True)
@@ -141,7 +148,7 @@ class MaskLabelling:
 class DataConfig:
     """How a dataset folder is read and labelled."""
 
-    mode: str = "auto"  # auto | folder | mask
+    mode: str = "auto"  # auto | folder | mask | tiles (class folders cut into tiles, image labels; see the module)
     class_map: dict[str, str] = field(default_factory=dict)  # extra folder-name patterns -> crack|ok|ambiguous|ignore
     masks: MaskLabelling = field(default_factory=MaskLabelling)
     ambiguous: str = "soft"  # soft: train on ambiguous_target; exclude: leave them out of training
@@ -171,9 +178,13 @@ class DataSource:
 
 
 def class_counts(samples: Iterable[Sample]) -> dict[str, int]:
-    """Items per class: clear crack, clear ok, and ambiguous (whatever their soft target)."""
-    counter = Counter(AMBIGUOUS if s.clarity is Clarity.AMBIGUOUS else CLASS_NAMES[s.label] for s in samples)
-    return {name: counter.get(name, 0) for name in (CRACK, OK, AMBIGUOUS)}
+    """Items per class: clear crack, clear ok, ambiguous (whatever their soft target), and, only when there are
+    any, weak tiles (tiles of images labelled as a whole, :attr:`Clarity.WEAK`)."""
+    counter = Counter(
+        s.clarity.value if s.clarity in (Clarity.AMBIGUOUS, Clarity.WEAK) else CLASS_NAMES[s.label] for s in samples
+    )
+    counts = {name: counter.get(name, 0) for name in (CRACK, OK, AMBIGUOUS)}
+    return counts | ({WEAK: counter[WEAK]} if counter.get(WEAK) else {})
 
 
 @dataclass(frozen=True)
@@ -352,6 +363,33 @@ def _mask_samples(
     return [sample for patch_samples in results for sample in patch_samples]
 
 
+def _tile_samples(images: list[Sample], config: DataConfig, skipped: list[str]) -> list[Sample]:
+    """Each whole-image sample cut into the runtime's tiles: clear ok tiles of a good image, weak ones otherwise.
+
+    A weak tile keeps its image's target (1 for a defective image, the soft target of an ambiguous one); which
+    tiles of the image the target is true for is left to training. Every image is decoded once here, for its size;
+    an unreadable one is skipped and listed, as in the other layouts.
+    """
+    rules = config.masks.for_tile(DEFAULT_TILE)
+
+    def one(image: Sample) -> list[Sample]:
+        try:
+            height, width = read_image(image.path).shape[:2]
+        except ImageReadError as error:
+            log.warning("skipping unreadable image: %s", error)
+            skipped.append(str(error))
+            return []
+        clarity = Clarity.CLEAR if image.target == 0.0 and image.clarity is Clarity.CLEAR else Clarity.WEAK
+        return [
+            replace(image, clarity=clarity, box=box)
+            for box in patch_boxes(height, width, rules.patch_size, rules.stride)
+        ]
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = list(tqdm(pool.map(one, images), total=len(images), desc="cutting images into tiles", leave=False))
+    return [tile for tiles in results for tile in tiles]
+
+
 def _drop_unreadable(samples: list[Sample], skipped: list[str]) -> list[Sample]:
     """Decode every distinct file once; drop samples whose file is unreadable, with one warning each."""
     paths = sorted({s.path for s in samples})
@@ -465,28 +503,41 @@ def _read_folder(root: Path, config: DataConfig) -> LabelledSet:
         samples = _folder_samples(root, config)
         if config.verify_images:
             samples = _drop_unreadable(samples, skipped)
+    elif mode == "tiles":
+        samples = _tile_samples(_with_votes(_folder_samples(root, config), root, config), config, skipped)
     elif mode == "mask":
         pairs = _mask_pairs(root)
         if not pairs:
             raise DataError(f"{root}: no image has a same-stem mask (x.jpg + x.png, or images/ + masks/)")
         samples = _mask_samples(pairs, root, config, skipped)
     else:
-        raise DataError(f"unknown data mode {mode!r}; choose auto, folder or mask")
+        raise DataError(f"unknown data mode {mode!r}; choose auto, folder, mask or tiles")
+    if mode != "tiles":  # tiles take their image's votes before they are cut
+        samples = _with_votes(samples, root, config)
+    return LabelledSet(root, tuple(samples), tuple(skipped))
+
+
+def _with_votes(samples: list[Sample], root: Path, config: DataConfig) -> list[Sample]:
+    """The samples with the soft targets of ``votes.csv`` (or ``config.votes``) applied, when there are votes."""
     votes_path = Path(config.votes) if config.votes else root / "votes.csv"
     if config.votes and not votes_path.is_file():
         raise DataError(f"{votes_path}: votes file does not exist")
-    if votes_path.is_file():
-        samples = apply_votes(
-            samples, root, consensus_targets(read_votes(votes_path, config.class_map), config.consensus)
-        )
-    return LabelledSet(root, tuple(samples), tuple(skipped))
+    if not votes_path.is_file():
+        return samples
+    return apply_votes(samples, root, consensus_targets(read_votes(votes_path, config.class_map), config.consensus))
 
 
 def _check_classes(dataset: LabelledSet) -> None:
     counts = dataset.counts()
-    empty = [name for name in (CRACK, OK) if counts[name] == 0]
+    empty = _missing_classes(counts)
     if empty:
         raise DataError(f"{dataset.root}: no readable {' or '.join(empty)} images; counts: {counts}")
+
+
+def _missing_classes(counts: Mapping[str, int]) -> list[str]:
+    """crack and/or ok when no item has that class (weak tiles are tiles of crack images)."""
+    have = {CRACK: counts[CRACK] + counts.get(WEAK, 0), OK: counts[OK]}
+    return [name for name in (CRACK, OK) if have[name] == 0]
 
 
 # --- several sources ------------------------------------------------------------------------------------------------
@@ -616,8 +667,7 @@ def _check_union(dataset: LabelledSources) -> None:
     if len(dataset.parts) == 1:
         _check_classes(dataset.parts[0])  # the same message as for one folder read with load_samples
         return
-    counts = dataset.counts()
-    empty = [name for name in (CRACK, OK) if counts[name] == 0]
+    empty = _missing_classes(dataset.counts())
     if empty:
         per_source = {source.name: part.counts() for source, part in zip(dataset.sources, dataset.parts, strict=True)}
         raise DataError(f"no source holds readable {' or '.join(empty)} images; counts: {per_source}")
@@ -668,8 +718,8 @@ def training_view(samples: Iterable[Sample], config: DataConfig) -> list[Sample]
 def split_by_group(samples: Sequence[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """Seeded, stratified, group-aware train/validation split.
 
-    Whole groups (source images) move together. Groups are stratified by whether they hold any clear crack, so
-    both splits see both classes even when cracks are rare.
+    Whole groups (source images) move together. Groups are stratified by whether they hold any clear crack (or are
+    labelled crack as a whole), so both splits see both classes even when cracks are rare.
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
@@ -678,7 +728,7 @@ def split_by_group(samples: Sequence[Sample], val_fraction: float, seed: int) ->
         groups[sample.group].append(sample)
     strata: dict[int, list[str]] = defaultdict(list)
     for name, members in sorted(groups.items()):
-        strata[int(any(s.label == 1 and s.clarity is Clarity.CLEAR for s in members))].append(name)
+        strata[int(any(s.target == 1.0 and s.clarity in (Clarity.CLEAR, Clarity.WEAK) for s in members))].append(name)
     rng = np.random.default_rng(seed)
     val_groups: set[str] = set()
     for names in strata.values():
@@ -740,7 +790,7 @@ def describe(dataset: LabelledSet | LabelledSources, emit: Callable[[str], None]
     several = len(dataset.parts) > 1
     for source, part in zip(dataset.sources, dataset.parts, strict=True):
         line = _summary_line(f"{source.name} ({part.root})" if several else str(part.root), part.summary())
-        missing = [name for name in (CRACK, OK) if part.counts()[name] == 0]
+        missing = _missing_classes(part.counts())
         if missing:
             line += f"; no {' or '.join(missing)} items here: the other sources supply them"
         emit(line)
@@ -751,6 +801,8 @@ def describe(dataset: LabelledSet | LabelledSources, emit: Callable[[str], None]
 def _summary_line(where: str, summary: dict[str, object]) -> str:
     return (
         f"{where}: {summary['items']} items from {summary['groups']} images "
-        f"(crack {summary['crack']}, ok {summary['ok']}, ambiguous {summary['ambiguous']}); "
+        f"(crack {summary['crack']}, ok {summary['ok']}, ambiguous {summary['ambiguous']}"
+        + (f", weak {summary['weak']}: tiles of images labelled as a whole" if summary.get("weak") else "")
+        + "); "
         f"{summary['skipped_unreadable']} unreadable skipped"
     )

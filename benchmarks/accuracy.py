@@ -13,12 +13,16 @@ and ``benchmarks/localization.py`` measure these very models on images they neve
 Two more jobs cut magnetic-tile images into the runtime's 224 px tiles at their own resolution, labelled from the
 masks: ``magnetic-tile-native`` (every image) and ``magnetic-tile-rare`` (every defect-free image, 24 defect images
 in train + validation: about 1% crack tiles), each scored per tile and per image on the full held-out split, with
-the head-only and fine-tuned validation AP and the run time beside it. ``--set key=value`` overrides a
+the head-only and fine-tuned validation AP and the run time beside it. ``magnetic-tile-weak`` cuts the same images
+into the same tiles but trains on the images' class labels only (``mode: tiles``: each defective image's tiles are
+weak, and the model learns which of them are defective); it is split like ``magnetic-tile-native`` and judged by its
+masks, so the two rows compare a model trained with masks and one trained without. ``--set key=value`` overrides a
 ``TrainConfig`` field for every job (paired comparisons of trainer settings).
 
 Run:
     python benchmarks/accuracy.py                     # every job; the two native-tile jobs take 10 min on 2 cores
     python benchmarks/accuracy.py --only magnetic-tile-native --only magnetic-tile-rare --set mask_weight=0
+    python benchmarks/accuracy.py --only magnetic-tile-weak     # image labels only, judged by the masks
     python benchmarks/accuracy.py --only magnetic-tile --epochs 6
     python benchmarks/accuracy.py --export-only      # re-export the trained checkpoints (same split, current exporter)
     python benchmarks/accuracy.py --only magnetic-tile --epochs 1 --steps-per-epoch 2 --max-items 60   # smoke run
@@ -74,6 +78,9 @@ class Job:
     lr: float = 1e-3
     cross: tuple[tuple[str, str, DataConfig], ...] = ()  # (label, folder, config) evaluated with this job's model
     rare_defect_images: int | None = None  # keep only this many defect images in train + validation (rare defects)
+    # Split and judge by another layout of the same images: the images go to train / validation / test as that
+    # layout splits them, and the test items are that layout's (a model trained on image labels judged by masks).
+    judged_by: DataConfig | None = None
 
 
 JOBS = (
@@ -113,6 +120,17 @@ JOBS = (
         data_config=NATIVE_TILES,
         rare_defect_images=24,
     ),
+    # The same images labelled only as a whole (MT_Free good, every other class defective), cut into the same
+    # native tiles and learned from them (multiple-instance learning); split like, and judged by, the masks of
+    # magnetic-tile-native, so the two rows compare one model trained with masks and one without.
+    Job(
+        "magnetic-tile-weak",
+        "magnetic-tile",
+        "grouped by image as magnetic-tile-native; trained on image labels only; judged by the masks",
+        input_size=224,
+        data_config=DataConfig(mode="tiles", masks=NATIVE_TILES.masks),
+        judged_by=NATIVE_TILES,
+    ),
 )
 
 
@@ -137,10 +155,17 @@ def run(job: Job, options: Options) -> list[dict]:
     data_root, seed, workers = options.data_root, options.seed, options.workers
     dataset = load_samples(data_root / job.folder, job.data_config)
     samples = subset(dataset.samples, options.max_items, seed) if options.max_items else list(dataset.samples)
-    rest, test = split_by_group(samples, 0.2, seed)
+    judged = list(load_samples(data_root / job.folder, job.judged_by).samples) if job.judged_by else samples
+    if options.max_items and job.judged_by:
+        judged = [s for s in judged if s.group in {t.group for t in samples}]
+    rest, test = split_by_group(judged, 0.2, seed)
     if job.rare_defect_images is not None:
         rest = keep_defect_images(rest, job.rare_defect_images, seed)
     train_part, val_part = split_by_group(rest, 0.125, seed + 1)
+    if job.judged_by:  # the same images, in this job's own layout
+        rest, train_part, val_part = (
+            [s for s in samples if s.group in {t.group for t in part}] for part in (rest, train_part, val_part)
+        )
     if options.export_only:  # the same seeded split, the checkpoint of an earlier run, the current exporter
         checkpoint = options.out_root / job.name / "model.pt"
         if not checkpoint.is_file():

@@ -318,6 +318,13 @@ def check_inputs(config: CalibrateConfig) -> _Plan:
     # Mask images are cut into tiles of the model's input size unless a tile size was given.
     dataset = load_samples(*for_tile(config.data, config.data_config, card.input_size))
     clear = [s for s in dataset.samples if s.clarity is Clarity.CLEAR]
+    weak = sum(s.clarity is Clarity.WEAK for s in dataset.samples)
+    if weak and not any(s.label for s in clear):
+        raise ValueError(
+            f"{config.data}: {weak} tiles of images labelled only as a whole (data mode tiles) and no tile labelled "
+            "crack: the guarantees are per tile, so calibrate on tiles with their own labels (class folders of "
+            "tiles, or images with masks)"
+        )
     check_request(
         sum(s.label for s in clear),
         sum(1 - s.label for s in clear),

@@ -135,7 +135,7 @@ class ImageLevel:
     of :data:`~crackscope.inspect.parts.CANDIDATES`. ``chosen_by`` says where ``scoring`` came from.
     """
 
-    crack: int  # images with at least one clear crack patch
+    crack: int  # images with at least one clear crack patch, or labelled crack as a whole
     ok: int  # images whose patches are all clear ok
     ambiguous: int  # images with ambiguous patches and no clear crack: counted, not scored
     scoring: PartScoring
@@ -313,9 +313,13 @@ def group_parts(predictions: Predictions) -> Parts | None:
 
 
 def _image_label(samples: Sequence[Sample]) -> int | None:
-    """1 when any patch is a clear crack, 0 when all are clear ok, ``None`` (ambiguous image) otherwise."""
+    """1 when any patch is a clear crack or the image is labelled crack as a whole (weak tiles of target 1), 0 when
+    all are clear ok, ``None`` (ambiguous image) otherwise."""
     if any(s.clarity is Clarity.CLEAR and s.label == 1 for s in samples):
         return 1
+    weak = [s for s in samples if s.clarity is Clarity.WEAK]
+    if weak:
+        return 1 if all(s.target == 1.0 for s in weak) else None
     if all(s.clarity is Clarity.CLEAR for s in samples):
         return 0
     return None

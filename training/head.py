@@ -7,6 +7,12 @@ images, takes dozens of steps just to find the right sign), and fine-tuning then
 separates the classes. Soft targets (ambiguous items, split votes) enter as two weighted copies of the item, one
 per label; classes are balanced with weights, as ``pos_weight`` does for the SGD loss.
 
+Tiles of images labelled as a whole (:attr:`~crackscope.labelled.Clarity.WEAK`: some tile of the image shows the
+defect, nobody said which) are fitted by multiple-instance learning on the same features (mi-SVM, Andrews et al.
+2002, with a logistic model): first every weak tile counts as crack with its image's weight shared among its tiles,
+then, a few rounds, only the ``k`` tiles of each image the current head scores highest count as crack (the rest of
+the image's tiles are left out), until that choice stops changing. One feature pass serves every round.
+
 Example:
     >>> from crackscope.training.head import fit_head
     >>> fit = fit_head(model, samples, batch_size=32)      # doctest: +SKIP
@@ -25,10 +31,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from crackscope.labelled import Sample
+from crackscope.labelled import Clarity, Sample
 from crackscope.training.augment import eval_transform
 from crackscope.training.backbones import CrackNet
 from crackscope.training.dataset import PatchDataset, collate
+from crackscope.training.sampling import top_per_group
+
+MIL_ROUNDS = 5  # most re-selections of each weak image's top tiles; the fit usually settles in two or three
 
 
 @dataclass(frozen=True)
@@ -41,11 +50,18 @@ class HeadFit:
     train_accuracy: float
     feature_seconds: float
     fit_seconds: float
+    weak_selected: tuple[int, ...] = ()  # positions (in the samples) of the weak tiles the fit took as crack
+    mil_rounds: int = 0  # re-selection rounds run (0: no weak tiles)
 
     def describe(self) -> str:
+        mil = (
+            f"; weak tiles: {len(self.weak_selected)} taken as crack after {self.mil_rounds} round(s) of selection"
+            if self.mil_rounds
+            else ""
+        )
         return (
             f"logistic head on {self.items} items x {self.features} features, C={self.c:g}: train accuracy "
-            f"{self.train_accuracy:.3f} ({self.feature_seconds:.1f}s features, {self.fit_seconds:.1f}s fit)"
+            f"{self.train_accuracy:.3f} ({self.feature_seconds:.1f}s features, {self.fit_seconds:.1f}s fit){mil}"
         )
 
 
@@ -75,11 +91,14 @@ def pooled_features(
     return np.concatenate(out) if out else np.zeros((0, channels), dtype=np.float32)
 
 
-def logistic_head(features: np.ndarray, targets: np.ndarray, c: float = 1.0) -> tuple[np.ndarray, float, float]:
+def logistic_head(
+    features: np.ndarray, targets: np.ndarray, c: float = 1.0, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, float, float]:
     """``(weight [C], bias, train accuracy)`` of a class-balanced logistic regression on raw features.
 
     Features are standardised for the solver (so one ``C`` suits any backbone) and the standardisation is folded
-    back into the weights, so the result applies to the raw pooled features the head sees.
+    back into the weights, so the result applies to the raw pooled features the head sees. ``weights`` (default 1)
+    scale each item's say.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -90,7 +109,8 @@ def logistic_head(features: np.ndarray, targets: np.ndarray, c: float = 1.0) -> 
     # A soft target t is the item once as crack with weight t and once as ok with weight 1 - t.
     x = np.concatenate([scaled, scaled])
     y = np.concatenate([np.ones(len(targets)), np.zeros(len(targets))])
-    weight = np.concatenate([targets, 1.0 - targets])
+    item_weights = np.ones(len(targets)) if weights is None else np.asarray(weights, dtype=np.float64)
+    weight = np.concatenate([targets * item_weights, (1.0 - targets) * item_weights])
     positive, negative = weight[y == 1].sum(), weight[y == 0].sum()
     if positive <= 0 or negative <= 0:
         raise ValueError("the logistic head needs both crack and ok items in the training set")
@@ -101,7 +121,8 @@ def logistic_head(features: np.ndarray, targets: np.ndarray, c: float = 1.0) -> 
     coef = solver.coef_[0] / std
     bias = float(solver.intercept_[0] - coef @ mean)
     hard = targets >= 0.5
-    accuracy = float(((features @ coef + bias >= 0) == hard).mean())
+    counted = item_weights > 0
+    accuracy = float(((features @ coef + bias >= 0) == hard)[counted].mean())
     return coef.astype(np.float32), bias, accuracy
 
 
@@ -114,12 +135,66 @@ def fit_head(
     workers: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    weak_positives: int = 1,
 ) -> HeadFit:
     """Set the head (``model.fc`` and the stride-16 term) to the logistic regression of the samples' soft targets
-    on their pooled features."""
+    on their pooled features; weak tiles by multiple-instance rounds, ``weak_positives`` tiles per image (see the
+    module docstring)."""
     started = time.perf_counter()
     features = pooled_features(model, samples, batch_size=batch_size, workers=workers, device=device, progress=progress)
     fitted = time.perf_counter()
-    coef, bias, accuracy = logistic_head(features, np.array([s.target for s in samples]), c)
+    targets = np.array([s.target for s in samples])
+    weak = np.array([s.clarity is Clarity.WEAK for s in samples], dtype=bool)
+    if not weak.any():
+        coef, bias, accuracy = logistic_head(features, targets, c)
+        selected, rounds = np.zeros(0, dtype=np.int64), 0
+    else:
+        coef, bias, accuracy, selected, rounds = mil_logistic_head(
+            features, targets, weak, [s.group for s in samples], c, weak_positives
+        )
     model.set_head(torch.from_numpy(coef), bias)
-    return HeadFit(len(samples), features.shape[1], c, accuracy, fitted - started, time.perf_counter() - fitted)
+    return HeadFit(
+        len(samples),
+        features.shape[1],
+        c,
+        accuracy,
+        fitted - started,
+        time.perf_counter() - fitted,
+        tuple(int(i) for i in selected),
+        rounds,
+    )
+
+
+def mil_logistic_head(
+    features: np.ndarray,
+    targets: np.ndarray,
+    weak: np.ndarray,
+    groups: Sequence[str],
+    c: float = 1.0,
+    per_image: int = 1,
+) -> tuple[np.ndarray, float, float, np.ndarray, int]:
+    """``(weight, bias, train accuracy, selected weak positions, rounds)``: the multiple-instance logistic fit.
+
+    Round 0 counts every weak tile with its image's target and ``1 / tiles`` of its image's weight; each round after
+    keeps only the ``per_image`` highest-scoring weak tiles of each image (full weight) and refits, until the
+    selection repeats or :data:`MIL_ROUNDS` is reached.
+    """
+    weak_positions = np.flatnonzero(weak)
+    weak_groups = [groups[i] for i in weak_positions]
+    sizes = {group: weak_groups.count(group) for group in set(weak_groups)}
+    weights = np.ones(len(targets))
+    weights[weak_positions] = [1.0 / sizes[group] for group in weak_groups]
+    coef, bias, accuracy = logistic_head(features, targets, c, weights)
+    selected = np.zeros(0, dtype=np.int64)
+    rounds = 0
+    for rounds in range(1, MIL_ROUNDS + 1):
+        scores = features[weak_positions] @ coef + bias
+        chosen = np.sort(weak_positions[top_per_group(scores, weak_groups, per_image)])
+        if np.array_equal(chosen, selected):
+            rounds -= 1
+            break
+        selected = chosen
+        weights = (~weak).astype(np.float64)
+        weights[selected] = 1.0
+        coef, bias, accuracy = logistic_head(features, targets, c, weights)
+    return coef, bias, accuracy, selected, rounds

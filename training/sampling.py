@@ -11,6 +11,9 @@ together:
   first pass; the stains, joints and scratches that look like cracks do. The trainer rescores the ok items with
   the current model before each fine-tuning epoch and calls :meth:`EpochSampler.keep_negatives`.
 
+Weak tiles (tiles of images labelled as a whole) are drawn only once chosen: the trainer scores them with the
+current model and calls :meth:`EpochSampler.keep_weak` with each image's top tiles (:func:`top_per_group`).
+
 The sampler runs in the main process (DataLoader workers only receive indices), shards the epoch across
 DistributedDataParallel ranks itself, and is seeded by ``(seed, epoch)``, so runs repeat exactly.
 
@@ -26,6 +29,25 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
+
+
+def top_per_group(scores: np.ndarray, groups: Sequence[str], per_group: int) -> np.ndarray:
+    """Positions of the ``per_group`` highest scores within each group (all of a smaller group), in position order.
+
+    How the weak tiles of an image labelled as a whole are chosen as its crack tiles (multiple-instance learning).
+    """
+    if per_group < 1:
+        raise ValueError(f"weak_positives must be at least 1, got {per_group}")
+    members: dict[str, list[int]] = {}
+    for position, group in enumerate(groups):
+        members.setdefault(group, []).append(position)
+    scores = np.asarray(scores)
+    chosen = [
+        positions[i]
+        for positions in members.values()
+        for i in np.argsort(-scores[positions], kind="stable")[:per_group]
+    ]
+    return np.sort(np.asarray(chosen, dtype=np.int64))
 
 
 def hardest(scores: np.ndarray, share: float) -> np.ndarray:
@@ -45,6 +67,8 @@ class EpochSampler(Sampler[int]):
         positive_share: share of positive draws when ``balanced``.
         negatives_kept: the share of negatives each epoch keeps once :meth:`keep_negatives` is called, so an
             epoch's length is known before training starts (the learning-rate schedule needs it).
+        weak: per item, whether it is a weak tile, drawn only after :meth:`keep_weak` chose it.
+        weak_per_epoch: how many weak tiles each :meth:`keep_weak` keeps (for the epoch's length).
         seed, rank, world_size: reproducibility and DistributedDataParallel sharding.
     """
 
@@ -55,6 +79,8 @@ class EpochSampler(Sampler[int]):
         balanced: bool = False,
         positive_share: float = 0.5,
         negatives_kept: float = 1.0,
+        weak: Sequence[bool] | None = None,
+        weak_per_epoch: int = 0,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -62,24 +88,41 @@ class EpochSampler(Sampler[int]):
         if not 0.0 < positive_share < 1.0:
             raise ValueError(f"positive_share must be between 0 and 1, got {positive_share}")
         self.positive = np.asarray(positives, dtype=bool)
+        self.weak = np.zeros(len(self.positive), dtype=bool) if weak is None else np.asarray(weak, dtype=bool)
         if balanced and (self.positive.all() or not self.positive.any()):
             raise ValueError("balanced sampling needs both crack and ok items in the training set")
         self.balanced = balanced
         self.positive_share = positive_share
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
-        negatives = np.flatnonzero(~self.positive)
-        self.epoch_items = int(self.positive.sum()) + (
-            max(1, round(negatives_kept * len(negatives))) if len(negatives) else 0
+        self._negatives = np.flatnonzero(~self.positive & ~self.weak)
+        self.weak_kept = np.zeros(0, dtype=np.int64)
+        self.epoch_items = (
+            int((self.positive & ~self.weak).sum())
+            + (max(1, round(negatives_kept * len(self._negatives))) if len(self._negatives) else 0)
+            + (weak_per_epoch if self.weak.any() else 0)
         )
-        self.pool = np.arange(len(self.positive))
+        self.pool = self._compose()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def keep_negatives(self, negatives: np.ndarray) -> None:
-        """From now on draw from all positives plus these negative item indices."""
-        self.pool = np.sort(np.concatenate([np.flatnonzero(self.positive), np.asarray(negatives, dtype=np.int64)]))
+        """From now on draw from all positives plus these negative item indices (and the weak tiles kept)."""
+        self._negatives = np.asarray(negatives, dtype=np.int64)
+        self.pool = self._compose()
+
+    def keep_weak(self, items: np.ndarray) -> None:
+        """From now on draw these weak tiles (and no other) besides the other items."""
+        items = np.asarray(items, dtype=np.int64)
+        if not self.weak[items].all():
+            raise ValueError("keep_weak: an index given is not a weak tile")
+        self.weak_kept = items
+        self.pool = self._compose()
+
+    def _compose(self) -> np.ndarray:
+        positives = np.flatnonzero(self.positive & ~self.weak)
+        return np.sort(np.concatenate([positives, self._negatives, self.weak_kept]).astype(np.int64))
 
     def __len__(self) -> int:
         return -(-self.epoch_items // self.world_size)

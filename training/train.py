@@ -24,7 +24,8 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -65,7 +66,7 @@ from crackscope.training.checkpoint import CheckpointHeader, save_checkpoint
 from crackscope.training.dataset import PatchDataset, collate
 from crackscope.training.evaluate import Metrics, Predictions, metrics_for, predict
 from crackscope.training.head import fit_head
-from crackscope.training.sampling import EpochSampler, hardest
+from crackscope.training.sampling import EpochSampler, hardest, top_per_group
 from crackscope.training.schedule import Budget, Clock, Horizon, Schedule, few_steps_warning, plan_schedule
 from crackscope.training.supervision import cam_mask_loss
 
@@ -106,6 +107,7 @@ class TrainConfig:
     grad_clip: float | None = None  # clip the gradient's global norm to this; None: no clipping
     mask_weight: float = 1.0  # heatmap-vs-mask loss weight (training.supervision) for items with masks; 0: off
     hard_negatives: float | None = None  # keep this hardest share of ok items each fine-tuning epoch; None: all
+    weak_positives: int = 1  # tiles of each image labelled as a whole (data mode tiles) trained as its crack tiles
     val_fraction: float = 0.2
     seed: int = 0
     workers: int = 2
@@ -338,6 +340,8 @@ def make_loader(
             balanced=balanced,
             positive_share=config.positive_share,
             negatives_kept=config.hard_negatives or 1.0,
+            weak=[s.clarity is Clarity.WEAK for s in samples],
+            weak_per_epoch=weak_kept(samples, config.weak_positives),
             seed=config.seed,
             rank=runtime.rank,
             world_size=runtime.world_size,
@@ -366,11 +370,27 @@ def training_transform(samples: list[Sample], config: TrainConfig, runtime: Runt
     return build_transform(config.augment, config.resolved_input_size(), references=references, seed=seed)
 
 
-def positive_weight(samples: list[Sample]) -> float:
-    """``n_ok / n_crack`` over clear training items, so each class weighs the same in the loss."""
+def positive_weight(samples: list[Sample], weak_positives: int = 1) -> float:
+    """``n_ok / n_crack`` over clear training items, so each class weighs the same in the loss; the weak tiles an
+    epoch trains on (``weak_positives`` per image labelled as a whole) count as cracks."""
     clear = [s.label for s in samples if s.clarity is Clarity.CLEAR]
-    positives = sum(clear)
-    return (len(clear) - positives) / positives if positives else 1.0
+    positives = sum(clear) + weak_kept(samples, weak_positives)
+    negatives = len(clear) - sum(clear)
+    return negatives / positives if positives else 1.0
+
+
+def weak_kept(samples: Sequence[Sample], per_image: int) -> int:
+    """How many weak tiles an epoch trains on: ``per_image`` of each image's (all of an image with fewer)."""
+    tiles = Counter(s.group for s in samples if s.clarity is Clarity.WEAK)
+    return sum(min(per_image, count) for count in tiles.values())
+
+
+def selection_ap(metrics: Metrics, samples: Sequence[Sample]) -> float | None:
+    """The validation AP that ranks epochs: the clear items', or the images' where validation holds weak tiles
+    (their tiles' labels are unknown; their images' are not)."""
+    if any(s.clarity is Clarity.WEAK for s in samples) and metrics.image_level is not None:
+        return metrics.image_level.metrics.average_precision
+    return metrics.clear.average_precision
 
 
 @dataclass(frozen=True)
@@ -401,7 +421,7 @@ class Balance:
 
 
 def choose_balance(samples: list[Sample], config: TrainConfig) -> Balance:
-    ratio = positive_weight(samples)
+    ratio = positive_weight(samples, config.weak_positives)
     if config.sampler == "balanced" or (config.sampler == "auto" and ratio > config.max_positive_weight):
         why = (
             "as configured"
@@ -690,6 +710,8 @@ def check_choices(config: TrainConfig) -> None:
         raise ValueError(f"mask_weight: expected a non-negative number, got {config.mask_weight}")
     if config.grad_clip is not None and not (math.isfinite(config.grad_clip) and config.grad_clip > 0.0):
         raise ValueError(f"grad_clip: expected a positive number, got {config.grad_clip}")
+    if isinstance(config.weak_positives, bool) or config.weak_positives < 1:
+        raise ValueError(f"weak_positives: expected a whole number of at least 1, got {config.weak_positives}")
     if config.max_minutes is not None and config.max_minutes <= 0:
         raise ValueError(f"max_minutes: expected a positive number of minutes, got {config.max_minutes}")
 
@@ -852,11 +874,14 @@ def _prepare(config: TrainConfig, runtime: Runtime, split: Split | None, run: Ru
 
 
 def _epoch_items(samples: list[Sample], config: TrainConfig) -> int:
-    """Items one epoch draws: every item, or the positives plus the kept share of ok items."""
+    """Items one epoch draws: every item, or the positives plus the kept share of ok items; of the weak tiles, the
+    ones chosen per image."""
+    weak = sum(1 for s in samples if s.clarity is Clarity.WEAK)
+    items = len(samples) - weak + weak_kept(samples, config.weak_positives)
     negatives = sum(1 for s in samples if s.label == 0 and s.clarity is Clarity.CLEAR)
     if config.hard_negatives is None or not negatives:
-        return len(samples)
-    return len(samples) - negatives + max(1, round(config.hard_negatives * negatives))
+        return items
+    return items - negatives + max(1, round(config.hard_negatives * negatives))
 
 
 def _run_stage(fit: Fit, stage: Stage, epochs_done: int, best: Best) -> tuple[list[EpochRecord], Best]:
@@ -876,6 +901,8 @@ def _run_stage(fit: Fit, stage: Stage, epochs_done: int, best: Best) -> tuple[li
         epoch = epochs_done + stage_epoch + 1
         if stage.train_backbone and config.hard_negatives is not None:
             _mine_hard_negatives(fit)
+        if fit.sampler.weak.any() and (stage.train_backbone or not len(fit.sampler.weak_kept)):
+            _choose_weak_tiles(fit)
         fit.sampler.set_epoch(epoch)
         set_train_mode(model, stage.train_backbone, config.freeze_batchnorm)
         started = time.perf_counter()
@@ -903,7 +930,7 @@ def _run_stage(fit: Fit, stage: Stage, epochs_done: int, best: Best) -> tuple[li
             metrics.clear.roc_auc,
             seconds,
             seen * runtime.world_size / seconds,
-            metrics.clear.average_precision,
+            selection_ap(metrics, fit.val_samples),
             mask_loss,
         )
         records.append(record)
@@ -942,7 +969,10 @@ def _fit_head_stage(fit: Fit, epoch: int, best: Best) -> tuple[list[EpochRecord]
         workers=config.workers,
         device=runtime.device,
         progress=config.progress and runtime.is_main,
+        weak_positives=config.weak_positives,
     )
+    if head.weak_selected:
+        fit.sampler.keep_weak(np.asarray(head.weak_selected))
     seconds = time.perf_counter() - started
     fit.emit(head.describe())
     metrics, val_loss = validate(fit.model, fit.val_loader, fit.val_samples, runtime, config)
@@ -956,7 +986,7 @@ def _fit_head_stage(fit: Fit, epoch: int, best: Best) -> tuple[list[EpochRecord]
         metrics.clear.roc_auc,
         seconds,
         len(fit.train_samples) / seconds,
-        metrics.clear.average_precision,
+        selection_ap(metrics, fit.val_samples),
     )
     return [record], _keep_if_better(fit, record, metrics, best)
 
@@ -979,6 +1009,28 @@ def _mine_hard_negatives(fit: Fit) -> None:
     fit.emit(
         f"hard negatives: kept {len(kept)} of {len(negatives)} ok items (logits {scores.min():.2f} to "
         f"{scores.max():.2f}; kept from {scores[hardest(scores, fit.config.hard_negatives or 1.0)[-1]]:.2f})"
+    )
+
+
+def _choose_weak_tiles(fit: Fit) -> None:
+    """Rescore the weak tiles with the current model and train this epoch on each image's top tiles as cracks."""
+    weak = np.flatnonzero(fit.sampler.weak)
+    if not len(weak):
+        return
+    scores = predict(
+        fit.model,
+        [fit.train_samples[i] for i in weak],
+        batch_size=max(32, fit.schedule.batch_size),
+        workers=fit.config.workers,
+        device=str(fit.runtime.device),
+        progress=fit.config.progress and fit.runtime.is_main,
+    ).logits
+    chosen = weak[top_per_group(scores, [fit.train_samples[i].group for i in weak], fit.config.weak_positives)]
+    changed = len(np.setdiff1d(chosen, fit.sampler.weak_kept))
+    fit.sampler.keep_weak(chosen)
+    fit.emit(
+        f"weak tiles: {len(chosen)} of {len(weak)} taken as crack ({fit.config.weak_positives} per image, by the "
+        f"current model; {changed} changed since the last choice)"
     )
 
 

@@ -222,3 +222,20 @@ def test_the_demo_step_calibrates_an_int8_export_on_a_held_out_synthetic_split(l
     assert read_card(model).calibration == outcome.calibration and not is_identity(outcome.calibration)
     assert outcome.clear.n_crack == 60 and sum(outcome.ambiguous.values()) == 20
     assert any("OK below" in line for line in printed) and (tmp_path / "calibration" / "calibration.html").is_file()
+
+
+def test_images_labelled_only_as_a_whole_are_refused_in_one_line_naming_what_is_needed(
+    brightness_model, grey_data, tmp_path, capsys
+):
+    before = _sha(brightness_model)
+    out = tmp_path / "never"
+    args = ["calibrate", "--model", str(brightness_model), "--data", str(grey_data), "--out", str(out)]
+    code = main([*args, "--data-mode", "tiles", *LOOSE])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        code == 2
+        and err.startswith("crackscope calibrate: error:")
+        and "labelled only as a whole" in err
+        and "calibrate on tiles with their own labels" in err
+    )
+    assert _sha(brightness_model) == before and not out.exists()
