@@ -172,6 +172,12 @@ def _add_train(subparsers) -> None:
     p.add_argument("--max-positive-weight", type=float, help="cap on the crack loss weight n_ok / n_crack (4)")
     p.add_argument("--grad-clip", type=float, help="clip the gradient's global norm to this while fine-tuning")
     p.add_argument(
+        "--context",
+        type=int,
+        help="px of surrounding surface (a multiple of 32) in extra training crops scored as --mode dense scores "
+        "tiles, so dense and tiled inference agree (0: off, the default)",
+    )
+    p.add_argument(
         "--weak-positives",
         type=int,
         help="--data-mode tiles: tiles of each defective image trained as its crack tiles, chosen by the model (1)",
@@ -245,6 +251,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         "mask_weight": args.mask_weight,
         "heatmap_stride": args.heatmap_stride,
         "weak_positives": args.weak_positives,
+        "context": args.context,
         "lr": args.lr,
         "augment": args.augment,
         "val_fraction": args.val_fraction,

@@ -144,17 +144,32 @@ class CrackNet(nn.Module):
         pooled = coarse.mean(dim=(2, 3))
         return pooled if fine is None else torch.cat([pooled, fine.mean(dim=(2, 3))], dim=1)
 
-    def forward(self, images: torch.Tensor, with_cam: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, with_cam: bool = False, region: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The crack logit ``[N]``; with ``with_cam`` also the CAM ``[N, h, w]`` of the same feature maps.
 
         Training with mask supervision asks for both in one pass through ``forward`` (so DistributedDataParallel
         sees it); the logit keeps the head's dropout, the CAM is the exported one (:meth:`forward_with_cam`).
+
+        With ``region`` (float ``[N, H, W]`` in [0, 1], a tile inside larger ``images``), the logit is the dense
+        graph's for that tile: the bias plus the CAM cells under the region, each cell weighted by the share of it
+        the region covers, divided by the region's area in cells (:mod:`crackscope.training.context`).
         """
+        if region is not None:
+            return self.region_logit(images, region)
         maps = self.feature_maps(images)
         logit = self.logit_of(maps)
         if not with_cam:
             return logit
         return logit, self.cam_of(maps)
+
+    def region_logit(self, images: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        """The dense-mode logit of the tile ``region`` marks in each of ``images`` (see :meth:`forward`)."""
+        contributions = self.cam_of(self.feature_maps(images), cells=1)  # each cell's part of a logit, undivided
+        share = F.adaptive_avg_pool2d(region.unsqueeze(1).to(contributions.dtype), contributions.shape[-2:]).squeeze(1)
+        cells = share.sum(dim=(1, 2)).clamp(min=1e-6)
+        return (contributions * share).sum(dim=(1, 2)) / cells + self.fc.bias[0]
 
     def logit_of(self, maps: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
         """The crack logit ``[N]`` from the feature maps: pooled, dropout (when training), linear."""

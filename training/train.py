@@ -63,6 +63,7 @@ from crackscope.training.augment import (
 )
 from crackscope.training.backbones import CrackNet, build_model, get_spec
 from crackscope.training.checkpoint import CheckpointHeader, save_checkpoint
+from crackscope.training.context import ContextBatch, ContextDataset, collate_context
 from crackscope.training.dataset import PatchDataset, collate
 from crackscope.training.evaluate import Metrics, Predictions, metrics_for, predict
 from crackscope.training.head import fit_head
@@ -108,6 +109,8 @@ class TrainConfig:
     mask_weight: float = 1.0  # heatmap-vs-mask loss weight (training.supervision) for items with masks; 0: off
     hard_negatives: float | None = None  # keep this hardest share of ok items each fine-tuning epoch; None: all
     weak_positives: int = 1  # tiles of each image labelled as a whole (data mode tiles) trained as its crack tiles
+    context: int = 0  # px of surrounding surface in dense-mode training crops (a multiple of 32; 0: off)
+    context_share: float = 0.25  # context crops per training batch, as a share of its tiles
     val_fraction: float = 0.2
     seed: int = 0
     workers: int = 2
@@ -517,11 +520,14 @@ def train_one_epoch(
     config: TrainConfig,
     description: str,
     budget: Budget,
+    context: Iterator[ContextBatch] | None = None,
 ) -> tuple[float, int, float | None]:
     """One pass over the training loader; returns (mean loss, images seen by this process, mean mask loss of the
     batches that had masks, or None when none had).
 
-    Stops early at ``steps_per_epoch`` or when the stage's horizon (shortened by a time budget) is reached.
+    With ``context``, every step also scores one batch of context crops the way the dense graph scores tiles and
+    adds their loss (:mod:`crackscope.training.context`). Stops early at ``steps_per_epoch`` or when the stage's
+    horizon (shortened by a time budget) is reached.
     """
     total_loss, seen, mask_losses = 0.0, 0, []
     limit = config.steps_per_epoch or len(loader)
@@ -544,6 +550,16 @@ def train_one_epoch(
             mask_loss = cam_mask_loss(cam.float(), _unwrapped(model).fc.bias[0], masks, has_mask)
             mask_losses.append(mask_loss.detach())
             loss = loss + config.mask_weight * mask_loss
+        if context is not None:
+            crops = next(context)
+            # The module itself, not its DistributedDataParallel wrapper: one DDP forward per backward. Gradients
+            # of both passes meet in each parameter before its all-reduce hook fires, so ranks still agree.
+            with autocast_for(runtime, config.amp):
+                region_logits = _unwrapped(model)(
+                    crops.images.to(runtime.device, non_blocking=True),
+                    region=crops.regions.to(runtime.device, non_blocking=True),
+                )
+            loss = loss + loss_fn(region_logits.float(), crops.targets.to(runtime.device, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if config.grad_clip is not None:
@@ -712,6 +728,10 @@ def check_choices(config: TrainConfig) -> None:
         raise ValueError(f"grad_clip: expected a positive number, got {config.grad_clip}")
     if isinstance(config.weak_positives, bool) or config.weak_positives < 1:
         raise ValueError(f"weak_positives: expected a whole number of at least 1, got {config.weak_positives}")
+    if isinstance(config.context, bool) or config.context < 0 or config.context % 32:
+        raise ValueError(f"context: expected 0 or a positive multiple of 32 px, got {config.context}")
+    if not 0.0 < config.context_share <= 1.0:
+        raise ValueError(f"context_share: expected a share in (0, 1], got {config.context_share}")
     if config.max_minutes is not None and config.max_minutes <= 0:
         raise ValueError(f"max_minutes: expected a positive number of minutes, got {config.max_minutes}")
 
@@ -735,6 +755,7 @@ class Fit:
     data_summary: dict
     emit: Callable[[str], None]
     clock: Clock
+    context: Iterator[ContextBatch] | None = None  # endless context crops for dense-mode training; None: off
 
 
 @dataclass(frozen=True)
@@ -854,6 +875,7 @@ def _prepare(config: TrainConfig, runtime: Runtime, split: Split | None, run: Ru
         balanced=balance.sampler == "balanced",
     )
     val_loader, _ = make_loader(val_samples, config, runtime, train=False, batch_size=max(32, schedule.batch_size))
+    context = context_crops(train_samples, config, runtime, schedule.batch_size, balance, emit)
     return Fit(
         config=config,
         runtime=runtime,
@@ -870,7 +892,56 @@ def _prepare(config: TrainConfig, runtime: Runtime, split: Split | None, run: Ru
         data_summary=data_summary,
         emit=emit,
         clock=clock,
+        context=context,
     )
+
+
+def context_crops(
+    samples: list[Sample], config: TrainConfig, runtime: Runtime, batch_size: int, balance: Balance, emit
+) -> Iterator[ContextBatch] | None:
+    """Endless batches of context crops of the training tiles (clear and ambiguous ones cut from larger images),
+    drawn like the training batches; None when ``config.context`` is 0 or no tile has a surrounding."""
+    if not config.context:
+        return None
+    tiles = [s for s in samples if s.box is not None and s.clarity is not Clarity.WEAK]
+    if not tiles:
+        emit("context: no training item is a tile of a larger image, so there is no surrounding to train with")
+        return None
+    size = config.resolved_input_size()
+    transform = training_transform(tiles, replace(config, input_size=size + 2 * config.context), runtime)
+    positives = [int(s.label == 1 or s.clarity is Clarity.AMBIGUOUS) for s in tiles]
+    sampler = EpochSampler(
+        positives,
+        balanced=balance.sampler == "balanced" and 0 < sum(positives) < len(positives),
+        positive_share=config.positive_share,
+        seed=config.seed + 1,
+        rank=runtime.rank,
+        world_size=runtime.world_size,
+    )
+    per_batch = max(1, round(config.context_share * batch_size))
+    loader = DataLoader(
+        ContextDataset(tiles, transform, size, config.context),
+        batch_size=per_batch,
+        sampler=sampler,
+        num_workers=config.workers,
+        collate_fn=collate_context,
+        drop_last=len(sampler) > per_batch,
+        worker_init_fn=_worker_seed,
+        persistent_workers=config.workers > 0,
+    )
+    emit(
+        f"context: {per_batch} crop(s) of {size + 2 * config.context} px ({config.context} px around the tile) beside "
+        f"each batch, scored as dense mode scores tiles"
+    )
+    return _endless(loader, sampler)
+
+
+def _endless(loader: DataLoader, sampler: EpochSampler) -> Iterator[ContextBatch]:
+    epoch = 0
+    while True:
+        sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
 
 
 def _epoch_items(samples: list[Sample], config: TrainConfig) -> int:
@@ -917,6 +988,7 @@ def _run_stage(fit: Fit, stage: Stage, epochs_done: int, best: Best) -> tuple[li
             config,
             f"epoch {epoch}/{fit.schedule.epochs} {stage.name}",
             Budget(horizon, fit.clock, stage.epochs - stage_epoch, fit.schedule.steps_per_epoch),
+            fit.context,
         )
         seconds = time.perf_counter() - started
         metrics, val_loss = validate(model, fit.val_loader, fit.val_samples, runtime, config)
@@ -991,19 +1063,24 @@ def _fit_head_stage(fit: Fit, epoch: int, best: Best) -> tuple[list[EpochRecord]
     return [record], _keep_if_better(fit, record, metrics, best)
 
 
-def _mine_hard_negatives(fit: Fit) -> None:
-    """Rescore the clear ok items with the current model and keep the hardest share for the next epoch."""
-    negatives = [i for i, s in enumerate(fit.train_samples) if s.label == 0 and s.clarity is Clarity.CLEAR]
-    if not negatives:
-        return
-    scores = predict(
+def _rescore(fit: Fit, items: Sequence[int]) -> np.ndarray:
+    """The current model's logits for these training items (evaluation transform, eval mode)."""
+    return predict(
         fit.model,
-        [fit.train_samples[i] for i in negatives],
+        [fit.train_samples[i] for i in items],
         batch_size=max(32, fit.schedule.batch_size),
         workers=fit.config.workers,
         device=str(fit.runtime.device),
         progress=fit.config.progress and fit.runtime.is_main,
     ).logits
+
+
+def _mine_hard_negatives(fit: Fit) -> None:
+    """Rescore the clear ok items with the current model and keep the hardest share for the next epoch."""
+    negatives = [i for i, s in enumerate(fit.train_samples) if s.label == 0 and s.clarity is Clarity.CLEAR]
+    if not negatives:
+        return
+    scores = _rescore(fit, negatives)
     kept = np.asarray(negatives)[hardest(scores, fit.config.hard_negatives or 1.0)]
     fit.sampler.keep_negatives(kept)
     fit.emit(
@@ -1017,14 +1094,7 @@ def _choose_weak_tiles(fit: Fit) -> None:
     weak = np.flatnonzero(fit.sampler.weak)
     if not len(weak):
         return
-    scores = predict(
-        fit.model,
-        [fit.train_samples[i] for i in weak],
-        batch_size=max(32, fit.schedule.batch_size),
-        workers=fit.config.workers,
-        device=str(fit.runtime.device),
-        progress=fit.config.progress and fit.runtime.is_main,
-    ).logits
+    scores = _rescore(fit, weak)
     chosen = weak[top_per_group(scores, [fit.train_samples[i].group for i in weak], fit.config.weak_positives)]
     changed = len(np.setdiff1d(chosen, fit.sampler.weak_kept))
     fit.sampler.keep_weak(chosen)

@@ -143,3 +143,21 @@ def test_training_runs_unchanged_under_torchrun_with_two_gloo_processes(patch_da
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["history"]) == 2
     load_checkpoint(out / "model.pt")
+
+
+@pytest.mark.timeout(600)
+def test_context_training_runs_under_torchrun_with_two_gloo_processes(tmp_path):
+    from crackscope.training.synthetic import write_frame_dataset
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    data = write_frame_dataset(tmp_path / "frames", n=8, height=128, width=192, seed=0)
+    out = tmp_path / "ddp-context"
+    flags = ["--data", str(data), "--out", str(out), "--data-mode", "mask", "--input-size", "64"]
+    flags += ["--epochs", "2", "--batch-size", "8", "--workers", "0", "--augment", "light", "--device", "cpu"]
+    command = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "crackscope.cli", "train", *flags]
+    command += ["--context", "32", "--steps-per-epoch", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=540, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout and "context: 2 crop(s) of 128 px" in result.stdout
+    load_checkpoint(out / "model.pt")
