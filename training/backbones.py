@@ -171,6 +171,18 @@ class CrackNet(nn.Module):
         cells = share.sum(dim=(1, 2)).clamp(min=1e-6)
         return (contributions * share).sum(dim=(1, 2)) / cells + self.fc.bias[0]
 
+    def region_pooled(self, maps: tuple[torch.Tensor, torch.Tensor | None], region: torch.Tensor) -> torch.Tensor:
+        """``[N, C (+ C16)]``: each map averaged over the cells under ``region`` (float ``[N, H, W]``), each cell
+        weighted by the share of it the region covers; the head is linear in these as in :meth:`pooled`, and
+        ``fc`` and ``fine`` applied to them give :meth:`region_logit`."""
+        pooled = []
+        for features in maps:
+            if features is None:
+                continue
+            share = F.adaptive_avg_pool2d(region.unsqueeze(1).to(features.dtype), features.shape[-2:])
+            pooled.append((features * share).sum(dim=(2, 3)) / share.sum(dim=(2, 3)).clamp(min=1e-6))
+        return torch.cat(pooled, dim=1)
+
     def logit_of(self, maps: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
         """The crack logit ``[N]`` from the feature maps: pooled, dropout (when training), linear."""
         logit = self.fc(self.dropout(maps[0].mean(dim=(2, 3)))).squeeze(1)

@@ -13,6 +13,11 @@ defect, nobody said which) are fitted by multiple-instance learning on the same 
 then, a few rounds, only the ``k`` tiles of each image the current head scores highest count as crack (the rest of
 the image's tiles are left out), until that choice stops changing. One feature pass serves every round.
 
+With ``context`` (px), tiles cut from larger images enter the fit twice: once alone, as tiled inference sees them,
+and once as dense mode sees them, averaged over their cells of a crop that holds ``context`` px of their surroundings
+(:mod:`crackscope.training.context`), both with the tile's target. The head is linear in either view, so one fit
+chooses the weights that decide a tile alike with and without its neighbours.
+
 Example:
     >>> from crackscope.training.head import fit_head
     >>> fit = fit_head(model, samples, batch_size=32)      # doctest: +SKIP
@@ -34,6 +39,7 @@ from tqdm import tqdm
 from crackscope.labelled import Clarity, Sample
 from crackscope.training.augment import eval_transform
 from crackscope.training.backbones import CrackNet
+from crackscope.training.context import ContextDataset, collate_context
 from crackscope.training.dataset import PatchDataset, collate
 from crackscope.training.sampling import top_per_group
 
@@ -52,6 +58,7 @@ class HeadFit:
     fit_seconds: float
     weak_selected: tuple[int, ...] = ()  # positions (in the samples) of the weak tiles the fit took as crack
     mil_rounds: int = 0  # re-selection rounds run (0: no weak tiles)
+    context_items: int = 0  # tiles also fitted as dense mode sees them, inside their surroundings
 
     def describe(self) -> str:
         mil = (
@@ -59,13 +66,13 @@ class HeadFit:
             if self.mil_rounds
             else ""
         )
+        context = f" + {self.context_items} in context" if self.context_items else ""
         return (
-            f"logistic head on {self.items} items x {self.features} features, C={self.c:g}: train accuracy "
+            f"logistic head on {self.items} items{context} x {self.features} features, C={self.c:g}: train accuracy "
             f"{self.train_accuracy:.3f} ({self.feature_seconds:.1f}s features, {self.fit_seconds:.1f}s fit){mil}"
         )
 
 
-@torch.inference_mode()
 def pooled_features(
     model: CrackNet,
     samples: Sequence[Sample],
@@ -76,17 +83,45 @@ def pooled_features(
     progress: bool = True,
 ) -> np.ndarray:
     """``[N, C]`` global-average-pooled feature maps (:meth:`CrackNet.pooled`), evaluation transform, eval mode."""
-    model.eval()
-    loader = DataLoader(
-        PatchDataset(samples, eval_transform(model.spec.input_size)),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=collate,
+    dataset = PatchDataset(samples, eval_transform(model.spec.input_size))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    return _collect(model, loader, "head: features", device, progress, lambda maps, batch: model.pooled(maps))
+
+
+def region_features(
+    model: CrackNet,
+    samples: Sequence[Sample],
+    margin: int,
+    *,
+    batch_size: int = 32,
+    workers: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> np.ndarray:
+    """``[N, C (+ C16)]``: each tile's features as the dense graph sees them, the feature maps of the tile with
+    ``margin`` px of its surroundings averaged over the tile's cells (:meth:`CrackNet.region_pooled`); every sample
+    needs a ``box``."""
+    size = model.spec.input_size
+    dataset = ContextDataset(samples, eval_transform(size + 2 * margin), size, margin)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_context)
+    return _collect(
+        model,
+        loader,
+        "head: features in context",
+        device,
+        progress,
+        lambda maps, batch: model.region_pooled(maps, batch.regions.to(device)),
     )
+
+
+@torch.inference_mode()
+def _collect(model: CrackNet, loader: DataLoader, desc: str, device, progress: bool, pool) -> np.ndarray:
+    """``pool(feature maps, batch)`` of every batch in ``loader``, stacked (eval mode)."""
+    model.eval()
     out = []
-    for batch in tqdm(loader, desc="head: features", leave=False, disable=not progress):
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
         maps = model.feature_maps(batch.images.to(device, non_blocking=True))
-        out.append(model.pooled(maps).float().cpu().numpy())
+        out.append(pool(maps, batch).float().cpu().numpy())
     channels = model.spec.channels + (0 if model.fine is None else model.fine.in_features)
     return np.concatenate(out) if out else np.zeros((0, channels), dtype=np.float32)
 
@@ -136,22 +171,30 @@ def fit_head(
     device: torch.device | str = "cpu",
     progress: bool = True,
     weak_positives: int = 1,
+    context: int = 0,
 ) -> HeadFit:
     """Set the head (``model.fc`` and the stride-16 term) to the logistic regression of the samples' soft targets
-    on their pooled features; weak tiles by multiple-instance rounds, ``weak_positives`` tiles per image (see the
-    module docstring)."""
+    on their pooled features; weak tiles by multiple-instance rounds, ``weak_positives`` tiles per image; with
+    ``context`` (px, a multiple of 32) the clear and ambiguous tiles of larger images also in their surroundings (see
+    the module docstring)."""
     started = time.perf_counter()
-    features = pooled_features(model, samples, batch_size=batch_size, workers=workers, device=device, progress=progress)
-    fitted = time.perf_counter()
+    loading = {"batch_size": batch_size, "workers": workers, "device": device, "progress": progress}
+    features = pooled_features(model, samples, **loading)
+    groups = [s.group for s in samples]
     targets = np.array([s.target for s in samples])
     weak = np.array([s.clarity is Clarity.WEAK for s in samples], dtype=bool)
+    in_context = [s for s in samples if s.box is not None and s.clarity is not Clarity.WEAK] if context else []
+    if in_context:
+        features = np.concatenate([features, region_features(model, in_context, context, **loading)])
+        targets = np.concatenate([targets, [s.target for s in in_context]])
+        weak = np.concatenate([weak, np.zeros(len(in_context), dtype=bool)])
+        groups += [s.group for s in in_context]
+    fitted = time.perf_counter()
     if not weak.any():
         coef, bias, accuracy = logistic_head(features, targets, c)
         selected, rounds = np.zeros(0, dtype=np.int64), 0
     else:
-        coef, bias, accuracy, selected, rounds = mil_logistic_head(
-            features, targets, weak, [s.group for s in samples], c, weak_positives
-        )
+        coef, bias, accuracy, selected, rounds = mil_logistic_head(features, targets, weak, groups, c, weak_positives)
     model.set_head(torch.from_numpy(coef), bias)
     return HeadFit(
         len(samples),
@@ -162,6 +205,7 @@ def fit_head(
         time.perf_counter() - fitted,
         tuple(int(i) for i in selected),
         rounds,
+        len(in_context),
     )
 
 

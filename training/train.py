@@ -1042,6 +1042,7 @@ def _fit_head_stage(fit: Fit, epoch: int, best: Best) -> tuple[list[EpochRecord]
         device=runtime.device,
         progress=config.progress and runtime.is_main,
         weak_positives=config.weak_positives,
+        context=config.context,
     )
     if head.weak_selected:
         fit.sampler.keep_weak(np.asarray(head.weak_selected))

@@ -52,14 +52,22 @@ def test_augmentation_moves_the_region_with_the_crop(tmp_path):
         assert bright[region > 0].mean() > 0.9 and bright[region == 0].mean() < 0.1
 
 
-def test_the_region_logit_is_the_dense_graphs_logit_for_that_tile():
-    torch.manual_seed(0)
+def _model_and_crops(seed: int, count: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A random 64 px model with a live stride-16 term, ``count`` random 128 px crops, and regions: the centre tile,
+    the top-right tile, then one off the cell grid."""
+    torch.manual_seed(seed)
     model = build_model("tf_efficientnet_lite0", pretrained=False, input_size=64).eval()
     model.fine.reset_parameters()
-    crops = torch.randint(0, 256, (2, 128, 128, 3), dtype=torch.uint8)
-    regions = torch.zeros(2, 128, 128)
-    regions[0, 32:96, 32:96] = 1
-    regions[1, 0:64, 64:128] = 1
+    crops = torch.randint(0, 256, (count, 128, 128, 3), dtype=torch.uint8)
+    regions = torch.zeros(count, 128, 128)
+    boxes = [(32, 32, 64, 64), (0, 64, 64, 64), (10, 20, 60, 70)]  # top, left, height, width
+    for region, (top, left, height, width) in zip(regions, boxes, strict=False):
+        region[top : top + height, left : left + width] = 1
+    return model, crops, regions
+
+
+def test_the_region_logit_is_the_dense_graphs_logit_for_that_tile():
+    model, crops, regions = _model_and_crops(0, 2)
     with torch.no_grad():
         ours = model(crops, region=regions).numpy()
         cams = model.cam_of(model.feature_maps(crops), cells=(64 // 16) ** 2).numpy()
@@ -105,3 +113,36 @@ def test_a_run_with_context_trains_on_crops_beside_its_tiles(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "context: 2 crop(s) of 128 px (32 px around the tile) beside each batch" in printed
     assert [r.stage for r in result.history] == ["head", "finetune"] and result.history[1].train_loss is not None
+
+
+def test_features_pooled_over_the_region_give_the_region_logit():
+    model, crops, regions = _model_and_crops(1, 3)  # the third region is off the cell grid: cells count by share
+    weight = torch.cat([model.fc.weight[0], model.fine.weight[0]])
+    with torch.no_grad():
+        features = model.region_pooled(model.feature_maps(crops), regions)
+        np.testing.assert_allclose(
+            (features @ weight + model.fc.bias[0]).numpy(), model(crops, region=regions).numpy(), atol=1e-4
+        )
+
+
+def test_a_head_fitted_in_context_fits_each_tile_alone_and_in_its_surroundings(tmp_path):
+    from crackscope.labelled import DataConfig, MaskLabelling, load_samples
+    from crackscope.training.evaluate import predict
+    from crackscope.training.head import fit_head
+    from crackscope.training.synthetic import write_frame_dataset
+
+    data = write_frame_dataset(tmp_path / "frames", n=6, height=128, width=192, seed=0)
+    config = DataConfig(mode="mask", masks=MaskLabelling(patch_size=64, stride=64))
+    samples = [s for s in load_samples(data, config).samples if s.clarity is Clarity.CLEAR]
+    model = build_model("tf_efficientnet_lite0", pretrained=True, input_size=64)
+    fit = fit_head(model, samples, batch_size=16, progress=False, context=32)
+    assert fit.context_items == len(samples) and f"{len(samples)} items + {len(samples)} in context" in fit.describe()
+    # The fit's accuracy counts both views: each tile alone (tiled inference) and as dense mode scores it.
+    alone = predict(model, samples, batch_size=16, progress=False).logits
+    batch = collate_context(list(ContextDataset(samples, eval_transform(128), 64, 32)))
+    with torch.no_grad():
+        in_context = model.eval()(batch.images, region=batch.regions).numpy()
+    hard = np.array([s.label for s in samples] * 2)
+    assert np.isclose(((np.concatenate([alone, in_context]) >= 0) == hard).mean(), fit.train_accuracy, atol=1e-9)
+    plain = fit_head(model, samples, batch_size=16, progress=False)
+    assert plain.context_items == 0 and "in context" not in plain.describe()
