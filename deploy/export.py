@@ -47,7 +47,15 @@ from torch import nn
 import crackscope
 from crackscope.deploy.graph import export_copy, fold_pads_into_convs, same_pads_hold_for
 from crackscope.deploy.quantize import Int8Recipe, convert_fp16, quantize_int8
-from crackscope.deploy.verify import ParityError, ParityReport, dense_parity, onnx_parity, torch_parity
+from crackscope.deploy.verify import (
+    FP32_ATOL,
+    FP32_RTOL,
+    ParityError,
+    ParityReport,
+    dense_parity,
+    onnx_parity,
+    torch_parity,
+)
 from crackscope.inspect.agreement import DenseAgreement, measure_agreement
 from crackscope.inspect.card import (
     DENSE_OUTPUT_NAMES,
@@ -87,6 +95,8 @@ class ExportConfig:
             0.87): the worst tiles are ones without a defect, whose heat is nearly flat noise (on the tiles fp32
             calls defect the mean is 0.99 and 0.98).
         int8_recipe: what int8 quantises and how (:class:`~crackscope.deploy.quantize.Int8Recipe`).
+        fp32_atol, fp32_rtol: the fp32 parity tolerance, ``atol + rtol * scale`` per tile, ``scale`` the size of
+            the terms its logit adds up (:mod:`crackscope.deploy.verify`).
     """
 
     checkpoint: str = ""
@@ -97,7 +107,8 @@ class ExportConfig:
     calib_tiles: int = 256
     verify_tiles: int = 64
     batch_sizes: tuple[int, ...] = (1, 8)
-    fp32_atol: float = 1e-3
+    fp32_atol: float = FP32_ATOL
+    fp32_rtol: float = FP32_RTOL
     int8_min_agreement: float = 0.99
     int8_min_cam_correlation: float = 0.95
     int8_recipe: Int8Recipe = field(default_factory=Int8Recipe)
@@ -486,7 +497,13 @@ def _export_fp32(
     """Trace, gate and write the fp32 model; returns it and the earlier export's variants it made stale."""
     fp32_bytes = to_onnx_bytes(model, config.opset)
     report = torch_parity(
-        model, fp32_bytes, tiles.images, batch_sizes=config.batch_sizes, atol=config.fp32_atol, labels=tiles.labels
+        model,
+        fp32_bytes,
+        tiles.images,
+        batch_sizes=config.batch_sizes,
+        atol=config.fp32_atol,
+        rtol=config.fp32_rtol,
+        labels=tiles.labels,
     )
     try:
         report.raise_if_failed(str(out))
@@ -663,7 +680,12 @@ def _dense(model: CrackNet, out: Path, config: ExportConfig) -> ExportedModel:
     dense_bytes = to_dense_onnx_bytes(model, config.opset)
     frames = load_frames(config.dense_frames, size, config.dense_frame_count, config.seed + 2)
     report = dense_parity(
-        model, dense_bytes, parity_frames(frames, size), feature_side=feature_size(model), atol=config.fp32_atol
+        model,
+        dense_bytes,
+        parity_frames(frames, size),
+        feature_side=feature_size(model),
+        atol=config.fp32_atol,
+        rtol=config.fp32_rtol,
     )
     report.raise_if_failed(str(path))
     card = replace(read_card(out), graph="dense", verification={})

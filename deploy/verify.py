@@ -1,11 +1,19 @@
 """The parity gate: an exported model must give the trained model's answers before it is written.
 
 fp32 is compared with PyTorch (logits and CAM, element-wise, at two batch sizes, so batch-dependent bugs such as
-a constant-folded batch dimension cannot hide). The dense whole-frame graph is compared with PyTorch on frames of
-two sizes (its CAM element-wise, and the whole-frame logit ``bias + sum of the CAM``), so a size baked into the
-graph, or padding that holds for one size only, cannot hide either. int8 and fp16 are compared with the verified
-fp32 ONNX model on the same tiles with their own, looser tolerances: what must not change is the decision, nor (for
-int8) the shape of the heatmap, measured by :func:`heatmap_correlations`.
+a constant-folded batch dimension cannot hide). Its tolerance scales with each tile's logit: float arithmetic in
+another order errs in proportion to the size of what it adds up, so a tile's logit may differ by ``atol + rtol *
+scale`` where ``scale = |bias| + sum |cam cells|`` (the terms the logit is the sum of; never below ``|logit|``), and
+each CAM cell by ``atol + rtol * max |cam|`` of its tile. A model with large logits therefore passes where an
+absolute tolerance refused it, while a wrong graph (a changed weight, a dropped normalisation) moves logits by
+percents, not the ``rtol`` of 1e-4, and is still refused. Decisions are compared exactly: no tile may change sides
+of logit 0 unless its reference logit is within its tolerance of 0.
+
+The dense whole-frame graph is compared with PyTorch on frames of two sizes (its CAM element-wise, and the whole-
+frame logit ``bias + sum of the CAM``), so a size baked into the graph, or padding that holds for one size only,
+cannot hide either. int8 and fp16 are compared with the verified fp32 ONNX model on the same tiles with their own,
+looser tolerances: what must not change is the decision, nor (for int8) the shape of the heatmap, measured by
+:func:`heatmap_correlations`.
 
 Example:
     >>> report = torch_parity(model, "model.onnx", tiles, batch_sizes=(1, 8), atol=1e-3)   # doctest: +SKIP
@@ -24,6 +32,9 @@ import torch
 from crackscope.inspect.model import make_session
 from crackscope.training.backbones import CrackNet
 
+FP32_ATOL = 1e-3  # the absolute floor of the fp32 tolerance (logit and CAM units)
+FP32_RTOL = 1e-4  # its part relative to each tile's logit scale (module docstring)
+
 
 class ParityError(RuntimeError):
     """An exported model that differs from its reference beyond tolerance; nothing was written."""
@@ -40,11 +51,14 @@ class ParityReport:
     max_abs_logit_diff: float
     max_abs_cam_diff: float
     decision_agreement: float  # share of tiles with the same side of logit 0
-    logit_tolerance: float  # absolute part: |diff| <= logit_tolerance + logit_rtol * |reference|
+    logit_tolerance: float  # absolute part: |diff| <= logit_tolerance + logit_rtol * scale (module docstring)
     min_agreement: float
-    cam_tolerance: float = float("inf")
+    cam_tolerance: float = float("inf")  # absolute part: |cam diff| <= cam_tolerance + logit_rtol * max |cam|
     logit_rtol: float = 0.0
-    tolerance_used: float = 0.0  # max over tiles of |diff| / (atol + rtol * |reference|); <= 1 passes
+    tolerance_used: float = 0.0  # max over tiles of |diff| / (atol + rtol * scale); <= 1 passes
+    cam_tolerance_used: float = 0.0  # the same for the CAM cells; <= 1 passes
+    decision_flips: int = 0  # tiles whose decision changed although their reference logit is outside the tolerance
+    exact_decisions: bool = False  # gate: no such flip (fp32); otherwise min_agreement gates the share
     cam_correlation: float = 1.0  # mean over tiles of heatmap_correlations (1 = same shape of heat everywhere)
     cam_correlation_p5: float = 1.0  # its 5th percentile: the worst tiles but one in twenty
     min_cam_correlation: float | None = None  # gate on the mean; None: reported, not gated
@@ -60,9 +74,10 @@ class ParityReport:
         """What is out of tolerance, one phrase per failed check (empty when the report passed)."""
         checks = [
             (self.tolerance_used <= 1.0, f"logit diff at {self.tolerance_used:.0%} of tolerance"),
+            (self.cam_tolerance_used <= 1.0, f"cam diff at {self.cam_tolerance_used:.0%} of tolerance"),
             (
-                self.max_abs_cam_diff <= self.cam_tolerance,
-                f"cam diff {self.max_abs_cam_diff:.2e} > {self.cam_tolerance:.0e}",
+                not self.exact_decisions or self.decision_flips == 0,
+                f"{self.decision_flips} decision(s) changed beyond the tolerance",
             ),
             (
                 self.decision_agreement >= self.min_agreement,
@@ -88,8 +103,10 @@ class ParityReport:
         tolerance = (
             "not gated"
             if self.logit_tolerance == float("inf")
-            else f"{self.tolerance_used:.0%} of tolerance {self.logit_tolerance:.0e} + {self.logit_rtol:.0e}*|logit|"
+            else f"{self.tolerance_used:.0%} of tolerance {self.logit_tolerance:.0e} + {self.logit_rtol:.0e}*scale"
         )
+        cam = "" if self.cam_tolerance == float("inf") else f"{self.cam_tolerance_used:.0%} of tolerance, "
+        decisions = "every one outside the tolerance" if self.exact_decisions else f"minimum {self.min_agreement:.0%}"
         correlation = (
             f"heatmap correlation mean {self.cam_correlation:.3f}, 5th percentile {self.cam_correlation_p5:.3f}"
         )
@@ -99,9 +116,8 @@ class ParityReport:
         text = (
             f"{self.candidate} vs {self.reference} on {self.tiles} {self.unit}, {batches}: "
             f"max |logit diff| {self.max_abs_logit_diff:.2e} ({tolerance}), "
-            f"max |cam diff| {self.max_abs_cam_diff:.2e} ({correlation}), "
-            f"decisions agree {self.decision_agreement:.2%} "
-            f"(minimum {self.min_agreement:.0%})"
+            f"max |cam diff| {self.max_abs_cam_diff:.2e} ({cam}{correlation}), "
+            f"decisions agree {self.decision_agreement:.2%} ({decisions})"
         )
         if self.accuracy_drop is not None:
             text += (
@@ -136,28 +152,47 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
     return None if labels is None else float(((logits >= 0) == (labels >= 0.5)).mean())
 
 
+def logit_scale(logits: np.ndarray, cams: np.ndarray) -> np.ndarray:
+    """Per tile, the size of what its logit adds up: ``|bias| + sum |cam cells|`` (``[N]``, at least ``|logit|``).
+
+    The logit is ``bias + sum(cam)``, so the bias is ``logit - sum(cam)``; rounding in a different order of
+    additions errs in proportion to this, not to the (possibly cancelled) logit itself.
+    """
+    flat = cams.reshape(len(cams), -1).astype(np.float64)
+    bias = logits.astype(np.float64) - flat.sum(axis=1)
+    return np.abs(bias) + np.abs(flat).sum(axis=1)
+
+
 def _compare(
     reference: Sequence[tuple[np.ndarray, np.ndarray]],
     candidate: Sequence[tuple[np.ndarray, np.ndarray]],
     labels: np.ndarray | None,
     atol: float,
     rtol: float,
+    cam_atol: float = float("inf"),
 ) -> dict[str, object]:
-    used = max(
-        float((np.abs(r[0] - c[0]) / (atol + rtol * np.abs(r[0]))).max())
-        for r, c in zip(reference, candidate, strict=True)
-    )
-    logit_diff = max(float(np.abs(r[0] - c[0]).max()) for r, c in zip(reference, candidate, strict=True))
-    cam_diff = max(float(np.abs(r[1] - c[1]).max()) for r, c in zip(reference, candidate, strict=True))
-    agreement = min(float(((r[0] >= 0) == (c[0] >= 0)).mean()) for r, c in zip(reference, candidate, strict=True))
-    correlations = [heatmap_correlations(r[1], c[1]) for r, c in zip(reference, candidate, strict=True)]
+    """The comparison's measurements; with several batch sizes, the worst of them."""
+    pairs = list(zip(reference, candidate, strict=True))
+    logit_used, cam_used, flips = 0.0, 0.0, 0
+    for r, c in pairs:
+        allowed = atol + rtol * logit_scale(*r)
+        diff = np.abs(r[0] - c[0])
+        logit_used = max(logit_used, float((diff / allowed).max(initial=0.0)))
+        flipped = (r[0] >= 0) != (c[0] >= 0)
+        flips = max(flips, int((flipped & (np.abs(r[0]) > allowed)).sum()))
+        cam_scale = np.abs(r[1]).reshape(len(r[1]), -1).max(axis=1, initial=0.0)
+        cam_diff = np.abs(r[1] - c[1]).reshape(len(r[1]), -1).max(axis=1, initial=0.0)
+        cam_used = max(cam_used, float((cam_diff / (cam_atol + rtol * cam_scale)).max(initial=0.0)))
+    correlations = [heatmap_correlations(r[1], c[1]) for r, c in pairs]
     return {
         "cam_correlation": min(float(values.mean()) for values in correlations),
         "cam_correlation_p5": min(float(np.percentile(values, 5)) for values in correlations),
-        "max_abs_logit_diff": logit_diff,
-        "tolerance_used": used,
-        "max_abs_cam_diff": cam_diff,
-        "decision_agreement": agreement,
+        "max_abs_logit_diff": max(float(np.abs(r[0] - c[0]).max()) for r, c in pairs),
+        "tolerance_used": logit_used,
+        "cam_tolerance_used": cam_used,
+        "max_abs_cam_diff": max(float(np.abs(r[1] - c[1]).max()) for r, c in pairs),
+        "decision_agreement": min(float(((r[0] >= 0) == (c[0] >= 0)).mean()) for r, c in pairs),
+        "decision_flips": flips,
         "reference_accuracy": _accuracy(reference[0][0], labels),
         "candidate_accuracy": _accuracy(candidate[0][0], labels),
     }
@@ -190,24 +225,26 @@ def torch_parity(
     tiles: np.ndarray,
     *,
     batch_sizes: tuple[int, ...] = (1, 8),
-    atol: float = 1e-3,
+    atol: float = FP32_ATOL,
+    rtol: float = FP32_RTOL,
     labels: np.ndarray | None = None,
 ) -> ParityReport:
     """ONNX Runtime (CPU) against PyTorch eager on the same uint8 tiles, at each batch size."""
     session = make_session(onnx_model, providers="cpu")
     reference = [run_torch(model, tiles, b) for b in batch_sizes]
     candidate = [run_session(session, tiles, b) for b in batch_sizes]
-    measured = _compare(reference, candidate, labels, atol, 0.0)
-    # fp32 is gated element-wise on logits and CAM; a decision may flip only for a logit within atol of 0,
-    # so agreement is reported, not gated.
+    measured = _compare(reference, candidate, labels, atol, rtol, cam_atol=atol)
+    # Gated element-wise on logits and CAM, scaled by each tile's logit, and on exact decisions (module docstring).
     return ParityReport(
         "pytorch",
         "onnx-fp32",
         len(tiles),
         batch_sizes,
         logit_tolerance=atol,
+        logit_rtol=rtol,
         min_agreement=0.0,
         cam_tolerance=atol,
+        exact_decisions=True,
         **measured,
     )
 
@@ -254,7 +291,13 @@ def _torch_dense(model: CrackNet, frame: np.ndarray, feature_side: int) -> tuple
 
 
 def dense_parity(
-    model: CrackNet, dense_model: str | bytes, frames: Sequence[np.ndarray], *, feature_side: int, atol: float = 1e-3
+    model: CrackNet,
+    dense_model: str | bytes,
+    frames: Sequence[np.ndarray],
+    *,
+    feature_side: int,
+    atol: float = FP32_ATOL,
+    rtol: float = FP32_RTOL,
 ) -> ParityReport:
     """The dense graph (ONNX Runtime, CPU) against PyTorch eager on whole uint8 frames of different sizes.
 
@@ -268,15 +311,17 @@ def dense_parity(
     for frame in frames:
         cam, bias = session.run(["cam", "bias"], {"image": np.ascontiguousarray(frame[np.newaxis])})
         candidate.append((cam.sum(axis=(1, 2)) + bias, cam))
-    measured = _compare(reference, candidate, None, atol, 0.0)
+    measured = _compare(reference, candidate, None, atol, rtol, cam_atol=atol)
     return ParityReport(
         "pytorch",
         "onnx-fp32-dense",
         len(frames),
         (1,),
         logit_tolerance=atol,
+        logit_rtol=rtol,
         min_agreement=0.0,
         cam_tolerance=atol,
+        exact_decisions=True,
         unit=f"frames ({', '.join(f'{f.shape[1]}x{f.shape[0]}' for f in frames)})",
         **measured,
     )
