@@ -337,14 +337,25 @@ def _add_export(subparsers) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="model.pt written by crackscope train")
     p.add_argument("--out", required=True, help="fp32 model path; variants go beside it (model.int8.onnx, ...)")
-    p.add_argument("--int8", action="store_true", help="also write a static int8 (QDQ) model; needs --calib-data")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write a static int8 (QDQ) model, calibrated on --calib-data or, without it, on the checkpoint's "
+        "own training split and verified on its validation split",
+    )
     p.add_argument("--fp16", action="store_true", help="also write an fp16 model (for GPU targets)")
     p.add_argument(
         "--calib-data",
         help="real tiles (a dataset folder): int8 is calibrated on some of its images, parity checks run on others",
     )
     p.add_argument("--calib-tiles", type=int, help="tiles used to calibrate int8 (default 256)")
-    p.add_argument("--verify-tiles", type=int, help="tiles used for the parity checks (default 64)")
+    p.add_argument("--verify-tiles", type=int, help="tiles used for the parity checks (default 256)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a calibrated model at --out that was exported from another checkpoint (its calibration and "
+        "calibration report are lost); without it such an export is refused",
+    )
     p.add_argument(
         "--int8-min-correlation",
         type=float,
@@ -387,6 +398,7 @@ def _run_export(args: argparse.Namespace) -> int:
         "dense": args.dense or args.add_dense,
         "dense_frames": args.dense_frames,
         "dense_frame_count": args.dense_frame_count,
+        "force": args.force,
     }
     config = resolve(ExportConfig, None, flags)
     result = add_dense(config) if args.add_dense else export(config)

@@ -57,7 +57,7 @@ from crackscope.calibration.thresholds import (
     check_request,
     smallest_temperature,
 )
-from crackscope.inspect.card import Calibration, ModelCard, read_card, write_calibration
+from crackscope.inspect.card import Calibration, ModelCard, calibration_folder, read_card, write_calibration
 from crackscope.inspect.decision import is_identity, probability
 from crackscope.inspect.model import OnnxModel, dense_path, file_sha256
 from crackscope.inspect.results import utc_now
@@ -110,8 +110,7 @@ class CalibrateConfig:
     def out_dir(self) -> Path:
         if self.out:
             return Path(self.out)
-        model = Path(self.model)
-        return model.with_name(model.name.removesuffix(".onnx") + ".calibration")
+        return calibration_folder(self.model)
 
 
 @dataclass(frozen=True)

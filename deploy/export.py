@@ -46,7 +46,8 @@ from torch import nn
 
 import crackscope
 from crackscope.deploy.graph import export_copy, fold_pads_into_convs, same_pads_hold_for
-from crackscope.deploy.quantize import Int8Recipe, convert_fp16, quantize_int8
+from crackscope.deploy.mixed import MAX_FLOAT_UNITS, MIN_SPEEDUP, mixed_int8
+from crackscope.deploy.quantize import Int8Recipe, convert_fp16
 from crackscope.deploy.verify import (
     FP32_ATOL,
     FP32_RTOL,
@@ -63,10 +64,13 @@ from crackscope.inspect.card import (
     OUTPUT_NAMES,
     Calibration,
     ModelCard,
+    ModelCardError,
+    calibration_folder,
     read_card,
     save_atomically,
     with_card,
 )
+from crackscope.inspect.decision import describe_calibration, is_identity
 from crackscope.inspect.dense import STRIDE
 from crackscope.inspect.images import fit_to_input, is_image_file, load_frame
 from crackscope.inspect.model import DenseModel, OnnxModel, file_sha256
@@ -84,7 +88,9 @@ class ExportConfig:
 
     Attributes:
         calib_data: a dataset folder of real tiles: int8 is calibrated on some of its source images and every
-            parity check runs on others (synthetic tiles when it is not given; int8 then cannot be made).
+            parity check runs on others. Without it, int8 is calibrated on the checkpoint's own training split and
+            verified on its validation split (the data must still be where training read it); the fp32 gate uses
+            synthetic tiles unless int8 is asked for.
         calib_tiles: tiles to calibrate int8 on.
         verify_tiles: tiles for the parity checks, from other source images than the calibration tiles.
         int8_min_agreement: share of verification tiles whose decision (logit >= 0) int8 must keep.
@@ -95,6 +101,9 @@ class ExportConfig:
             0.87): the worst tiles are ones without a defect, whose heat is nearly flat noise (on the tiles fp32
             calls defect the mean is 0.99 and 0.98).
         int8_recipe: what int8 quantises and how (:class:`~crackscope.deploy.quantize.Int8Recipe`).
+        int8_max_float_units, int8_min_speedup: the accuracy-aware search when the recipe fails a gate
+            (:mod:`crackscope.deploy.mixed`): at most this many blocks kept float, and the mix must run this much
+            faster than fp32 at batch 8 to be written.
         fp32_atol, fp32_rtol: the fp32 parity tolerance, ``atol + rtol * scale`` per tile, ``scale`` the size of
             the terms its logit adds up (:mod:`crackscope.deploy.verify`).
     """
@@ -105,13 +114,15 @@ class ExportConfig:
     fp16: bool = False
     calib_data: str | None = None
     calib_tiles: int = 256
-    verify_tiles: int = 64
+    verify_tiles: int = 256
     batch_sizes: tuple[int, ...] = (1, 8)
     fp32_atol: float = FP32_ATOL
     fp32_rtol: float = FP32_RTOL
     int8_min_agreement: float = 0.99
     int8_min_cam_correlation: float = 0.95
     int8_recipe: Int8Recipe = field(default_factory=Int8Recipe)
+    int8_max_float_units: int = MAX_FLOAT_UNITS
+    int8_min_speedup: float = MIN_SPEEDUP
     fp16_atol: float = 0.05
     fp16_rtol: float = 0.05
     fp16_min_agreement: float = 0.99
@@ -121,6 +132,7 @@ class ExportConfig:
     dense_frames: str | None = None  # folder or glob of whole frames for the dense agreement (synthetic when None)
     dense_frame_count: int = 8
     dense_overlap: float = 0.25  # tile grid of the agreement measurement
+    force: bool = False  # replace calibrated models made from another checkpoint, losing their calibration
 
     def __post_init__(self) -> None:
         if self.calib_tiles < 2 or self.verify_tiles < 2:
@@ -141,6 +153,7 @@ class ExportedModel:
     size_bytes: int
     calibration_tiles: int = 0  # int8: tiles its ranges came from (none of them among the parity tiles)
     agreement: DenseAgreement | None = None  # the dense graph's agreement with tiled inference
+    note: str = ""  # int8: which blocks stayed float and the measured speed, when the plain recipe failed
 
     @property
     def label(self) -> str:
@@ -150,6 +163,8 @@ class ExportedModel:
         text = f"{self.label:>5}  {self.path}  ({self.size_bytes / 1e6:.1f} MB)\n       {self.parity.describe()}"
         if self.calibration_tiles:
             text += f"; calibrated on {self.calibration_tiles} other tiles"
+        if self.note:
+            text += f"\n       {self.note}"
         if self.agreement is not None:
             text += f"\n       {self.agreement.describe()}"
             if not self.agreement.passed:
@@ -169,6 +184,8 @@ class ExportResult:
     models: tuple[ExportedModel, ...] = field(default_factory=tuple)
     refused: tuple[str, ...] = ()
     removed: tuple[Path, ...] = ()
+    kept_calibration: tuple[Path, ...] = ()  # models re-exported from the same checkpoint, calibration carried over
+    removed_reports: tuple[Path, ...] = ()  # calibration report folders of models that were replaced
 
     def describe(self) -> str:
         lines = [m.describe() for m in self.models]
@@ -176,6 +193,11 @@ class ExportResult:
         lines += [
             f"REMOVED  {path}: from an earlier export, it no longer matches the new model" for path in self.removed
         ]
+        lines += [
+            f"KEPT     the calibration of {path}: the earlier file was exported from the same checkpoint"
+            for path in self.kept_calibration
+        ]
+        lines += [f"REMOVED  {path}: it described a model that was replaced" for path in self.removed_reports]
         return "\n".join(lines)
 
 
@@ -425,13 +447,18 @@ def draw_tiles(
 
 
 def _finish(
-    proto: onnx.ModelProto, card: ModelCard, report: ParityReport, path: Path, calibration: Tiles | None = None
+    proto: onnx.ModelProto,
+    card: ModelCard,
+    report: ParityReport,
+    path: Path,
+    calibration: Tiles | None = None,
+    extra: dict[str, object] | None = None,
 ) -> ExportedModel:
     """Write the model with its card, whose ``verification`` holds the parity numbers and which tiles they used."""
     tiles = {"tiles_source": card.verification.get("tiles_source"), "verification_tiles": report.tiles}
     if calibration is not None:
         tiles |= {"calibration_tiles": len(calibration), "calibration_source": calibration.source}
-    verified = replace(card, verification={**report.summary(), **tiles})
+    verified = replace(card, verification={**report.summary(), **tiles, **(extra or {})})
     save_atomically(with_card(proto, verified, crackscope.__version__), path)
     calibrated = 0 if calibration is None else len(calibration)
     return ExportedModel(
@@ -456,28 +483,177 @@ def export(config: ExportConfig) -> ExportResult:
     """
     out = check_request(config)
     model, header = load_checkpoint(config.checkpoint)
+    kept = calibrations_to_keep(out, model, config.force)
     size = model.spec.input_size
-    dataset = load_samples(config.calib_data, header.data_config()) if config.calib_data else None
     calib_count = config.calib_tiles if config.int8 else 0
-    verify, calibration = draw_tiles(dataset, size, config.verify_tiles, calib_count, config.seed)
+    if config.calib_data:
+        dataset = load_samples(config.calib_data, header.data_config())
+        verify, calibration = draw_tiles(dataset, size, config.verify_tiles, calib_count, config.seed)
+    elif config.int8:
+        verify, calibration = checkpoint_tiles(header, size, config.verify_tiles, calib_count, config.seed)
+    else:
+        verify, calibration = draw_tiles(None, size, config.verify_tiles, 0, config.seed)
     base_card = replace(card_for(model, header, "fp32"), verification={"tiles_source": verify.source})
-    fp32, removed = _export_fp32(model, out, config, verify, base_card)
+    fp32, removed = _export_fp32(model, out, config, verify, _calibrated(base_card, kept.get(out)))
     variants: dict[str, Callable[[], ExportedModel]] = {}
+    int8_card = _calibrated(base_card, kept.get(variant_path(out, "int8")))
+    fp16_card = _calibrated(base_card, kept.get(variant_path(out, "fp16")))
     if config.int8:
-        variants["int8"] = lambda: _int8(out, config, calibration, verify, base_card)
+        variants["int8"] = lambda: _int8(out, config, calibration, verify, int8_card)
     if config.fp16:
-        variants["fp16"] = lambda: _fp16(out, config, verify, base_card)
+        variants["fp16"] = lambda: _fp16(out, config, verify, fp16_card)
     if config.dense:
         variants["dense"] = lambda: _dense(model, out, config)
     exported, refused = _export_variants(variants, out, removed)
     not_asked = {variant_path(out, precision) for precision in VARIANTS if precision not in variants}
-    return ExportResult((fp32, *exported), refused, tuple(path for path in removed if path in not_asked))
+    written = (fp32, *exported)
+    reports = settle_calibration_reports(out, written, kept)
+    return ExportResult(
+        written,
+        refused,
+        tuple(path for path in removed if path in not_asked),
+        kept_calibration=tuple(m.path for m in written if m.path in kept),
+        removed_reports=reports,
+    )
+
+
+# --- calibration across re-exports ----------------------------------------------------------------------------------
+
+
+def _calibrated(card: ModelCard, calibration: Calibration | None) -> ModelCard:
+    """``card`` with the calibration carried over from the file it replaces, if any."""
+    return card if calibration is None else card.with_calibration(calibration)
+
+
+def calibrations_to_keep(out: Path, model: CrackNet, force: bool) -> dict[Path, Calibration]:
+    """The calibrations of the files an export to ``out`` replaces, when they may be carried over.
+
+    Re-exporting the checkpoint a calibrated ``out`` was exported from keeps each file's calibration (the logits it
+    was fitted on are the same). Replacing calibrated files made from another checkpoint would lose their
+    calibration: that is an :class:`ExportError` naming what would be lost, unless ``force``.
+    """
+    calibrated: dict[Path, Calibration] = {}
+    for path in (out, *(variant_path(out, precision) for precision in VARIANTS)):
+        try:
+            card = read_card(path) if path.is_file() else None
+        except ModelCardError:
+            card = None  # not one of ours: replaced like any other file
+        if card is not None and not is_identity(card.calibration):
+            calibrated[path] = card.calibration
+    if not calibrated or exported_from(out, model):
+        return calibrated
+    if force:
+        return {}
+    lost = "; ".join(f"{path}: {describe_calibration(c)}" for path, c in calibrated.items())
+    raise ExportError(
+        f"{out} was exported from another checkpoint and is calibrated, so this export would lose that calibration "
+        f"({lost}); pass --force to replace it anyway (its calibration reports are removed too), or export to "
+        "another --out"
+    )
+
+
+def exported_from(path: Path, model: CrackNet) -> bool:
+    """Whether the fp32 model at ``path`` computes what ``model`` computes (the same backbone, size and weights)."""
+    try:
+        card = read_card(path)
+    except ModelCardError:
+        return False
+    if (card.backbone, card.input_size, card.precision) != (model.spec.name, model.spec.input_size, "fp32"):
+        return False
+    size = model.spec.input_size
+    try:
+        return torch_parity(model, str(path), synthetic_tiles(size, 8, 0).images, batch_sizes=(8,)).passed
+    except Exception:  # a file ONNX Runtime cannot run is not this checkpoint's export
+        log.debug("comparing %s with the checkpoint failed", path, exc_info=True)
+        return False
+
+
+REPORT_FILES = ("calibration.json", "calibration.html")  # what crackscope calibrate writes into its folder
+
+
+def settle_calibration_reports(
+    out: Path, written: Sequence[ExportedModel], kept: dict[Path, Calibration]
+) -> tuple[Path, ...]:
+    """Bring the calibration report folders beside the written models up to date; returns the folders removed.
+
+    A model whose calibration was carried over keeps its report, which gains a ``re_exported`` entry with the new
+    file's hash; a model written without calibration leaves no report of an earlier one behind (only the files
+    ``crackscope calibrate`` writes are deleted, and the folder when that empties it).
+    """
+    removed = []
+    for model in written:
+        folder = calibration_folder(model.path)
+        report = folder / "calibration.json"
+        if model.path in kept and report.is_file():
+            _note_re_export(report, model)
+        elif folder.is_dir() and any((folder / name).is_file() for name in REPORT_FILES):
+            for name in REPORT_FILES:
+                (folder / name).unlink(missing_ok=True)
+            if not any(folder.iterdir()):
+                folder.rmdir()
+            removed.append(folder)
+    return tuple(removed)
+
+
+def _note_re_export(report: Path, model: ExportedModel) -> None:
+    import json
+
+    from crackscope.config import replacing
+
+    try:
+        values = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # not a report this version wrote: left as it is
+    values["re_exported"] = {
+        "model_sha256": model.sha256,
+        "note": "exported again from the same checkpoint; the calibration was carried over unchanged",
+    }
+    with replacing(report) as partial:
+        partial.write_text(json.dumps(values, indent=2), encoding="utf-8")
+
+
+# --- int8 tiles from the checkpoint's own data ----------------------------------------------------------------------
+
+
+def checkpoint_tiles(
+    header: CheckpointHeader, size: int, verify_count: int, calib_count: int, seed: int
+) -> tuple[Tiles, Tiles]:
+    """Verification tiles from the checkpoint's validation split and calibration tiles from its training split.
+
+    The split is the trainer's own (the data paths, seed and validation share are in the checkpoint), so the two
+    sets come from different source images, as with ``--calib-data``.
+    """
+    from crackscope.config import from_dict
+    from crackscope.training.train import TrainConfig, load_split
+
+    config = from_dict(TrainConfig, header.config, "the checkpoint's training config")
+    sources = [config.data] if isinstance(config.data, str) else list(config.data)
+    if config.val_data:
+        sources += [config.val_data] if isinstance(config.val_data, str) else list(config.val_data)
+    for source in sources:
+        if not Path(source).exists():
+            raise ExportError(
+                f"--int8 without --calib-data calibrates on the checkpoint's own training data, but {source} is "
+                "gone; pass --calib-data DIR (a dataset of the same kind of images)"
+            )
+    train, val, _ = load_split(config, emit=lambda _line: None)
+    named = ", ".join(sources)
+    verify = balanced([s for s in val if s.clarity is Clarity.CLEAR], verify_count, seed)
+    calibrate = balanced([s for s in train if s.clarity is Clarity.CLEAR], calib_count, seed + 1)
+    for tiles, split in ((verify, "validation"), (calibrate, "training")):
+        if len({s.label for s in tiles}) < 2:
+            raise ExportError(
+                f"the checkpoint's {split} split of {named} does not hold clear items of both classes to "
+                f"{'verify' if split == 'validation' else 'calibrate'} int8 on; pass --calib-data DIR"
+            )
+    return (
+        read_tiles(verify, size, f"{len(verify)} tiles of the checkpoint's validation split ({named})"),
+        read_tiles(calibrate, size, f"{len(calibrate)} tiles of the checkpoint's training split ({named})"),
+    )
 
 
 def check_request(config: ExportConfig) -> Path:
     """The fp32 output path, after refusing (before any work) a request whose outputs cannot be written."""
-    if config.int8 and not config.calib_data:
-        raise ExportError("--int8 needs --calib-data DIR: int8 ranges are calibrated on real tiles")
     out = Path(config.out)
     asked = [precision for precision in VARIANTS if getattr(config, precision)]
     for path in (out, *(variant_path(out, precision) for precision in asked)):
@@ -554,21 +730,46 @@ def remove_variants(out: Path) -> tuple[Path, ...]:
 
 
 def _int8(out: Path, config: ExportConfig, calibration: Tiles, verify: Tiles, base_card: ModelCard) -> ExportedModel:
-    # Gated on decisions and heatmap shape, not logit distance: int8 moves logits, what must hold is the verdict and
-    # where the heat is. Calibrated on one set of tiles, verified on another.
-    return _variant(
-        out,
-        "int8",
-        lambda staged: quantize_int8(out, staged, calibration.images, config.int8_recipe),
-        verify,
-        base_card,
-        config,
-        calibration=calibration,
-        atol=float("inf"),
-        rtol=0.0,
-        min_agreement=config.int8_min_agreement,
-        min_cam_correlation=config.int8_min_cam_correlation,
-    )
+    """Quantise, gate and write int8; when the plain recipe fails, the fewest float blocks that pass
+    (:mod:`crackscope.deploy.mixed`)."""
+    path = variant_path(out, "int8")
+    staged = path.with_name(path.name + ".staged")
+
+    def gate(candidate: Path) -> ParityReport:
+        # Gated on decisions and heatmap shape, not logit distance: int8 moves logits, what must hold is the
+        # verdict and where the heat is. Calibrated on one set of tiles, verified on another.
+        return onnx_parity(
+            str(out),
+            str(candidate),
+            verify.images,
+            candidate="onnx-int8",
+            batch_sizes=config.batch_sizes,
+            labels=verify.labels,
+            atol=float("inf"),
+            rtol=0.0,
+            min_agreement=config.int8_min_agreement,
+            min_cam_correlation=config.int8_min_cam_correlation,
+        )
+
+    try:
+        choice = mixed_int8(
+            out,
+            staged,
+            calibration.images,
+            gate,
+            verify.images,
+            config.int8_recipe,
+            max_float_units=config.int8_max_float_units,
+            min_speedup=config.int8_min_speedup,
+            what=str(path),
+            say=log.info,
+        )
+        card = replace(base_card, precision="int8", verification={"tiles_source": verify.source})
+        extra = {"mixed_precision": choice.summary()} if choice.mixed else {}
+        exported = _finish(onnx.load(str(staged)), card, choice.report, path, calibration, extra)
+        return replace(exported, note=choice.describe())
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def _fp16(out: Path, config: ExportConfig, tiles: Tiles, base_card: ModelCard) -> ExportedModel:

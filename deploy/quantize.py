@@ -117,6 +117,9 @@ class Int8Recipe:
         symmetric_activations: activation ranges symmetric around 0 (zero point 128) instead of fitted.
         quant_format: QDQ (Quantize/DequantizeLinear pairs that ONNX Runtime fuses into integer kernels) or
             QOperator (integer operators written into the file).
+        float_units: blocks of the network (:func:`unit_of` of their node names) kept float on top of the above;
+            the export's accuracy-aware search (:mod:`crackscope.deploy.mixed`) fills this in when the plain recipe
+            fails a gate. Ranges do not depend on it, so it shares :meth:`calibration_key` with the plain recipe.
     """
 
     op_types: tuple[str, ...] = ("Conv", "Clip", "Add")
@@ -132,6 +135,7 @@ class Int8Recipe:
     pair_safe_weights: bool = True
     symmetric_activations: bool = False
     quant_format: Literal["QDQ", "QOperator"] = "QDQ"
+    float_units: tuple[str, ...] = ()  # units (:func:`unit_of`) kept float as well, chosen by the int8 search
 
     def __post_init__(self) -> None:
         if self.float_tail_convs < 0:
@@ -403,6 +407,7 @@ def float_nodes(graph: onnx.GraphProto, recipe: Int8Recipe) -> list[str]:
     """Names of the nodes kept float: preprocessing, head and CAM, and the stem/tail convolutions as the recipe says.
 
     Graph order is topological, so "before the first Conv" and "from the k-th last Conv on" are index ranges.
+    Nodes of the recipe's ``float_units`` are kept float too.
     """
     nodes = list(graph.node)
     convs = [i for i, node in enumerate(nodes) if node.op_type == "Conv"]
@@ -413,7 +418,31 @@ def float_nodes(graph: onnx.GraphProto, recipe: Int8Recipe) -> list[str]:
     kept = [node.name for node in nodes[:first] + nodes[max(tail, first + 1) :]]
     if recipe.float_stem or tail <= first:
         kept.append(nodes[first].name)
-    return kept
+    if recipe.float_units:  # every node under a unit's path: its convolutions, activations and residual Add
+        prefixes = tuple(unit + "/" for unit in recipe.float_units)
+        kept += [node.name for node in nodes[first : max(tail, first + 1)] if node.name.startswith(prefixes)]
+    return list(dict.fromkeys(kept))
+
+
+def unit_of(node_name: str) -> str | None:
+    """The block a node belongs to, from the module path the exporter writes into node names: the path up to its
+    first ``conv...`` part (``/features/blocks/blocks.3/blocks.3.1/conv_pw/Conv`` -> ``/features/blocks/blocks.3/
+    blocks.3.1``; a ResNet's ``/features/layer1/layer1.0/conv1/Conv`` -> ``/features/layer1/layer1.0``). ``None`` for
+    a node outside any such block.
+    """
+    parts = node_name.split("/")
+    for index, part in enumerate(parts):
+        if index and part.lower().startswith("conv"):
+            return "/".join(parts[:index]) or None
+    return None
+
+
+def quantised_units(fp32_path: str | os.PathLike, recipe: Int8Recipe | None = None) -> list[str]:
+    """The units (:func:`unit_of`) with a convolution the recipe (default: the plain one) quantises, in graph order."""
+    graph = onnx.load(str(fp32_path)).graph
+    kept = set(float_nodes(graph, recipe or Int8Recipe()))
+    units = [unit_of(n.name) for n in graph.node if n.op_type == "Conv" and n.name not in kept]
+    return list(dict.fromkeys(unit for unit in units if unit))
 
 
 def requantisation_pairs(graph: onnx.GraphProto) -> int:

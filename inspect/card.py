@@ -186,6 +186,12 @@ def read_card(path: str | os.PathLike) -> ModelCard:
     return ModelCard.from_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
 
 
+def calibration_folder(model: str | os.PathLike) -> Path:
+    """Where ``crackscope calibrate`` writes its report by default: ``model.onnx`` -> ``model.calibration/``."""
+    model = Path(model)
+    return model.with_name(model.name.removesuffix(".onnx") + ".calibration")
+
+
 def write_calibration(path: str | os.PathLike, calibration: Calibration) -> ModelCard:
     """Rewrite only the calibration in a model file's card; graph and weights are untouched (atomic replace)."""
     import onnx

@@ -128,9 +128,16 @@ def test_export_writes_a_verified_model_and_prints_its_parity(tiny_run, patch_da
     assert "fp32" in printed and "onnx-fp32 vs pytorch on 8 tiles" in printed
 
 
-def test_export_int8_without_calibration_data_fails_with_one_clear_line(tiny_run, tmp_path, capsys):
-    code = main(["export", "--checkpoint", str(tiny_run.checkpoint), "--out", str(tmp_path / "m.onnx"), "--int8"])
-    assert code == 2 and "--int8 needs --calib-data" in capsys.readouterr().err
+def test_export_int8_whose_training_data_is_gone_fails_with_one_clear_line(tiny_run, tmp_path, capsys):
+    from crackscope.training.checkpoint import load_checkpoint, save_checkpoint
+
+    model, header = load_checkpoint(tiny_run.checkpoint)
+    header.config["data"] = str(tmp_path / "moved-away")
+    moved = save_checkpoint(model, header, tmp_path / "moved.pt")
+    code = main(["export", "--checkpoint", str(moved), "--out", str(tmp_path / "m.onnx"), "--int8"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert re.search(r"moved-away is gone; pass --calib-data DIR", err) and not (tmp_path / "m.onnx").exists()
 
 
 def _leftovers(folder: Path) -> list[Path]:

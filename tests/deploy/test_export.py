@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -106,10 +107,12 @@ def test_int8_that_flips_too_many_decisions_is_not_written(tiny_run, patch_data,
         calib_tiles=32,
         verify_tiles=8,
         int8_min_agreement=1.01,  # no model can agree on more than 100%
+        int8_max_float_units=2,
     )
     result = export(config)
     (reason,) = result.refused
-    assert re.search(r"model\.int8\.onnx failed the parity gate.*minimum 101%", reason)
+    assert re.search(r"model\.int8\.onnx failed the parity gate with the plain recipe.*2 most sensitive", reason)
+    assert "minimum 101%" in reason
     assert [m.precision for m in result.models] == ["fp32"] and out.exists()  # the verified fp32 model is kept
     assert not (tmp_path / "model.int8.onnx").exists()
     assert not list(tmp_path.glob("*.staged"))
@@ -132,6 +135,7 @@ def test_a_new_export_leaves_no_variant_of_an_earlier_export_beside_it(exported,
         calib_tiles=32,
         verify_tiles=8,
         int8_min_agreement=1.01,  # refused
+        int8_max_float_units=1,
     )
     result = export(config)
     (reason,) = result.refused
@@ -159,9 +163,36 @@ def test_a_refused_fp32_model_leaves_the_earlier_export_as_it_was(exported, tiny
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
 
 
-def test_int8_without_calibration_data_is_a_clear_error(tiny_run, tmp_path):
-    with pytest.raises(ValueError, match="--calib-data"):
-        export(ExportConfig(checkpoint=str(tiny_run.checkpoint), out=str(tmp_path / "m.onnx"), int8=True))
+def test_int8_without_calibration_data_calibrates_on_the_checkpoints_own_splits(tiny_run, tmp_path):
+    config = ExportConfig(
+        checkpoint=str(tiny_run.checkpoint),
+        out=str(tmp_path / "model.onnx"),
+        int8=True,
+        calib_tiles=32,
+        verify_tiles=16,
+        int8_min_agreement=0.8,  # the barely trained tiny model (see the ``exported`` fixture)
+        int8_min_cam_correlation=0.5,
+        int8_max_float_units=1,
+    )
+    result = export(config)
+    assert not result.refused, result.describe()
+    verification = read_card(tmp_path / "model.int8.onnx").verification
+    assert "of the checkpoint's validation split" in verification["tiles_source"]
+    assert "of the checkpoint's training split" in verification["calibration_source"]
+    assert verification["verification_tiles"] == 16 and verification["calibration_tiles"] == 32
+
+
+def test_int8_without_calibration_data_names_the_training_data_when_it_is_gone(tiny_run, tmp_path):
+    from crackscope.deploy.export import ExportError
+    from crackscope.training.checkpoint import save_checkpoint
+
+    model, header = load_checkpoint(tiny_run.checkpoint)
+    moved = replace(header, config={**header.config, "data": str(tmp_path / "moved-away")})
+    checkpoint = save_checkpoint(model, moved, tmp_path / "model.pt")
+    out = tmp_path / "model.onnx"
+    with pytest.raises(ExportError, match=r"moved-away is gone; pass --calib-data DIR"):
+        export(ExportConfig(checkpoint=str(checkpoint), out=str(out), int8=True))
+    assert not out.exists()
 
 
 def test_calibration_is_rewritten_without_touching_the_weights(exported, tmp_path):

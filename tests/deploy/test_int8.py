@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -10,9 +11,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from crackscope.config import ConfigError, from_dict
-from crackscope.deploy import export as export_module
+from crackscope.deploy import mixed as mixed_module
 from crackscope.deploy.export import ExportConfig, draw_tiles, export
-from crackscope.deploy.quantize import Int8Recipe, pair_sums, quantize_int8
+from crackscope.deploy.quantize import Int8Recipe, float_nodes, pair_sums, quantised_units, quantize_int8, unit_of
 from crackscope.deploy.verify import heatmap_correlations
 from crackscope.inspect.card import read_card
 from crackscope.labelled import DataConfig, MaskLabelling, load_samples
@@ -200,16 +201,16 @@ def _reflected_cam(model: onnx.ModelProto) -> onnx.ModelProto:
 def test_int8_whose_heatmaps_drift_is_refused_like_one_whose_decisions_drift(
     exported, tiny_run, patch_data, tmp_path, monkeypatch
 ):
-    honest = export_module.quantize_int8
+    honest = mixed_module.quantize_int8
 
-    def drifting(fp32_path, out_path, tiles, recipe):
-        honest(fp32_path, out_path, tiles, recipe)
+    def drifting(fp32_path, out_path, tiles, recipe, calibration_cache=None):
+        honest(fp32_path, out_path, tiles, recipe, calibration_cache=calibration_cache)
         onnx.save(_reflected_cam(onnx.load(str(out_path))), str(out_path))
         return out_path
 
     for model in exported.models:  # an earlier export's files, which the new model makes stale
         (tmp_path / model.path.name).write_bytes(model.path.read_bytes())
-    monkeypatch.setattr(export_module, "quantize_int8", drifting)
+    monkeypatch.setattr(mixed_module, "quantize_int8", drifting)
     config = ExportConfig(
         checkpoint=str(tiny_run.checkpoint),
         out=str(tmp_path / "model.onnx"),
@@ -218,11 +219,71 @@ def test_int8_whose_heatmaps_drift_is_refused_like_one_whose_decisions_drift(
         calib_tiles=32,
         verify_tiles=16,
         int8_min_agreement=0.0,  # only the heatmap gate can refuse
+        int8_max_float_units=1,  # no float block can mend a mirrored heatmap: one try is enough
     )
     result = export(config)
     (reason,) = result.refused
     assert "\n" not in reason
     # mirrored heat: minus int8's own correlation with fp32 (about 0.95 on this barely trained model)
-    assert re.search(r"model\.int8\.onnx failed the parity gate \(heatmap correlation -0\.9\d\d < 0\.95\)", reason)
+    assert re.search(
+        r"model\.int8\.onnx failed the parity gate with the plain recipe \(heatmap correlation -0\.9\d\d < 0\.95\) "
+        r"and with the 1 most sensitive",
+        reason,
+    )
     assert "the model.int8.onnx of an earlier export was removed" in reason
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no int8, no staged file, no stale fp16
+
+
+# --- accuracy-aware int8: the fewest float blocks that pass -------------------------------------------------------
+
+
+def test_a_node_belongs_to_the_block_its_module_path_names():
+    assert unit_of("/features/blocks/blocks.3/blocks.3.1/conv_pw/Conv") == "/features/blocks/blocks.3/blocks.3.1"
+    block = "/features/blocks/blocks.1/blocks.1.0"
+    assert unit_of(f"{block}/conv_dw/conv_dw.1/Conv") == block
+    assert unit_of("/features/layer1/layer1.0/conv1/Conv") == "/features/layer1/layer1.0"
+    assert unit_of("/features/blocks/blocks.3/blocks.3.1/Add") is None and unit_of("Conv_12") is None
+
+
+def test_float_units_keep_every_node_of_those_blocks_float(exported):
+    fp32 = next(m for m in exported.models if m.precision == "fp32").path
+    graph = onnx.load(str(fp32)).graph
+    units = quantised_units(fp32)
+    plain = set(float_nodes(graph, Int8Recipe()))
+    mixed = set(float_nodes(graph, Int8Recipe(float_units=(units[2],))))
+    added = mixed - plain
+    assert added and all(name.startswith(units[2] + "/") for name in added)
+    assert {n.name for n in graph.node if n.name.startswith(units[2] + "/")} <= mixed  # its Clip and Add too
+    assert quantised_units(fp32, Int8Recipe(float_units=(units[2],))) == units[:2] + units[3:]
+
+
+@pytest.mark.slow
+def test_when_the_plain_recipe_fails_the_most_sensitive_blocks_stay_float_until_it_passes(
+    exported, tiny_run, patch_data, tmp_path
+):
+    plain = read_card(_int8(exported).path).verification["cam_correlation"]
+    wanted = plain + 0.3 * (1.0 - plain)  # above what the plain recipe reaches, below fp32
+    config = ExportConfig(
+        checkpoint=str(tiny_run.checkpoint),
+        out=str(tmp_path / "model.onnx"),
+        int8=True,
+        calib_data=str(patch_data),
+        calib_tiles=64,
+        verify_tiles=16,
+        int8_min_agreement=0.8,
+        int8_min_cam_correlation=wanted,
+        int8_min_speedup=0.0,  # the 64 px test model is too small for int8 to pay; speed is checked below
+    )
+    result = export(config)
+    assert not result.refused, result.describe()
+    card = read_card(tmp_path / "model.int8.onnx")
+    chosen = card.verification["mixed_precision"]
+    assert 1 <= len(chosen["float_units"]) <= 6 and card.verification["cam_correlation"] >= wanted
+    assert chosen["plain_recipe_failures"] and len(chosen["sensitivity"]) == chosen["units"]
+    ranked = sorted(chosen["sensitivity"], key=lambda unit: -chosen["sensitivity"][unit])
+    assert chosen["float_units"] == ranked[: len(chosen["float_units"])]  # most sensitive first
+    assert "kept float: blocks." in result.describe() and "x fp32 at batch 8" in result.describe()
+    config = replace(config, out=str(tmp_path / "slow" / "model.onnx"), int8_min_speedup=100.0)
+    (reason,) = export(config).refused
+    assert re.search(r"passes the parity gate only with \d+ of \d+ blocks float .* below the 100\.0x", reason)
+    assert not (tmp_path / "slow" / "model.int8.onnx").exists()
