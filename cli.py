@@ -88,8 +88,10 @@ def _add_session_workers_flag(p: argparse.ArgumentParser) -> None:
         "--session-workers",
         type=int,
         metavar="N",
-        help="ONNX Runtime sessions fed from one queue of tile batches, each with --threads threads (default 1); "
-        "crackscope bench measures which layout is fastest here",
+        help="ONNX Runtime sessions fed from one queue of tile batches, each with --threads threads. Default: with "
+        "neither this nor --threads given (flag or config key), the layout crackscope bench saved beside the model "
+        "(MODEL.bench.json) when it was measured on this machine for this very model file, else 1 session (one "
+        "line on stderr says which, and why a saved layout was not used); --mode dense runs one session",
     )
 
 
@@ -359,7 +361,8 @@ def _add_export(subparsers) -> None:
     p.add_argument(
         "--int8-min-correlation",
         type=float,
-        help="lowest mean heatmap correlation with fp32 an int8 model may have to be written (default 0.95)",
+        help="lowest mean heatmap correlation with fp32 an int8 model may have to be written: the lower end of "
+        "its 95%% confidence interval on the verification tiles must reach it (default 0.95)",
     )
     p.add_argument(
         "--dense",
@@ -703,7 +706,10 @@ def _add_bench(subparsers) -> None:
         "Measure which session layout runs a model fastest on this machine: one session with N threads, several "
         "sessions with fewer threads, and the splits between (N = cores), timed on the tiles of one frame in paired "
         "interleaved rounds (a round is measured again when other processes took the CPU). Prints tiles/s and "
-        "frames/s per layout and the best one as config lines for inspect and daemon.",
+        "frames/s per layout and the best one as config lines for inspect and daemon. The result is saved beside "
+        "the model (model.int8.onnx -> model.int8.bench.json, one entry per machine, with the model file's sha256), "
+        "and inspect and daemon run its best layout by default on this machine for this model file; a run whose "
+        "rounds were mostly busy is saved marked as not trusted and not used. Tile models only (not a dense graph).",
         "crackscope bench --model model.int8.onnx --frame 2448x2048 --seconds 60 --out bench.json",
     )
     p.add_argument("--model", required=True, help="ONNX model written by crackscope export")
@@ -715,7 +721,7 @@ def _add_bench(subparsers) -> None:
     p.add_argument("--batch-size", type=int, help="most tiles per model call, as inspect uses it (default 32)")
     p.add_argument("--cores", type=int, help="cores to split into sessions x threads (default: those usable here)")
     p.add_argument("--providers", help="auto (default: TensorRT > CUDA > CPU), cpu, cuda, ...")
-    p.add_argument("--out", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--out", metavar="FILE", help="also write the results as JSON to FILE (besides MODEL.bench.json)")
     p.set_defaults(handler=_run_bench)
 
 

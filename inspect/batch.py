@@ -7,6 +7,10 @@ record: an unreadable, truncated, empty or oversized file gets an ERROR record w
 A run can be repeated or resumed after a crash or ``kill -9``: inputs whose (path, sha256) is already in
 ``results.sqlite`` are skipped, so nothing is inspected twice and nothing is lost (see :mod:`.sinks`).
 
+Given neither ``session_workers`` nor ``threads``, the model runs the session layout that ``crackscope bench`` saved
+beside it for this machine, when that result is for this very model file (one line on stderr says so, or says why
+the saved result was not used); see :func:`~crackscope.inspect.bench.choose_layout`.
+
 Example:
     $ crackscope inspect photos/ --model model.int8.onnx --out runs/line3 --fail-on defect
 """
@@ -25,6 +29,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from crackscope.config import write_yaml
+from crackscope.inspect.bench import choose_layout
 from crackscope.inspect.decision import Verdict, describe_calibration, is_identity
 from crackscope.inspect.images import (
     DEFAULT_MAX_PIXELS,
@@ -62,8 +67,10 @@ class BatchConfig:
     decode_workers: int = 2
     prefetch: int = 8  # files decoded ahead of the model
     providers: str = "auto"
-    session_workers: int = 1  # ONNX Runtime sessions fed from one queue of tile batches (crackscope bench picks)
-    threads: int | None = None  # ONNX Runtime intra-op threads per session (default: one per core)
+    # ONNX Runtime sessions fed from one queue of tile batches, and intra-op threads per session. Neither given: the
+    # layout crackscope bench saved beside the model for this machine, else 1 session x one thread per core.
+    session_workers: int | None = None
+    threads: int | None = None
     progress: bool = True
     report: bool = True
     inspect: InspectConfig = field(default_factory=InspectConfig)
@@ -74,12 +81,13 @@ class BatchConfig:
             raise ValueError(f"fail_on must be one of {', '.join(FAIL_ON)}, got {self.fail_on!r}")
         if self.decode_workers < 1 or self.prefetch < 1 or self.max_pixels < 1:
             raise ValueError("decode_workers, prefetch and max_pixels must be at least 1")
-        Layout(self.session_workers, self.threads)  # raises, naming the key, for a value below 1
+        Layout(1 if self.session_workers is None else self.session_workers, self.threads)  # raises, naming the key
 
     @property
     def layout(self) -> Layout:
-        """Sessions x threads of the model (``session_workers`` x ``threads``)."""
-        return Layout(self.session_workers, self.threads)
+        """Sessions x threads as given (``session_workers`` unset: 1); :func:`run_batch` first fills in a saved one
+        when neither is given."""
+        return Layout(1 if self.session_workers is None else self.session_workers, self.threads)
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,7 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
     started = time.perf_counter()
+    config = _settle_layout(config)
     with _open(config) as model:
         _announce(model, len(files), config.inspect)
         with ResultStore(out) as store:
@@ -154,6 +163,16 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     gate = FAIL_ON.get(config.fail_on or "", ())
     failed = any(counts[v.value] for v in gate)
     return BatchSummary(out, counts, inspected, skipped, time.perf_counter() - started, report, failed)
+
+
+def _settle_layout(config: BatchConfig) -> BatchConfig:
+    """``config`` with the layout the run uses written in (as given, or a saved bench result's), said on stderr."""
+    layout, saved = choose_layout(
+        config.model, config.session_workers, config.threads, mode=config.inspect.mode, providers=config.providers
+    )
+    if saved is not None:
+        print(saved.note, file=sys.stderr)
+    return replace(config, session_workers=layout.workers, threads=layout.threads)
 
 
 def _open(config: BatchConfig) -> RuntimeModel:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from crackscope.config import ConfigError, from_dict, merge, write_yaml
+from crackscope.inspect.bench import choose_layout
 from crackscope.inspect.decision import describe_calibration, is_identity
 from crackscope.inspect.model import Layout, RuntimeModel, open_model
 from crackscope.inspect.pipeline import InspectConfig, describe_mode, inspect_frames
@@ -83,8 +84,11 @@ class DaemonConfig:
             unset: no HTTP server.
         providers: ONNX Runtime providers (``auto``, ``cpu``, ``cuda``, ...).
         session_workers: ONNX Runtime sessions fed from one queue of tile batches (``crackscope bench`` measures
-            which layout is fastest on the machine at hand).
-        threads: ONNX Runtime intra-op threads per session (unset: ONNX Runtime's choice).
+            which layout is fastest on the machine at hand). Unset, and ``threads`` unset too: the layout
+            ``crackscope bench`` saved beside the model for this machine when it matches this model file (logged, as
+            is why a saved one was not used), else 1 (see :func:`~crackscope.inspect.bench.choose_layout`); unset
+            with ``threads`` given: 1. ``daemon.yaml`` records the layout that ran.
+        threads: ONNX Runtime intra-op threads per session (unset: ONNX Runtime's choice, or the saved layout's).
     """
 
     source: str | int | None = None
@@ -103,7 +107,7 @@ class DaemonConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
     providers: str = "auto"
-    session_workers: int = 1
+    session_workers: int | None = None
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -118,7 +122,7 @@ class DaemonConfig:
             raise ConfigError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
         if self.trigger.mode != "none" and parse_source(self.source).kind == "folder":
             raise ConfigError("trigger applies to cameras and videos; a hot folder inspects every file")
-        Layout(self.session_workers, self.threads)  # raises, naming the key, for a value below 1
+        Layout(1 if self.session_workers is None else self.session_workers, self.threads)  # raises, naming the key
 
     def source_options(self) -> SourceOptions:
         return SourceOptions(
@@ -157,6 +161,7 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
     stop = stop or threading.Event()
     out = Path(config.out)
     spec = parse_source(config.source)  # a value that cannot be a source fails before the model is loaded
+    config = _settle_layout(config)
     with contextlib.ExitStack() as stack:
         stack.enter_context(_stop_on_signals(stop))  # first: a SIGTERM during start-up is a clean stop too
         model = stack.enter_context(
@@ -190,6 +195,16 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
     summary = telemetry.summary()
     log.info("stopped: %s", summary.describe())
     return summary
+
+
+def _settle_layout(config: DaemonConfig) -> DaemonConfig:
+    """``config`` with the layout the daemon runs written in (as given, or a saved bench result's), logged."""
+    layout, saved = choose_layout(
+        config.model, config.session_workers, config.threads, mode=config.inspect.mode, providers=config.providers
+    )
+    if saved is not None:
+        (log.info if saved.layout is not None else log.warning)("%s", saved.note)
+    return dataclasses.replace(config, session_workers=layout.workers, threads=layout.threads)
 
 
 def _prepare_output(config: DaemonConfig, out: Path, store: ResultStore, model: RuntimeModel) -> None:

@@ -163,7 +163,7 @@ def line_model(tmp_path_factory) -> LineModel:
         )
     )
     assert not result.refused, result.describe()
-    (dense,) = [m for m in result.models if m.agreement is not None]
+    (dense,) = [m for m in result.models if m.agreement is not None and m.precision == "fp32"]
     return LineModel(root / "model.onnx", root / "model.int8.onnx", dense.path, data, 96, dense.agreement.summary())
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from crackscope.cli import build_parser, main
+from crackscope.inspect.bench import BenchConfig, bench_path, machine_key, run_bench
 
 
 def _subcommands():
@@ -272,7 +273,7 @@ def test_inspect_runs_and_announces_the_session_layout_it_was_given(brightness_m
     [
         (["--session-workers", "0"], "", "session_workers: must be an integer of at least 1, got 0"),
         (["--threads", "0"], "", "threads: must be an integer of at least 1, or unset, got 0"),
-        ([], "session_workers: two\n", "config.session_workers: expected int, got str 'two'"),
+        ([], "session_workers: two\n", "config.session_workers: expected int or None, got str 'two'"),
     ],
 )
 def test_inspect_with_a_bad_session_layout_fails_with_one_line(
@@ -286,3 +287,129 @@ def test_inspect_with_a_bad_session_layout_fails_with_one_line(
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+# --- the layout crackscope bench saved beside the model ---------------------------------------------------------------
+
+DEFAULT_LAYOUT = "1 session x ONNX Runtime's default threads"
+
+
+def _bench(model):
+    """A real bench of a few milliseconds, saved beside ``model``. busy_share 1: trusted even on a loaded machine."""
+    config = BenchConfig(model=str(model), frame=(64, 64), seconds=0.0, cores=2, providers="cpu", busy_share=1.0)
+    return run_bench(config)
+
+
+def _inspect(model, images, out, *extra):
+    return main(["inspect", str(images), "--model", str(model), "--out", str(out), "--no-progress", *extra])
+
+
+def test_inspect_given_no_layout_runs_the_one_bench_saved_for_this_machine_and_says_so(
+    brightness_model, grey_dataset, tmp_path, capsys
+):
+    best = _bench(brightness_model).best.layout
+    images = grey_dataset(tmp_path / "grey", {"crack": 2, "ok": 2})
+    assert _inspect(brightness_model, images, tmp_path / "out", "--providers", "cpu") == 0
+    err = capsys.readouterr().err
+    found = [line for line in err.splitlines() if "crackscope bench" in line]
+    assert len(found) == 1
+    assert found[0].startswith(
+        f"session layout {best.describe()} from crackscope bench of {bench_path(brightness_model)} ("
+    )
+    assert re.search(r"\(\d{4}-\d\d-\d\d \d\d:\d\d UTC, [\d.]+ frames/s at 64x64\)$", found[0])
+    assert f"(fp32, CPUExecutionProvider, {best.describe()})" in err  # the layout the opened model really has
+    saved = (tmp_path / "out" / "inspect-config.yaml").read_text()
+    assert f"session_workers: {best.workers}\nthreads: {best.threads}\n" in saved  # the run can be repeated exactly
+
+
+@pytest.mark.parametrize(
+    ("flags", "config", "layout"),
+    [
+        (["--session-workers", "1"], "", DEFAULT_LAYOUT),
+        (["--threads", "1"], "", "1 session x 1 thread"),
+        ([], "session_workers: 1\n", DEFAULT_LAYOUT),
+        ([], "threads: 1\n", "1 session x 1 thread"),
+    ],
+    ids=["session-workers flag", "threads flag", "session_workers key", "threads key"],
+)
+def test_inspect_given_a_layout_by_flag_or_config_key_runs_it_not_the_saved_one(
+    flags, config, layout, brightness_model, grey_dataset, tmp_path, capsys
+):
+    _bench(brightness_model)
+    images = grey_dataset(tmp_path / "grey", {"crack": 1, "ok": 1})
+    settings = tmp_path / "inspect.yaml"
+    settings.write_text(config or "{}\n")
+    assert (
+        _inspect(brightness_model, images, tmp_path / "out", "--providers", "cpu", "--config", str(settings), *flags)
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "crackscope bench" not in err and f"(fp32, CPUExecutionProvider, {layout})" in err
+
+
+def _edit_entry(path, **changes):
+    saved = json.loads(path.read_text())
+    saved["machines"][machine_key()].update(changes)
+    path.write_text(json.dumps(saved))
+
+
+def _move_to_another_machine(path):
+    saved = json.loads(path.read_text())
+    saved["machines"] = {"line2 | Other CPU | 64 cores": saved["machines"][machine_key()]}
+    path.write_text(json.dumps(saved))
+
+
+# What is done to the model or its bench file, and what the one line then says (after "the default): ").
+NOT_APPLYING = {
+    "the model file changed": (
+        lambda model, path, write_model: write_model(model, precision="int8"),
+        "the crackscope bench result in {path} was measured for another version of the model (sha256 ",
+    ),
+    "measured on another machine": (
+        lambda model, path, write_model: _move_to_another_machine(path),
+        "{path} was measured on line2 | Other CPU | 64 cores, not this machine ({key}); run crackscope bench here",
+    ),
+    "measured on another provider": (
+        lambda model, path, write_model: _edit_entry(path, provider="CUDAExecutionProvider"),
+        "the crackscope bench result in {path} was measured on CUDAExecutionProvider, and this run asks for "
+        "CPUExecutionProvider",
+    ),
+    "measured on a busy machine": (
+        lambda model, path, write_model: _edit_entry(path, trusted=False, busy_rounds=3, rounds=4),
+        "the crackscope bench result in {path} is marked as not trusted (other processes took the CPU in 3 of 4 "
+        "rounds); run crackscope bench again when the machine is quieter",
+    ),
+    "not JSON": (
+        lambda model, path, write_model: path.write_text("{oops"),
+        "{path} is not a readable crackscope bench result (Expecting property name",
+    ),
+    "not a bench file": (
+        lambda model, path, write_model: path.write_text("[1, 2]"),
+        "{path} is not a readable crackscope bench result (no 'machines' mapping at the top level)",
+    ),
+    "a value of the wrong type": (
+        lambda model, path, write_model: _edit_entry(path, best={"session_workers": "two", "threads": 1}),
+        "{path} is not a readable crackscope bench result (machines[{key!r}].best.session_workers: expected int "
+        "or None, got str 'two'); run crackscope bench",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_APPLYING))
+def test_inspect_runs_the_default_layout_and_says_why_in_one_line_when_the_saved_bench_does_not_apply(
+    case, brightness_model, write_brightness_model, grey_dataset, tmp_path, capsys
+):
+    _bench(brightness_model)
+    change, message = NOT_APPLYING[case]
+    path = bench_path(brightness_model)
+    change(brightness_model, path, write_brightness_model)
+    images = grey_dataset(tmp_path / "grey", {"crack": 1, "ok": 1})
+    assert _inspect(brightness_model, images, tmp_path / "out", "--providers", "cpu") == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    found = [line for line in err.splitlines() if "crackscope bench" in line]
+    assert len(found) == 1
+    assert found[0].startswith(f"session layout {DEFAULT_LAYOUT} (the default): ")
+    assert message.format(path=path, key=machine_key()) in found[0]
+    assert f"CPUExecutionProvider, {DEFAULT_LAYOUT})" in err
+    assert "session_workers: 1\nthreads: null\n" in (tmp_path / "out" / "inspect-config.yaml").read_text()

@@ -219,3 +219,21 @@ def test_card_round_trips_and_rejects_foreign_or_future_metadata():
 def test_calibration_rejects_thresholds_out_of_order():
     with pytest.raises(ValueError, match="ok_below <= defect_at_or_above"):
         Calibration(ok_below=0.8, defect_at_or_above=0.2)
+
+
+def test_a_small_split_is_topped_up_with_views_that_count_as_their_item(patch_data):
+    from crackscope.deploy.export import read_tiles, read_tiles_with_views, tile_groups
+    from crackscope.labelled import Clarity, load_samples
+
+    clear = [s for s in load_samples(patch_data).samples if s.clarity is Clarity.CLEAR]
+    samples = [*[s for s in clear if s.label == 0][:2], *[s for s in clear if s.label == 1][:2]]
+    plain = read_tiles(samples, 64, "four")
+    tiles = read_tiles_with_views(samples, 64, 30, seed=0, source="four")
+    assert len(tiles) == 30 and "topped up to 30" in tiles.source
+    np.testing.assert_array_equal(tiles.images[:4], plain.images)  # the items themselves come first
+    np.testing.assert_array_equal(tiles.labels, np.resize(plain.labels, 30))
+    # views 1-7 are the other flips and turns: view 1 of each item is its quarter turn
+    np.testing.assert_array_equal(tiles.images[4:8], np.rot90(plain.images, 1, axes=(1, 2)))
+    assert len({image.tobytes() for image in tiles.images}) == 30  # no view repeats another
+    assert sorted(set(tile_groups(tiles))) == sorted(s.key for s in samples)
+    assert read_tiles_with_views(samples, 64, 3, seed=0, source="four").images.shape[0] == 4  # enough: as they are

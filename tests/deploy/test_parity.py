@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from crackscope.deploy.export import synthetic_tiles, to_onnx_bytes
-from crackscope.deploy.verify import _compare, logit_scale, torch_parity
+from crackscope.deploy.verify import ParityReport, _compare, logit_scale, mean_interval, torch_parity
 from crackscope.training.backbones import build_model
 
 
@@ -70,3 +70,38 @@ def test_the_logit_scale_is_the_size_of_the_terms_the_logit_adds_up():
     cams = np.array([[[3.0, -3.0], [1.0, 0.0]]])  # sum 1, magnitudes 7
     logits = np.array([-1.0])  # so the bias is -2
     np.testing.assert_allclose(logit_scale(logits, cams), [9.0])
+
+
+# --- the heatmap correlation's confidence interval, and the gate on its lower end ---------------------------------
+
+
+def test_the_interval_of_independent_tiles_is_the_usual_one_and_views_of_one_item_widen_it():
+    rng = np.random.default_rng(0)
+    values = rng.normal(0.96, 0.05, 40)
+    low, high = mean_interval(values)
+    assert (low + high) / 2 == pytest.approx(values.mean())
+    assert (high - low) / 2 == pytest.approx(1.96 * values.std(ddof=1) / np.sqrt(40))
+    assert mean_interval(values, [str(i) for i in range(40)]) == pytest.approx((low, high))  # one tile per item
+    # the same 40 figures as 8 views of 5 items: the item means vary, so the interval is wider than 40 tiles claim
+    items = rng.normal(0.96, 0.05, 5)
+    views = np.repeat(items, 8) + rng.normal(0, 0.005, 40)
+    grouped = mean_interval(views, [str(i // 8) for i in range(40)])
+    naive = mean_interval(views)
+    assert grouped[1] - grouped[0] > 2.5 * (naive[1] - naive[0])
+    assert mean_interval(views, ["one"] * 40) == (-1.0, 1.0)  # a single item says nothing about others
+
+
+def test_the_correlation_gate_holds_the_lower_end_of_the_interval():
+    rng = np.random.default_rng(1)
+    cams = rng.normal(size=(12, 4, 4)).astype(np.float32)
+    logits = cams.sum(axis=(1, 2))
+    noisy = cams + rng.normal(0, 0.35, cams.shape).astype(np.float32)  # mean correlation about 0.94
+    measured = _compare([(logits, cams)], [(logits, noisy)], None, atol=float("inf"), rtol=0.0)
+    mean, (low, high) = measured["cam_correlation"], measured["cam_correlation_ci"]
+    assert low < mean < high
+    gate = {"reference": "onnx-fp32", "candidate": "onnx-int8", "tiles": 12, "batch_sizes": (8,)}
+    gate |= {"logit_tolerance": float("inf"), "min_agreement": 0.0, **measured}
+    between = (low + mean) / 2  # a mean above it, a lower end below it: not certain
+    failures = ParityReport(**gate, min_cam_correlation=between).failures()
+    assert len(failures) == 1 and "not certainly >= " in failures[0]
+    assert ParityReport(**gate, min_cam_correlation=low - 1e-6).passed

@@ -22,6 +22,7 @@ import pytest
 
 from crackscope.cli import main
 from crackscope.config import ConfigError
+from crackscope.inspect.bench import BenchConfig, bench_path, run_bench
 from crackscope.inspect.daemon import DaemonConfig, daemon_config, run_daemon
 from crackscope.inspect.model import file_sha256
 from crackscope.inspect.sinks import ResultStore
@@ -89,7 +90,7 @@ def test_yaml_values_are_defaults_and_flags_override_them_down_to_nested_keys():
         ({"reconnect": {"initial_s": 1, "wait": 3}}, "unknown key(s) wait"),
         ({"inspect": {"overlap": 1.5}}, "overlap must be in [0, 1)"),
         ({"model": None}, "no model: pass --model"),
-        ({"session_workers": "two"}, "config.session_workers: expected int, got str 'two'"),
+        ({"session_workers": "two"}, "config.session_workers: expected int or None, got str 'two'"),
         ({"session_workers": 0}, "session_workers: must be an integer of at least 1, got 0"),
         ({"threads": 0}, "threads: must be an integer of at least 1, or unset, got 0"),
         ({"threads": 1.5}, "config.threads: expected int or None, got float 1.5"),
@@ -161,6 +162,40 @@ def test_the_daemon_runs_the_session_layout_it_was_given_and_says_so_at_start(br
     started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("inspecting ")]
     assert len(started) == 1 and started[0].endswith("on CPUExecutionProvider as 2 sessions x 1 thread")
     assert "session_workers: 2" in (tmp_path / "out" / "daemon.yaml").read_text()
+
+
+def test_the_daemon_given_no_layout_runs_the_one_bench_saved_for_this_machine(brightness_model, tmp_path, caplog):
+    # busy_share 1: no round counts as busy, so the result is trusted even on a loaded machine
+    bench = BenchConfig(str(brightness_model), frame=(64, 64), seconds=0.0, cores=2, providers="cpu", busy_share=1.0)
+    best = run_bench(bench).best.layout
+    video = write_video(tmp_path / "line.avi", _frames(2))
+    flags = {"source": str(video), "model": str(brightness_model), "out": str(tmp_path / "out")}
+    with caplog.at_level(logging.INFO, logger="crackscope"):
+        assert run_daemon(daemon_config({"providers": "cpu"}, flags)).frames == 2
+    messages = [r.getMessage() for r in caplog.records]
+    chosen = [m for m in messages if "crackscope bench" in m]
+    assert len(chosen) == 1
+    assert chosen[0].startswith(
+        f"session layout {best.describe()} from crackscope bench of {bench_path(brightness_model)}"
+    )
+    assert any(m.startswith("inspecting ") and m.endswith(f"as {best.describe()}") for m in messages)
+    assert (
+        f"session_workers: {best.workers}\nthreads: {best.threads}\n" in (tmp_path / "out" / "daemon.yaml").read_text()
+    )
+
+
+def test_the_daemon_warns_when_the_saved_bench_is_for_another_version_of_the_model(
+    brightness_model, write_brightness_model, tmp_path, caplog
+):
+    run_bench(BenchConfig(str(brightness_model), frame=(64, 64), seconds=0.0, cores=2, providers="cpu"))
+    write_brightness_model(brightness_model, precision="int8")
+    video = write_video(tmp_path / "line.avi", _frames(1))
+    flags = {"source": str(video), "model": str(brightness_model), "out": str(tmp_path / "out")}
+    with caplog.at_level(logging.INFO, logger="crackscope"):
+        run_daemon(daemon_config({"providers": "cpu"}, flags))
+    (warning,) = [r for r in caplog.records if "crackscope bench" in r.getMessage()]
+    assert warning.levelno == logging.WARNING and "measured for another version of the model" in warning.getMessage()
+    assert "session_workers: 1\nthreads: null\n" in (tmp_path / "out" / "daemon.yaml").read_text()
 
 
 @pytest.mark.slow

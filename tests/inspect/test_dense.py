@@ -19,6 +19,7 @@ from crackscope.cli import main
 from crackscope.config import ConfigError, from_dict
 from crackscope.inspect.agreement import measure_agreement
 from crackscope.inspect.batch import BatchConfig
+from crackscope.inspect.bench import BenchConfig, bench_path, run_bench
 from crackscope.inspect.card import Calibration, ModelCardError, read_card, write_calibration
 from crackscope.inspect.daemon import daemon_config
 from crackscope.inspect.dense import dense_grid, dense_heat, tile_logits
@@ -239,6 +240,18 @@ def test_crackscope_inspect_mode_dense_writes_the_records_a_tiled_run_writes(bri
     assert all((tmp_path / "dense" / r["overlay_path"]).is_file() for r in flagged)
     assert dense[0]["model_id"] != tiled[0]["model_id"]  # the dense graph decided, and the record says so
     assert "mode: dense" in (tmp_path / "dense" / "inspect-config.yaml").read_text()
+
+
+def test_dense_mode_runs_one_session_whatever_bench_saved_for_the_tile_model(brightness_pair, tmp_path, capsys):
+    # bench measures tile models only: its layout is of the tile model's sessions, not of the dense graph's one
+    run_bench(BenchConfig(str(brightness_pair), frame=(64, 64), seconds=0.0, cores=2, providers="cpu"))
+    assert bench_path(brightness_pair).is_file()
+    inputs = _write_inputs(tmp_path / "in", 1)
+    args = ["inspect", str(inputs), "--model", str(brightness_pair), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main([*args, "--mode", "dense", "--providers", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "crackscope bench" not in err
+    assert "with model.dense.onnx (fp32, CPUExecutionProvider, 1 session x ONNX Runtime's default threads)" in err
 
 
 def test_dense_mode_on_a_model_without_a_dense_graph_is_one_line_naming_the_file(brightness_model, tmp_path, capsys):
