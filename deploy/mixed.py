@@ -8,9 +8,10 @@ searches, in the spirit of layer-wise sensitivity analysis for post-training qua
 
 1. **Sensitivity, on the calibration tiles.** For each quantised block (:func:`~crackscope.deploy.quantize.unit_of`:
    an inverted-residual block of EfficientNet-Lite0, a basic block of a ResNet) the model is quantised with only
-   that block float, and its mean heatmap correlation with fp32 on a sample of the *calibration* tiles is measured;
-   the higher it gets, the more that block's quantisation costs. Ranges are calibrated once and cached, so each
-   try is a re-quantisation (about a second), not a calibration.
+   that block float, and on a sample of the *calibration* tiles its mean heatmap correlation with fp32 and its mean
+   |logit| error are measured. When the plain recipe changed decisions, blocks are ranked by the logit error left
+   with them float (decisions flip where the logit moves); when only the heatmap failed, by the correlation. Ranges
+   are calibrated once and cached, so each try is a re-quantisation (about a second), not a calibration.
 2. **Fewest float blocks, on the verification tiles.** Blocks are kept float one at a time, most sensitive first,
    until the *verification* tiles (other source images) pass the gates, at most ``max_float_units`` of them.
 3. **Still worth it.** The result's speed is measured against fp32 at batch 8 in paired rounds; a mix that does not
@@ -53,7 +54,7 @@ class Int8Choice:
     float_units: tuple[str, ...] = ()  # blocks kept float beyond the plain recipe (most sensitive first)
     units: int = 0  # quantised blocks of the plain recipe
     plain: ParityReport | None = None  # the plain recipe's gate, when it failed
-    sensitivity: dict[str, float] | None = None  # per block: mean correlation on calibration tiles with it float
+    sensitivity: dict[str, dict[str, float]] | None = None  # per block, with it float: correlation, logit error
     speedup: float | None = None  # int8 / fp32 speed at batch 8 (measured for a mixed model)
     seconds: float = 0.0
 
@@ -117,7 +118,7 @@ def mixed_int8(
         units = quantised_units(fp32_path, recipe)
         say(f"int8: the plain recipe failed ({'; '.join(plain.failures())}); measuring {len(units)} blocks")
         sensitivity = _sensitivity(fp32_path, staged, calibration, recipe, cache, units)
-        order = sorted(units, key=lambda unit: -sensitivity[unit])
+        order = ranked(sensitivity, decisions_failed=plain.decision_agreement < plain.min_agreement)
         chosen: list[str] = []
         report = plain
         for unit in order[:max_float_units]:
@@ -154,6 +155,14 @@ def _gist(report: ParityReport) -> str:
     )
 
 
+def ranked(sensitivity: dict[str, dict[str, float]], *, decisions_failed: bool) -> list[str]:
+    """Blocks, most sensitive first: by the logit error left with the block float when decisions failed (lowest
+    first), otherwise by the heatmap correlation (highest first); the other measure breaks ties."""
+    if decisions_failed:
+        return sorted(sensitivity, key=lambda u: (sensitivity[u]["logit_error"], -sensitivity[u]["correlation"]))
+    return sorted(sensitivity, key=lambda u: (-sensitivity[u]["correlation"], sensitivity[u]["logit_error"]))
+
+
 def _sensitivity(
     fp32_path: str | os.PathLike,
     staged: Path,
@@ -161,15 +170,19 @@ def _sensitivity(
     recipe: Int8Recipe,
     cache: Path,
     units: list[str],
-) -> dict[str, float]:
-    """Per block, the mean heatmap correlation with fp32 on a sample of calibration tiles with only it float."""
+) -> dict[str, dict[str, float]]:
+    """Per block, with only it float: mean heatmap correlation and mean |logit| error against fp32 on a sample of
+    calibration tiles."""
     probe = calibration[:: max(1, len(calibration) // PROBE_TILES)][:PROBE_TILES]
-    _, reference = run_session(make_session(str(fp32_path), providers="cpu"), probe, 16)
+    logits, reference = run_session(make_session(str(fp32_path), providers="cpu"), probe, 16)
     measured = {}
     for unit in units:
         quantize_int8(fp32_path, staged, calibration, replace(recipe, float_units=(unit,)), calibration_cache=cache)
-        _, cams = run_session(make_session(str(staged), providers="cpu"), probe, 16)
-        measured[unit] = float(heatmap_correlations(reference, cams).mean())
+        moved, cams = run_session(make_session(str(staged), providers="cpu"), probe, 16)
+        measured[unit] = {
+            "correlation": float(heatmap_correlations(reference, cams).mean()),
+            "logit_error": float(np.abs(moved - logits).mean()),
+        }
     return measured
 
 
