@@ -260,7 +260,7 @@ def table(outcomes: Sequence[Outcome], sizes: Sequence[int]) -> str:
             "-" if o.train_s is None else f"{o.train_s / 60:.1f} min",
             f"{o.export_s:.0f} s",
             "written" if o.fp32_written else "REFUSED",
-            "written" if o.int8_written else f"REFUSED: {o.refusal[:120]}",
+            "written" if o.int8_written else "REFUSED (below)",
             ", ".join(name.rsplit("/", 1)[-1] for name in o.float_units) or "none",
             str(o.held_out_tiles),
             "-" if o.agreement is None else f"{o.agreement:.2%}",
@@ -269,6 +269,7 @@ def table(outcomes: Sequence[Outcome], sizes: Sequence[int]) -> str:
             "-" if o.load is None else f"{o.load:.2f}",
         ]
         lines.append("| " + " | ".join(row) + " |")
+    lines += [f"\n{o.member}: {o.refusal}" for o in outcomes if o.refusal]
     return "\n".join(lines)
 
 
@@ -317,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         outcome = export_and_judge(name, checkpoint, view, work, settings)
         outcome.train_s = train_s
         outcomes.append(outcome)
-        print(table([outcome], settings.sizes).splitlines()[-1], flush=True)
+        print("\n".join(table([outcome], settings.sizes).splitlines()[2:]), flush=True)
     print()
     print(table(outcomes, settings.sizes))
     print()
