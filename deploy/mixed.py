@@ -40,7 +40,8 @@ from crackscope.deploy.verify import ParityError, ParityReport, heatmap_correlat
 from crackscope.inspect.model import make_session
 
 MIN_SPEEDUP = 1.2  # a mixed model must beat fp32 by this much at batch 8, or int8 is not worth shipping
-MAX_FLOAT_UNITS = 6  # most blocks kept float before the search gives up (EfficientNet-Lite0 has 16)
+MAX_FLOAT_UNITS = 10  # most blocks kept float before the search gives up (EfficientNet-Lite0 has 16); the
+# speed gate decides whether so many float blocks still pay: the magnetic-tile suite model needs 7 (1.24x fp32)
 PROBE_TILES = 64  # calibration tiles the sensitivity is measured on
 SPEED_BATCH = 8
 SPEED_ROUNDS = 7

@@ -279,7 +279,7 @@ def test_when_the_plain_recipe_fails_the_most_sensitive_blocks_stay_float_until_
     assert not result.refused, result.describe()
     card = read_card(tmp_path / "model.int8.onnx")
     chosen = card.verification["mixed_precision"]
-    assert 1 <= len(chosen["float_units"]) <= 6 and card.verification["cam_correlation"] >= wanted
+    assert 1 <= len(chosen["float_units"]) <= 10 and card.verification["cam_correlation"] >= wanted
     assert chosen["plain_recipe_failures"] and len(chosen["sensitivity"]) == chosen["units"]
     by = "logit_error" if any("decisions" in f for f in chosen["plain_recipe_failures"]) else "correlation"
     sign = 1 if by == "logit_error" else -1
