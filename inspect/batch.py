@@ -81,7 +81,7 @@ class BatchConfig:
             raise ValueError(f"fail_on must be one of {', '.join(FAIL_ON)}, got {self.fail_on!r}")
         if self.decode_workers < 1 or self.prefetch < 1 or self.max_pixels < 1:
             raise ValueError("decode_workers, prefetch and max_pixels must be at least 1")
-        Layout(1 if self.session_workers is None else self.session_workers, self.threads)  # raises, naming the key
+        self.layout  # noqa: B018  (builds the Layout, which raises naming the key for a value below 1)
 
     @property
     def layout(self) -> Layout:
