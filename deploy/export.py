@@ -435,16 +435,17 @@ def read_tiles_with_views(samples: Sequence[Sample], size: int, count: int, seed
     not independent samples: :func:`crackscope.deploy.verify.mean_interval` counts each sample once (its views are
     one cluster), so the confidence interval still shows how few items stand behind the figure.
     """
-    tiles = read_tiles(samples, size, source)
-    if len(tiles) >= count or not len(tiles):
-        return tiles
+    if len(samples) >= count or not samples:
+        return read_tiles(samples, size, source)
     rng = np.random.default_rng(seed)
     patches = [read_patch(s) for s in samples]
-    images, labels, keys = list(tiles.images), list(tiles.labels), list(tiles.keys)
-    for index in range(count - len(tiles)):
+    images = [fit_to_input(patch, size) for patch in patches]
+    labels = [s.target for s in samples]
+    keys = [s.key for s in samples]
+    for index in range(count - len(samples)):
         item, view = index % len(samples), 1 + index // len(samples)
         images.append(_view(patches[item], view, size, rng))
-        labels.append(tiles.labels[item])
+        labels.append(samples[item].target)
         keys.append(f"{samples[item].key}{VIEW_MARK}{view}")
     added = f"{source}, topped up to {count} with flipped, turned and cropped views of them"
     return Tiles(np.stack(images), np.array(labels, dtype=np.float32), added, tuple(keys))
