@@ -27,8 +27,13 @@ Members (data used in place; the training views are folders of symbolic links un
 Training runs one after another (``--skip-training`` reuses the runs under ``--work``); exports are always redone,
 so the figures are those of the current code. Expect about 5 minutes per member on 2 cores.
 
+``--bias-ablation`` instead quantises each member's fp32 model with the plain recipe twice, without and with the
+bias correction (:mod:`crackscope.deploy.bias`), calibrated on the tiles export would use (the checkpoint's
+training split), and judges both on the held-out tiles: no search, no timing.
+
 Run:
     python benchmarks/int8_suite.py                                  # the whole suite
+    python benchmarks/int8_suite.py --skip-training --bias-ablation  # what the bias correction does
     python benchmarks/int8_suite.py --members ozgenel-50 demo         # some of it
     python benchmarks/int8_suite.py --skip-training --rounds 9 --json results/int8-suite.json
 """
@@ -53,11 +58,13 @@ import numpy as np
 import speed  # benchmarks/speed.py: the paired-round timing
 from saved_models import DATA_DIR, REPO
 
-from crackscope.deploy.export import Tiles, balanced, read_tiles
+from crackscope.deploy.export import Tiles, balanced, checkpoint_tiles, read_tiles
+from crackscope.deploy.quantize import Int8Recipe, quantize_int8
 from crackscope.deploy.verify import heatmap_correlations, mean_interval, run_session
 from crackscope.inspect.card import read_card
 from crackscope.inspect.model import make_session
 from crackscope.labelled import Clarity, Sample, load_samples
+from crackscope.training.checkpoint import load_checkpoint
 
 HELD_OUT_PER_CLASS = 128
 MIN_AGREEMENT = 0.99
@@ -246,6 +253,38 @@ def paired_speed(fp32: Path, int8: Path, tiles: Tiles, settings: argparse.Namesp
     return speed.ratio_values(speed.Ratio("int8", "int8", "fp32"), results), speed.load_average()
 
 
+def bias_ablation(name: str, checkpoint: Path, view: View, work: Path, settings: argparse.Namespace) -> list[str]:
+    """Table rows: the plain recipe without and with bias correction, judged on the held-out tiles."""
+    folder = work / "bias-ablation" / name
+    if folder.exists():
+        shutil.rmtree(folder)
+    out = folder / "model.onnx"
+    code, _ = _run(
+        [*CLI, "export", "--checkpoint", str(checkpoint), "--out", str(out)], work / "logs" / f"{name}-fp32.log"
+    )
+    if code != 0:
+        return [f"| {name} | fp32 export failed (exit {code}) | | | |"]
+    size = read_card(out).input_size
+    _verify, calibration = checkpoint_tiles(load_checkpoint(checkpoint)[1], size, 256, 256, settings.seed)
+    held = balanced(view.held_out, 2 * HELD_OUT_PER_CLASS, settings.seed)
+    tiles = read_tiles(held, size, f"{len(held)} held-out tiles of {name}")
+    rows = []
+    for corrected in (False, True):
+        int8 = folder / f"model.int8-{'corrected' if corrected else 'plain'}.onnx"
+        started = time.perf_counter()
+        quantize_int8(out, int8, calibration.images, Int8Recipe(bias_correction=corrected))
+        seconds = time.perf_counter() - started
+        outcome = Outcome(name, None, seconds, True, True)
+        judged(outcome, out, int8, tiles)
+        changed = round((1 - (outcome.agreement or 0.0)) * outcome.held_out_tiles)
+        ci = outcome.correlation_ci or (float("nan"), float("nan"))
+        rows.append(
+            f"| {name} | {'yes' if corrected else 'no'} | {changed} of {outcome.held_out_tiles} "
+            f"({outcome.agreement:.2%}) | {outcome.correlation:.3f} ({ci[0]:.3f}-{ci[1]:.3f}) | {seconds:.0f} s |"
+        )
+    return rows
+
+
 # --- report -------------------------------------------------------------------------------------------------------
 
 
@@ -299,6 +338,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the outcomes to this JSON file")
+    parser.add_argument(
+        "--bias-ablation", action="store_true", help="compare the plain recipe without and with bias correction"
+    )
     return parser.parse_args(argv)
 
 
@@ -311,14 +353,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = settings.work
     work.mkdir(parents=True, exist_ok=True)
     outcomes = []
+    if settings.bias_ablation:
+        print("| model | bias correction | held-out decisions changed | heatmap corr. (95% CI) | quantising |")
+        print("|---|---|---|---|---|")
     for name in settings.members:
         view = MEMBERS[name](work)
         checkpoint, train_s = train(name, view, work, settings.skip_training)
+        if settings.bias_ablation:
+            print("\n".join(bias_ablation(name, checkpoint, view, work, settings)), flush=True)
+            continue
         print(f"{name}: trained ({'-' if train_s is None else f'{train_s / 60:.1f} min'}), exporting", flush=True)
         outcome = export_and_judge(name, checkpoint, view, work, settings)
         outcome.train_s = train_s
         outcomes.append(outcome)
         print("\n".join(table([outcome], settings.sizes).splitlines()[2:]), flush=True)
+    if settings.bias_ablation:
+        return 0
     print()
     print(table(outcomes, settings.sizes))
     print()

@@ -11,7 +11,9 @@ searches, in the spirit of layer-wise sensitivity analysis for post-training qua
    that block float, and on a sample of the *calibration* tiles its mean heatmap correlation with fp32 and its mean
    |logit| error are measured. When the plain recipe changed decisions, blocks are ranked by the logit error left
    with them float (decisions flip where the logit moves); when only the heatmap failed, by the correlation. Ranges
-   are calibrated once and cached, so each try is a re-quantisation (about a second), not a calibration.
+   are calibrated once and cached, and these tries skip the bias correction
+   (:func:`~crackscope.deploy.bias.correct_biases`, 5-15 s), so each is a re-quantisation of about a second; the
+   mixes tried on the verification tiles below are bias-corrected like the written model.
 2. **Fewest float blocks, on the verification tiles.** Blocks are kept float one at a time, most sensitive first,
    until the *verification* tiles (other source images) pass the gates, at most ``max_float_units`` of them.
 3. **Still worth it.** The result's speed is measured against fp32 at batch 8 in paired rounds; a mix that does not
@@ -41,7 +43,8 @@ from crackscope.inspect.model import make_session
 
 MIN_SPEEDUP = 1.2  # a mixed model must beat fp32 by this much at batch 8, or int8 is not worth shipping
 MAX_FLOAT_UNITS = 10  # most blocks kept float before the search gives up (EfficientNet-Lite0 has 16); the
-# speed gate decides whether so many float blocks still pay: the magnetic-tile suite model needs 7 (1.24x fp32)
+# speed gate decides whether so many float blocks still pay (before bias correction, the magnetic-tile suite model
+# needed 7, at 1.24x fp32)
 PROBE_TILES = 64  # calibration tiles the sensitivity is measured on
 SPEED_BATCH = 8
 SPEED_ROUNDS = 7
@@ -177,8 +180,9 @@ def _sensitivity(
     probe = calibration[:: max(1, len(calibration) // PROBE_TILES)][:PROBE_TILES]
     logits, reference = run_session(make_session(str(fp32_path), providers="cpu"), probe, 16)
     measured = {}
+    quick = replace(recipe, bias_correction=False)
     for unit in units:
-        quantize_int8(fp32_path, staged, calibration, replace(recipe, float_units=(unit,)), calibration_cache=cache)
+        quantize_int8(fp32_path, staged, calibration, replace(quick, float_units=(unit,)), calibration_cache=cache)
         moved, cams = run_session(make_session(str(staged), providers="cpu"), probe, 16)
         measured[unit] = {
             "correlation": float(heatmap_correlations(reference, cams).mean()),
