@@ -31,7 +31,7 @@ from pathlib import Path
 
 import int8_suite
 import numpy as np
-from saved_models import DATA_DIR, REPO
+from saved_models import REPO, data_missing
 
 from crackscope.deploy.export import balanced, checkpoint_tiles, read_tiles
 from crackscope.deploy.quantize import Int8Recipe, quantize_int8
@@ -98,8 +98,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
-    if not DATA_DIR.is_dir():
-        print(f"the shared datasets are not at {DATA_DIR} (set CRACKSCOPE_DATA)", file=sys.stderr)
+    if data_missing():
         return 2
     name, work = settings.member, settings.work
     view = int8_suite.MEMBERS[name](work)

@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 import speed  # benchmarks/speed.py: the paired-round timing
-from saved_models import DATA_DIR, REPO
+from saved_models import DATA_DIR, REPO, data_missing
 
 from crackscope.deploy.export import Tiles, balanced, checkpoint_tiles, read_tiles
 from crackscope.deploy.quantize import Int8Recipe, quantize_int8
@@ -346,8 +346,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
-    if not DATA_DIR.is_dir():
-        print(f"the shared datasets are not at {DATA_DIR} (set CRACKSCOPE_DATA)", file=sys.stderr)
+    if data_missing():
         return 2
     speed.print_environment(speed.environment())
     work = settings.work

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -107,3 +108,11 @@ def require_model(job: str, precision: str = "fp32", root: Path = MODELS_DIR) ->
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; {how_to_make(job)}")
     return path
+
+
+def data_missing() -> bool:
+    """Whether the shared datasets are absent; says so on stderr (the caller exits 2)."""
+    if DATA_DIR.is_dir():
+        return False
+    print(f"the shared datasets are not at {DATA_DIR} (set CRACKSCOPE_DATA)", file=sys.stderr)
+    return True
