@@ -37,7 +37,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-BIAS_TILES = 64  # calibration tiles the means are measured on (256 moved no held-out figure: 5 vs 4-5 changes)
+BIAS_TILES = 64  # calibration tiles the means are measured on (with 256 the magnetic-tile model still changed 5 of
+# 206 held-out decisions at a heatmap correlation of 0.988, as with 64)
 BATCH = 16
 
 
