@@ -19,7 +19,7 @@ Measured on the int8 suite's default-trained models, plain recipe, calibrated on
 and judged on held-out tiles (``benchmarks/int8_suite.py --skip-training --bias-ablation``), decisions changed and
 mean heatmap correlation without -> with the correction: Özgenel 25+25 5 -> 1 of 256, 0.937 -> 0.968; Özgenel
 100+100 1 -> 0, 0.969 -> 0.994; Özgenel 3,744 1 -> 1, 0.977 -> 0.990; magnetic tile 13 -> 5 of 206, 0.951 ->
-0.988; Özgenel 200 + magnetic tile 13 -> 6, 0.955 -> 0.984; the demo model 3 -> 2, 0.969 -> 0.987. It adds 2-30 s
+0.988; Özgenel 200 + magnetic tile 13 -> 6, 0.955 -> 0.984; the demo model 3 -> 2, 0.969 -> 0.987. It adds 3-14 s
 to a quantisation on 2 cores (one pass over 64 tiles per convolution).
 
 Example:

@@ -12,7 +12,7 @@ searches, in the spirit of layer-wise sensitivity analysis for post-training qua
    |logit| error are measured. When the plain recipe changed decisions, blocks are ranked by the logit error left
    with them float (decisions flip where the logit moves); when only the heatmap failed, by the correlation. Ranges
    are calibrated once and cached, and these tries skip the bias correction
-   (:func:`~crackscope.deploy.bias.correct_biases`, 5-15 s), so each is a re-quantisation of about a second; the
+   (:func:`~crackscope.deploy.bias.correct_biases`, 3-14 s), so each is a re-quantisation of about a second; the
    mixes tried on the verification tiles below are bias-corrected like the written model.
 2. **Fewest float blocks, on the verification tiles.** Blocks are kept float one at a time, most sensitive first,
    until the *verification* tiles (other source images) pass the gates, at most ``max_float_units`` of them.
