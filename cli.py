@@ -335,7 +335,8 @@ def _add_export(subparsers) -> None:
         "Export a checkpoint to one verified ONNX file (preprocessing, heatmap and calibration inside), "
         "optionally with int8 and fp16 variants.",
         "crackscope export --checkpoint runs/concrete/model.pt --out model.onnx --int8 --calib-data DIR\n"
-        "  crackscope export --checkpoint runs/concrete/model.pt --out model.onnx --dense --dense-frames photos/",
+        "  crackscope export --checkpoint runs/concrete/model.pt --out model.onnx --dense --dense-frames photos/\n"
+        "  crackscope export --checkpoint runs/concrete/model.pt --out model.onnx --int8 --dense",
     )
     p.add_argument("--checkpoint", required=True, help="model.pt written by crackscope train")
     p.add_argument("--out", required=True, help="fp32 model path; variants go beside it (model.int8.onnx, ...)")
@@ -368,7 +369,8 @@ def _add_export(subparsers) -> None:
         "--dense",
         action="store_true",
         help="also write model.dense.onnx, the whole-frame graph of 'inspect --mode dense', with its measured "
-        "agreement with tiled inference",
+        "agreement with tiled inference; with --int8 also model.int8.dense.onnx, its int8 graph (what 'inspect "
+        "--model model.int8.onnx --mode dense' runs), gated against model.dense.onnx as int8 is against fp32",
     )
     p.add_argument(
         "--dense-frames",
@@ -380,7 +382,7 @@ def _add_export(subparsers) -> None:
         "--add-dense",
         action="store_true",
         help="only add model.dense.onnx beside the model already at --out (exported from --checkpoint; its "
-        "calibration is kept and copied)",
+        "calibration is kept and copied), and with --int8 model.int8.dense.onnx beside model.int8.onnx",
     )
     p.set_defaults(handler=_needs_training_extras(_run_export))
 

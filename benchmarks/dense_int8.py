@@ -1,18 +1,18 @@
-"""Could the dense whole-frame graph run in int8? Accuracy against dense fp32 and speed on a 5 MP frame.
+"""The int8 dense graph that ``crackscope export --int8 --dense`` ships: held-out accuracy against dense fp32, and
+speed on a 5 MP frame.
 
 For one member of ``benchmarks/int8_suite.py`` (its trained run must exist: run the suite first), this exports the
-dense graph (``crackscope export --dense``), quantises it with the default int8 recipe without and with bias
-correction (:mod:`crackscope.deploy.bias`), calibrated on mosaics of the checkpoint's training-split tiles (the
-tiles ``export --int8`` calibrates on, laid out 2 x 3 so that the graph sees frame-sized inputs), and judges both
-against dense fp32 on mosaics of the member's held-out tiles:
+member's checkpoint with ``--int8 --dense`` and defaults, which writes ``model.int8.dense.onnx`` when the dense
+graph in int8 passes its gates (calibrated on mosaics of the checkpoint's training-split tiles, 2 x 4 tiles per
+frame, and verified on mosaics of its validation-split tiles; see :mod:`crackscope.deploy.export`). Then it judges
+the written graph against dense fp32 on mosaics of the member's held-out tiles, tile by tile as the export's gate
+does (:func:`crackscope.deploy.verify.dense_onnx_parity`):
 
-- tile decisions kept: the tile logits of the 0%-overlap grid (each grid box is exactly one held-out tile),
-  ``logit >= 0`` on both sides;
-- the mean per-frame correlation of the CAM.
+- tile decisions kept (``logit >= 0`` on both sides);
+- the mean per-tile heatmap correlation, with its 95% confidence interval.
 
-Then it times dense fp32 and the bias-corrected dense int8 on a synthetic 2448 x 2048 frame in paired rounds (one
-session each, ONNX Runtime's default threads) and prints frames/s, the ratio and the load average. Nothing here
-is shipped: ``crackscope export`` writes no dense int8 graph yet; this measures whether it would pass and pay.
+Then it times dense fp32 and dense int8 on a synthetic 2448 x 2048 frame at 0% overlap in paired rounds (one
+session each, ONNX Runtime's default threads) and prints frames/s, the ratio and the load average.
 
 Run:
     python benchmarks/dense_int8.py --member magnetic-tile
@@ -33,39 +33,15 @@ import int8_suite
 import numpy as np
 from saved_models import REPO, data_missing
 
-from crackscope.deploy.export import balanced, checkpoint_tiles, read_tiles
-from crackscope.deploy.quantize import Int8Recipe, quantize_int8
-from crackscope.inspect.agreement import correlation
-from crackscope.inspect.dense import dense_grid, tile_logits
+from crackscope.deploy.export import balanced, read_tiles
+from crackscope.deploy.verify import dense_onnx_parity
+from crackscope.inspect.card import read_card
+from crackscope.inspect.dense import dense_grid
 from crackscope.inspect.model import DenseModel
 from crackscope.inspect.tiling import pad_to_grid
 from crackscope.training import synthetic
-from crackscope.training.checkpoint import load_checkpoint
 
-ROWS, COLUMNS = 2, 3  # tiles per mosaic
 FRAME = (2048, 2448)  # height, width: 5 MP
-
-
-def mosaics(tiles: np.ndarray, rows: int = ROWS, columns: int = COLUMNS) -> np.ndarray:
-    """Whole ``rows x columns`` mosaics of ``tiles`` (N, S, S, 3), row by row; tiles left over are dropped."""
-    per = rows * columns
-    count = len(tiles) // per
-    grid = tiles[: count * per].reshape(count, rows, columns, *tiles.shape[1:])
-    return np.ascontiguousarray(grid.transpose(0, 1, 3, 2, 4, 5).reshape(count, rows * tiles.shape[1], -1, 3))
-
-
-def judge(fp32: Path, int8: Path, frames: np.ndarray, size: int) -> tuple[float, float, int]:
-    """Tile decisions kept, mean frame CAM correlation and tiles compared, int8 against fp32."""
-    reference, candidate, correlations = [], [], []
-    with DenseModel(fp32, providers="cpu") as base, DenseModel(int8, providers="cpu") as quantised:
-        for frame in frames:
-            grid = dense_grid(frame.shape[0], frame.shape[1], size, 0.0, base.stride)
-            a, b = base.predict(frame), quantised.predict(frame)
-            reference.append(tile_logits(a.cam, a.bias, grid.boxes, base.cell))
-            candidate.append(tile_logits(b.cam, b.bias, grid.boxes, quantised.cell))
-            correlations.append(correlation(a.cam, b.cam))
-    r, c = np.concatenate(reference), np.concatenate(candidate)
-    return float(((r >= 0) == (c >= 0)).mean()), float(np.mean(correlations)), len(r)
 
 
 def frame_speed(fp32: Path, int8: Path, size: int, rounds: int) -> tuple[float, float, float]:
@@ -108,34 +84,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     folder = work / "dense-int8" / name
     out = folder / "model.onnx"
-    code, _ = int8_suite._run(
-        [*int8_suite.CLI, "export", "--checkpoint", str(checkpoint), "--out", str(out), "--dense"],
-        work / "logs" / f"{name}-dense.log",
+    log = work / "logs" / f"{name}-dense-int8.log"
+    code, seconds = int8_suite._run(
+        [*int8_suite.CLI, "export", "--checkpoint", str(checkpoint), "--out", str(out), "--int8", "--dense"], log
     )
-    dense = folder / "model.dense.onnx"
-    if code not in (0, 1) or not dense.is_file():
-        print(f"the dense export failed (exit {code}); see {work / 'logs' / f'{name}-dense.log'}", file=sys.stderr)
-        return 2
-    model, header = load_checkpoint(checkpoint)
-    size = model.spec.input_size
-    _verify, calibration = checkpoint_tiles(header, size, 256, 256, settings.seed)
+    dense, int8 = folder / "model.dense.onnx", folder / "model.int8.dense.onnx"
+    print(f"{name}: crackscope export --int8 --dense exited {code} after {seconds / 60:.1f} min (log: {log})")
+    if not int8.is_file():
+        refused = [line for line in log.read_text(encoding="utf-8").splitlines() if line.startswith("REFUSED")]
+        print("\n".join(refused) or "model.int8.dense.onnx was not written", file=sys.stderr)
+        return 1
+    card = read_card(int8).verification
+    floats = card.get("float_units") or []
+    print(
+        f"written: validation decisions {card['decision_agreement']:.2%}, heatmap correlation "
+        f"{card['cam_correlation']:.3f}, {len(floats)} float block(s), {card['speedup_vs_dense_fp32']:.2f}x dense "
+        f"fp32 at export; agreement with tiled int8 {card['agreement']['decision_agreement']:.2%}"
+    )
+    size = read_card(dense).input_size
     held = balanced(view.held_out, 2 * int8_suite.HELD_OUT_PER_CLASS, settings.seed)
     tiles = read_tiles(held, size, f"held-out tiles of {name}")
-    calibration_frames, test_frames = mosaics(calibration.images), mosaics(tiles.images)
-    print(f"{name}: {len(calibration_frames)} calibration, {len(test_frames)} test mosaics of {ROWS}x{COLUMNS} tiles")
-    print("| bias correction | tile decisions kept | frame CAM correlation | quantising |")
-    print("|---|---|---|---|")
-    cache = folder / "ranges.json"
-    cache.unlink(missing_ok=True)
-    for corrected in (False, True):
-        int8 = folder / f"model.dense.int8-{'corrected' if corrected else 'plain'}.onnx"
-        started = time.perf_counter()
-        quantize_int8(dense, int8, calibration_frames, Int8Recipe(bias_correction=corrected), calibration_cache=cache)
-        seconds = time.perf_counter() - started
-        kept, correlated, count = judge(dense, int8, test_frames, size)
-        print(f"| {'yes' if corrected else 'no'} | {kept:.2%} of {count} | {correlated:.3f} | {seconds:.0f} s |")
+    report = dense_onnx_parity(
+        str(dense),
+        str(int8),
+        tiles.images,
+        candidate="onnx-int8-dense",
+        min_agreement=int8_suite.MIN_AGREEMENT,
+        min_cam_correlation=int8_suite.MIN_CORRELATION,
+        labels=tiles.labels,
+    )
+    low, high = report.cam_correlation_ci
+    print(
+        f"held out ({report.unit}): decisions kept {report.decision_agreement:.2%} of {report.tiles}, heatmap "
+        f"correlation {report.cam_correlation:.3f} (95% CI {low:.3f}-{high:.3f}): "
+        f"{'passes' if report.passed else 'FAILS'} the int8 gates"
+    )
     load = os.getloadavg()[0]
-    fp32_fps, int8_fps, ratio = frame_speed(dense, folder / "model.dense.int8-corrected.onnx", size, settings.rounds)
+    fp32_fps, int8_fps, ratio = frame_speed(dense, int8, size, settings.rounds)
     print(
         f"\n{FRAME[1]}x{FRAME[0]} frame, dense, 1 session: fp32 {fp32_fps:.2f} frames/s, int8 {int8_fps:.2f} "
         f"frames/s, int8/fp32 {ratio:.2f}x (median of {settings.rounds} paired rounds; load {load:.2f} -> "

@@ -21,9 +21,17 @@ against PyTorch on frames of two sizes; then its tile decisions are compared wit
 below 99% of tile decisions, dense mode runs only when forced. Its card is the tile model's (same calibration
 and part scoring) with ``graph: dense``.
 
+``--dense --int8`` adds the dense graph in int8 too, ``model.int8.dense.onnx``, the dense graph of
+``model.int8.onnx`` (``inspect --model model.int8.onnx --mode dense`` runs it). It is quantised with the tile
+model's recipe, float blocks included, on mosaics of the same calibration tiles (2 x 4 tiles per frame), and gated
+against the dense fp32 graph tile by tile on mosaics of the verification tiles, with the int8 gates
+(:func:`~crackscope.deploy.verify.dense_onnx_parity`); it must also run ``int8_min_speedup`` faster than dense
+fp32 on such a mosaic. Its agreement with the int8 tile model is measured as the fp32 dense graph's is.
+
 Example:
     $ crackscope export --checkpoint runs/demo/model.pt --out model.onnx --int8 --calib-data data/val
     $ crackscope export --checkpoint runs/demo/model.pt --out model.onnx --dense --dense-frames photos/
+    $ crackscope export --checkpoint runs/demo/model.pt --out model.onnx --dense --int8
 """
 
 from __future__ import annotations
@@ -46,14 +54,22 @@ from torch import nn
 
 import crackscope
 from crackscope.deploy.graph import export_copy, fold_pads_into_convs, same_pads_hold_for
-from crackscope.deploy.mixed import MAX_FLOAT_UNITS, MIN_SPEEDUP, mixed_int8
+from crackscope.deploy.mixed import (
+    MAX_FLOAT_UNITS,
+    MIN_SPEEDUP,
+    measure_speedup,
+    mixed_int8,
+    short_name,
+)
 from crackscope.deploy.quantize import Int8Recipe, convert_fp16
 from crackscope.deploy.verify import (
     FP32_ATOL,
     FP32_RTOL,
     ParityError,
     ParityReport,
+    dense_onnx_parity,
     dense_parity,
+    mosaic_outputs,
     onnx_parity,
     torch_parity,
 )
@@ -71,7 +87,7 @@ from crackscope.inspect.card import (
     with_card,
 )
 from crackscope.inspect.decision import describe_calibration, is_identity
-from crackscope.inspect.dense import STRIDE
+from crackscope.inspect.dense import MOSAIC_TILES, STRIDE, mosaics
 from crackscope.inspect.images import fit_to_input, is_image_file, load_frame
 from crackscope.inspect.model import DenseModel, OnnxModel, file_sha256
 from crackscope.inspect.tiling import to_bgr8
@@ -159,7 +175,9 @@ class ExportedModel:
 
     @property
     def label(self) -> str:
-        return "dense" if self.agreement is not None else self.precision
+        if self.agreement is None:
+            return self.precision
+        return "dense" if self.precision == "fp32" else f"{self.precision} dense"
 
     def describe(self) -> str:
         text = f"{self.label:>5}  {self.path}  ({self.size_bytes / 1e6:.1f} MB)\n       {self.parity.describe()}"
@@ -521,11 +539,16 @@ def _finish(
 
 
 def variant_path(out: Path, precision: str) -> Path:
-    """``model.onnx`` -> ``model.int8.onnx`` / ``model.fp16.onnx``."""
+    """``model.onnx`` -> ``model.int8.onnx``, ``model.fp16.onnx``, ``model.dense.onnx``, ``model.int8.dense.onnx``."""
     return out.with_name(f"{out.stem}.{precision}{out.suffix or '.onnx'}")
 
 
-VARIANTS = ("int8", "fp16", "dense")
+VARIANTS = ("int8", "fp16", "dense", "int8.dense")  # int8.dense: the dense graph of model.int8.onnx
+
+
+def asked_for(config: ExportConfig, variant: str) -> bool:
+    """Whether ``config`` asks for ``variant`` (one of :data:`VARIANTS`; ``int8.dense`` is ``--dense --int8``)."""
+    return all(getattr(config, part) for part in variant.split("."))
 
 
 def export(config: ExportConfig) -> ExportResult:
@@ -538,15 +561,7 @@ def export(config: ExportConfig) -> ExportResult:
     out = check_request(config)
     model, header = load_checkpoint(config.checkpoint)
     kept = calibrations_to_keep(out, model, config.force)
-    size = model.spec.input_size
-    calib_count = config.calib_tiles if config.int8 else 0
-    if config.calib_data:
-        dataset = load_samples(config.calib_data, header.data_config())
-        verify, calibration = draw_tiles(dataset, size, config.verify_tiles, calib_count, config.seed)
-    elif config.int8:
-        verify, calibration = checkpoint_tiles(header, size, config.verify_tiles, calib_count, config.seed)
-    else:
-        verify, calibration = draw_tiles(None, size, config.verify_tiles, 0, config.seed)
+    verify, calibration = export_tiles(config, header, model.spec.input_size)
     base_card = replace(card_for(model, header, "fp32"), verification={"tiles_source": verify.source})
     fp32, removed = _export_fp32(model, out, config, verify, _calibrated(base_card, kept.get(out)))
     variants: dict[str, Callable[[], ExportedModel]] = {}
@@ -558,6 +573,8 @@ def export(config: ExportConfig) -> ExportResult:
         variants["fp16"] = lambda: _fp16(out, config, verify, fp16_card)
     if config.dense:
         variants["dense"] = lambda: _dense(model, out, config)
+    if asked_for(config, "int8.dense"):  # after both graphs it is made from
+        variants["int8.dense"] = lambda: _dense_int8(out, config, calibration, verify)
     exported, refused = _export_variants(variants, out, removed)
     not_asked = {variant_path(out, precision) for precision in VARIANTS if precision not in variants}
     written = (fp32, *exported)
@@ -569,6 +586,18 @@ def export(config: ExportConfig) -> ExportResult:
         kept_calibration=tuple(m.path for m in written if m.path in kept),
         removed_reports=reports,
     )
+
+
+def export_tiles(config: ExportConfig, header: CheckpointHeader, size: int) -> tuple[Tiles, Tiles]:
+    """Verification and (for int8) calibration tiles: from ``--calib-data``, else for int8 from the checkpoint's
+    own splits, else synthetic verification tiles and no calibration tiles."""
+    calib_count = config.calib_tiles if config.int8 else 0
+    if config.calib_data:
+        dataset = load_samples(config.calib_data, header.data_config())
+        return draw_tiles(dataset, size, config.verify_tiles, calib_count, config.seed)
+    if config.int8:
+        return checkpoint_tiles(header, size, config.verify_tiles, calib_count, config.seed)
+    return draw_tiles(None, size, config.verify_tiles, 0, config.seed)
 
 
 # --- calibration across re-exports ----------------------------------------------------------------------------------
@@ -711,7 +740,7 @@ def checkpoint_tiles(
 def check_request(config: ExportConfig) -> Path:
     """The fp32 output path, after refusing (before any work) a request whose outputs cannot be written."""
     out = Path(config.out)
-    asked = [precision for precision in VARIANTS if getattr(config, precision)]
+    asked = [precision for precision in VARIANTS if asked_for(config, precision)]
     for path in (out, *(variant_path(out, precision) for precision in asked)):
         if path.is_dir():
             raise ExportError(f"{path} is a directory; --out takes the model file's path, e.g. {path / 'model.onnx'}")
@@ -774,8 +803,8 @@ def _refusal(error: Exception, path: Path, out: Path, *, earlier_removed: bool) 
 
 
 def remove_variants(out: Path) -> tuple[Path, ...]:
-    """Delete the variant files beside ``out`` (``model.int8.onnx``, ``model.fp16.onnx``, ``model.dense.onnx``);
-    returns those deleted."""
+    """Delete the variant files beside ``out`` (:data:`VARIANTS`: ``model.int8.onnx``, ``model.fp16.onnx``,
+    ``model.dense.onnx``, ``model.int8.dense.onnx``); returns those deleted."""
     removed = []
     for precision in VARIANTS:
         path = variant_path(out, precision)
@@ -966,16 +995,22 @@ def _dense(model: CrackNet, out: Path, config: ExportConfig) -> ExportedModel:
 
 
 def add_dense(config: ExportConfig) -> ExportResult:
-    """Add the dense graph beside an export already at ``config.out``, made from ``config.checkpoint``.
+    """Add the dense graph beside an export already at ``config.out``, made from ``config.checkpoint``; with
+    ``config.int8``, the int8 dense graph beside ``model.int8.onnx`` too.
 
-    The tile model is left as it is (its calibration too, which the dense card copies). The checkpoint must be the
-    one the tile model was exported from: both are run on the same tiles first, and a mismatch is an
-    :class:`ExportError`. A refused dense graph leaves any earlier ``model.dense.onnx`` as it was.
+    The tile models are left as they are (their calibration too, which the dense cards copy). The checkpoint must
+    be the one the tile model was exported from: both are run on the same tiles first, and a mismatch is an
+    :class:`ExportError`. A refused dense graph leaves any earlier one under its name as it was.
     """
     out = Path(config.out)
     if not out.is_file():
         raise ExportError(f"{out}: no exported model there to add a dense graph to; export it first")
-    model, _ = load_checkpoint(config.checkpoint)
+    if config.int8 and not variant_path(out, "int8").is_file():
+        raise ExportError(
+            f"{variant_path(out, 'int8')}: no int8 model beside {out.name} to add an int8 dense graph to; export "
+            "with --int8 first"
+        )
+    model, header = load_checkpoint(config.checkpoint)
     card, size = read_card(out), model.spec.input_size
     if (card.backbone, card.input_size) != (model.spec.name, size):
         raise ExportError(
@@ -985,8 +1020,100 @@ def add_dense(config: ExportConfig) -> ExportResult:
     same = torch_parity(model, str(out), synthetic_tiles(size, 8, config.seed).images, batch_sizes=(8,))
     if not same.passed:
         raise ExportError(f"{out} was not exported from {config.checkpoint}: {same.describe()}")
+    variants: dict[str, Callable[[], ExportedModel]] = {"dense": lambda: _dense(model, out, config)}
+    if config.int8:
+        verify, calibration = export_tiles(config, header, size)
+        variants["int8.dense"] = lambda: _dense_int8(out, config, calibration, verify)
+    exported, refused = _export_variants(variants, out, ())
+    return ExportResult(exported, refused)
+
+
+def _dense_int8(out: Path, config: ExportConfig, calibration: Tiles, verify: Tiles) -> ExportedModel:
+    """Quantise the dense graph beside ``out`` as ``model.int8.onnx`` was quantised, gate it against the dense fp32
+    graph on mosaics of the verification tiles (more blocks float if it fails, as for the tile model), measure its
+    agreement with the int8 tile model, then write it (module docstring)."""
+    path, dense, tile_int8 = variant_path(out, "int8.dense"), variant_path(out, "dense"), variant_path(out, "int8")
+    missing = [p.name for p in (tile_int8, dense) if not p.is_file()]
+    if missing:
+        raise ParityError(
+            f"{path} is made from {tile_int8.name} and {dense.name}, and {' and '.join(missing)} was not written, so "
+            "it was not written either"
+        )
+    int8_card = read_card(tile_int8)
+    mixed = int8_card.verification.get("mixed_precision") or {}
+    tile_units = tuple(mixed.get("float_units", ())) if isinstance(mixed, dict) else ()
+    staged = path.with_name(path.name + ".staged")
+    frames = mosaics(verify.images)
+
+    def gate(candidate: Path) -> ParityReport:
+        return dense_onnx_parity(
+            str(dense),
+            str(candidate),
+            verify.images,
+            candidate="onnx-int8-dense",
+            min_agreement=config.int8_min_agreement,
+            min_cam_correlation=config.int8_min_cam_correlation,
+            labels=verify.labels,
+            groups=tile_groups(verify),
+        )
+
+    basis = f"on a {frames.shape[2]}x{frames.shape[1]} frame"
     try:
-        return ExportResult((_dense(model, out, config),))
-    except Exception as error:
-        log.debug("dense graph failed", exc_info=True)
-        return ExportResult(refused=(_refusal(error, variant_path(out, "dense"), out, earlier_removed=False),))
+        choice = mixed_int8(
+            dense,
+            staged,
+            mosaics(calibration.images),
+            gate,
+            frames,
+            replace(config.int8_recipe, float_units=tile_units),
+            max_float_units=config.int8_max_float_units,
+            min_speedup=config.int8_min_speedup,
+            what=str(path),
+            say=log.info,
+            outputs=mosaic_outputs,
+            tiles_per_input=MOSAIC_TILES,
+            speed_batch=1,
+            speed_basis=basis,
+        )
+        speedup = choice.speedup or measure_speedup(dense, staged, frames, batch_size=1)
+        if speedup < config.int8_min_speedup:
+            raise ParityError(
+                f"{path} passes the parity gate but runs {speedup:.2f}x dense fp32 {basis}, below the "
+                f"{config.int8_min_speedup:.1f}x that makes int8 worth shipping, so it was not written; run "
+                f"{dense.name}"
+            )
+        card = replace(int8_card, graph="dense", verification={})
+        save_atomically(with_card(onnx.load(str(staged)), card, crackscope.__version__), staged)
+        dense_frames = load_frames(config.dense_frames, card.input_size, config.dense_frame_count, config.seed + 2)
+        with OnnxModel(tile_int8, providers="cpu") as tiles, DenseModel(staged, providers="cpu") as graph:
+            agreement = measure_agreement(
+                tiles, graph, dense_frames.images, overlap=config.dense_overlap, source=dense_frames.source
+            )
+        float_units = (*tile_units, *choice.float_units)
+        verification = {
+            **choice.report.summary(),
+            "tiles_source": verify.source,
+            "calibration_tiles": len(calibration),
+            "calibration_source": f"{calibration.source}, in mosaics of {MOSAIC_TILES}",
+            "float_units": list(float_units),
+            "speedup_vs_dense_fp32": speedup,
+            "agreement": agreement.summary(),
+            **({"mixed_precision": choice.summary()} if choice.mixed else {}),
+        }
+        card = replace(card, verification=verification)
+        save_atomically(with_card(onnx.load(str(staged)), card, crackscope.__version__), path)
+    finally:
+        staged.unlink(missing_ok=True)
+    note = choice.describe() if choice.mixed else f"{speedup:.2f}x dense fp32 {basis}"
+    if tile_units:
+        note += f"; kept float as in {tile_int8.name} too: {', '.join(map(short_name, tile_units))}"
+    return ExportedModel(
+        path,
+        "int8",
+        choice.report,
+        file_sha256(path),
+        path.stat().st_size,
+        calibration_tiles=len(calibration),
+        agreement=agreement,
+        note=note,
+    )

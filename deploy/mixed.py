@@ -36,10 +36,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from crackscope.deploy.quantize import Int8Recipe, quantised_units, quantize_int8
 from crackscope.deploy.verify import ParityError, ParityReport, heatmap_correlations, run_session
 from crackscope.inspect.model import make_session
+
+Outputs = Callable[[ort.InferenceSession, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (logits, CAMs) per tile
 
 MIN_SPEEDUP = 1.2  # a mixed model must beat fp32 by this much at batch 8, or int8 is not worth shipping
 MAX_FLOAT_UNITS = 10  # most blocks kept float before the search gives up (EfficientNet-Lite0 has 16); the
@@ -61,6 +64,7 @@ class Int8Choice:
     sensitivity: dict[str, dict[str, float]] | None = None  # per block, with it float: correlation, logit error
     speedup: float | None = None  # int8 / fp32 speed at batch 8 (measured for a mixed model)
     seconds: float = 0.0
+    speed_basis: str = f"at batch {SPEED_BATCH}"  # what the speed-up was measured on
 
     @property
     def mixed(self) -> bool:
@@ -73,7 +77,7 @@ class Int8Choice:
         return (
             f"the plain recipe failed ({'; '.join(self.plain.failures()) if self.plain else 'gate'}); kept float: "
             f"{names} ({len(self.float_units)} of {self.units} blocks, most sensitive first on the calibration "
-            f"tiles); {self.speedup:.2f}x fp32 at batch {SPEED_BATCH}; searched in {self.seconds:.0f}s"
+            f"tiles); {self.speedup:.2f}x fp32 {self.speed_basis}; searched in {self.seconds:.0f}s"
         )
 
     def summary(self) -> dict[str, object]:
@@ -103,9 +107,18 @@ def mixed_int8(
     min_speedup: float = MIN_SPEEDUP,
     what: str = "int8",
     say: Callable[[str], None] = lambda _line: None,
+    outputs: Outputs | None = None,
+    tiles_per_input: int = 1,
+    speed_batch: int = SPEED_BATCH,
+    speed_basis: str = f"at batch {SPEED_BATCH}",
 ) -> Int8Choice:
-    """Quantise ``fp32_path`` into ``staged`` with the plain recipe, or the fewest float blocks that pass ``gate``;
-    ``what`` names the model in refusals.
+    """Quantise ``fp32_path`` into ``staged`` with ``recipe``, or with the fewest blocks kept float on top of its
+    own ``float_units`` that pass ``gate``; ``what`` names the model in refusals.
+
+    ``calibration`` and ``speed_tiles`` are what the graph reads: tiles, or for the dense graph mosaics of tiles;
+    ``tiles_per_input`` says how many tiles each holds (sensitivity and bias correction measure on as many tiles
+    either way), ``outputs`` gives per-tile logits and CAMs from a session on some of them (default: the tile
+    graph's own outputs), and ``speed_batch`` of them make one timed call.
 
     Raises:
         ParityError: no mix of up to ``max_float_units`` float blocks passes, or the one that passes is not
@@ -115,21 +128,25 @@ def mixed_int8(
     recipe = recipe or Int8Recipe()
     with tempfile.TemporaryDirectory() as scratch:
         cache = Path(scratch) / "ranges.json"
-        quantize_int8(fp32_path, staged, calibration, recipe, calibration_cache=cache)
+        quantize_int8(fp32_path, staged, calibration, recipe, calibration_cache=cache, tiles_per_input=tiles_per_input)
         plain = gate(staged)
         if plain.passed:
             return Int8Choice(plain)
+        if max_float_units < 1:
+            staged.unlink(missing_ok=True)
+            plain.raise_if_failed(what)
         units = quantised_units(fp32_path, recipe)
         say(f"int8: the plain recipe failed ({'; '.join(plain.failures())}); measuring {len(units)} blocks")
-        sensitivity = _sensitivity(fp32_path, staged, calibration, recipe, cache, units)
+        outputs = outputs or (lambda session, tiles: run_session(session, tiles, 16))
+        probe = max(1, PROBE_TILES // tiles_per_input)
+        sensitivity = _sensitivity(fp32_path, staged, calibration, recipe, cache, units, outputs, probe)
         order = ranked(sensitivity, decisions_failed=plain.decision_agreement < plain.min_agreement)
         chosen: list[str] = []
         report = plain
         for unit in order[:max_float_units]:
             chosen.append(unit)
-            quantize_int8(
-                fp32_path, staged, calibration, replace(recipe, float_units=tuple(chosen)), calibration_cache=cache
-            )
+            mix = replace(recipe, float_units=(*recipe.float_units, *chosen))
+            quantize_int8(fp32_path, staged, calibration, mix, calibration_cache=cache, tiles_per_input=tiles_per_input)
             report = gate(staged)
             say(f"int8: {len(chosen)} block(s) float ({short_name(unit)} added): {_gist(report)}")
             if report.passed:
@@ -141,13 +158,14 @@ def mixed_int8(
             f"{len(chosen)} most sensitive of {len(units)} blocks kept float ({'; '.join(report.failures())}), so "
             f"it was not written: {report.describe()}"
         )
-    speedup = measure_speedup(fp32_path, staged, speed_tiles)
-    choice = Int8Choice(report, tuple(chosen), len(units), plain, sensitivity, speedup, time.perf_counter() - started)
+    speedup = measure_speedup(fp32_path, staged, speed_tiles, batch_size=speed_batch)
+    seconds = time.perf_counter() - started
+    choice = Int8Choice(report, tuple(chosen), len(units), plain, sensitivity, speedup, seconds, speed_basis)
     if speedup < min_speedup:
         staged.unlink(missing_ok=True)
         raise ParityError(
             f"{what} passes the parity gate only with {len(chosen)} of {len(units)} blocks float "
-            f"({', '.join(map(short_name, chosen))}), and that model runs {speedup:.2f}x fp32 at batch {SPEED_BATCH}, "
+            f"({', '.join(map(short_name, chosen))}), and that model runs {speedup:.2f}x fp32 {speed_basis}, "
             f"below the {min_speedup:.1f}x that makes int8 worth shipping, so it was not written; use the fp32 model"
         )
     return choice
@@ -174,16 +192,19 @@ def _sensitivity(
     recipe: Int8Recipe,
     cache: Path,
     units: list[str],
+    outputs: Outputs,
+    probe_items: int = PROBE_TILES,
 ) -> dict[str, dict[str, float]]:
-    """Per block, with only it float: mean heatmap correlation and mean |logit| error against fp32 on a sample of
-    calibration tiles."""
-    probe = calibration[:: max(1, len(calibration) // PROBE_TILES)][:PROBE_TILES]
-    logits, reference = run_session(make_session(str(fp32_path), providers="cpu"), probe, 16)
+    """Per block, with it float (on top of the recipe's own float blocks): mean heatmap correlation and mean
+    |logit| error against fp32 on a sample of the calibration inputs."""
+    probe = calibration[:: max(1, len(calibration) // probe_items)][:probe_items]
+    logits, reference = outputs(make_session(str(fp32_path), providers="cpu"), probe)
     measured = {}
     quick = replace(recipe, bias_correction=False)
     for unit in units:
-        quantize_int8(fp32_path, staged, calibration, replace(quick, float_units=(unit,)), calibration_cache=cache)
-        moved, cams = run_session(make_session(str(staged), providers="cpu"), probe, 16)
+        mix = replace(quick, float_units=(*recipe.float_units, unit))
+        quantize_int8(fp32_path, staged, calibration, mix, calibration_cache=cache)
+        moved, cams = outputs(make_session(str(staged), providers="cpu"), probe)
         measured[unit] = {
             "correlation": float(heatmap_correlations(reference, cams).mean()),
             "logit_error": float(np.abs(moved - logits).mean()),
@@ -192,10 +213,15 @@ def _sensitivity(
 
 
 def measure_speedup(
-    fp32_path: str | os.PathLike, int8_path: str | os.PathLike, tiles: np.ndarray, rounds: int = SPEED_ROUNDS
+    fp32_path: str | os.PathLike,
+    int8_path: str | os.PathLike,
+    tiles: np.ndarray,
+    rounds: int = SPEED_ROUNDS,
+    batch_size: int = SPEED_BATCH,
 ) -> float:
-    """Median over paired rounds of fp32 time / int8 time for one batch of ``SPEED_BATCH`` tiles (CPU)."""
-    batch = np.ascontiguousarray(np.resize(tiles, (SPEED_BATCH, *tiles.shape[1:])))
+    """Median over paired rounds of fp32 time / int8 time for one batch of ``batch_size`` inputs (CPU): tiles, or
+    for the dense graph whole frames."""
+    batch = np.ascontiguousarray(np.resize(tiles, (batch_size, *tiles.shape[1:])))
     sessions = [make_session(str(path), providers="cpu") for path in (fp32_path, int8_path)]
     for session in sessions:  # warm-up: first runs allocate
         session.run(None, {"image": batch})

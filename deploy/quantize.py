@@ -173,12 +173,15 @@ def quantize_int8(
     recipe: Int8Recipe = Int8Recipe(),
     *,
     calibration_cache: str | os.PathLike | None = None,
+    tiles_per_input: int = 1,
 ) -> Path:
     """Static int8 (uint8 activations) calibrated on ``tiles``, following ``recipe`` (with its bias correction, also
     on ``tiles``).
 
     ``calibration_cache`` is a JSON file of calibrated ranges that is written on first use and read afterwards,
     for trying recipes that share :meth:`Int8Recipe.calibration_key` on the same tiles (benchmarks/int8.py).
+    ``tiles_per_input``: how many tiles each input holds (the dense graph reads mosaics of tiles); the bias
+    correction measures on as many tiles, not inputs, as for the tile graph.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -216,9 +219,9 @@ def quantize_int8(
     if pixels is not None:
         read_pixels_directly(out_path, pixels)
     if recipe.bias_correction:
-        from crackscope.deploy.bias import correct_biases
+        from crackscope.deploy.bias import BIAS_TILES, correct_biases
 
-        correct_biases(fp32_path, out_path, tiles)
+        correct_biases(fp32_path, out_path, tiles, max(1, BIAS_TILES // tiles_per_input))
     return out_path
 
 

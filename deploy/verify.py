@@ -11,8 +11,12 @@ of logit 0 unless its reference logit is within its tolerance of 0.
 
 The dense whole-frame graph is compared with PyTorch on frames of two sizes (its CAM element-wise, and the whole-
 frame logit ``bias + sum of the CAM``), so a size baked into the graph, or padding that holds for one size only,
-cannot hide either. int8 and fp16 are compared with the verified fp32 ONNX model on the same tiles with their own,
-looser tolerances: what must not change is the decision, nor (for int8) the shape of the heatmap, measured by
+cannot hide either. Its int8 variant is compared with it tile by tile: the verification tiles are laid out as
+mosaics (:func:`~crackscope.inspect.dense.mosaics`), and each tile's CAM cells and logit are cut from the mosaic's
+CAM (:func:`dense_onnx_parity`), so the int8 gates mean for the dense graph what they mean for the tile model.
+
+int8 and fp16 are compared with the verified fp32 ONNX model on the same tiles with their own, looser tolerances:
+what must not change is the decision, nor (for int8) the shape of the heatmap, measured by
 :func:`heatmap_correlations`.
 
 Example:
@@ -29,6 +33,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from crackscope.inspect.dense import MOSAIC_COLUMNS, MOSAIC_ROWS, mosaic_boxes, mosaics
 from crackscope.inspect.model import make_session
 from crackscope.training.backbones import CrackNet
 
@@ -362,4 +367,62 @@ def dense_parity(
         exact_decisions=True,
         unit=f"frames ({', '.join(f'{f.shape[1]}x{f.shape[0]}' for f in frames)})",
         **measured,
+    )
+
+
+def mosaic_outputs(
+    session: ort.InferenceSession, frames: np.ndarray, rows: int = MOSAIC_ROWS, columns: int = MOSAIC_COLUMNS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each tile's logit ``[N]`` and CAM ``[N, f, f]`` as the dense graph sees it inside :func:`mosaics` frames
+    ``[M, rows * S, columns * S, 3]`` (neighbouring tiles as context), ``N = M * rows * columns``, row by row: the
+    frame CAM's cells under the tile, and the bias plus their sum."""
+    size = frames.shape[1] // rows
+    boxes = mosaic_boxes(size, rows, columns)
+    logits, cams = [], []
+    for frame in frames:
+        cam, bias = session.run(["cam", "bias"], {"image": frame[np.newaxis]})
+        cell = frame.shape[0] // cam.shape[1]
+        for x, y, w, h in boxes // cell:
+            block = cam[0, y : y + h, x : x + w]
+            cams.append(block)
+            logits.append(float(bias[0]) + float(block.sum(dtype=np.float64)))
+    return np.array(logits, np.float32), np.stack(cams)
+
+
+def dense_tile_outputs(
+    session: ort.InferenceSession, tiles: np.ndarray, rows: int = MOSAIC_ROWS, columns: int = MOSAIC_COLUMNS
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`mosaic_outputs` of ``tiles`` laid out as mosaics, one per tile in their order."""
+    logits, cams = mosaic_outputs(session, mosaics(tiles, rows, columns), rows, columns)
+    return logits[: len(tiles)], cams[: len(tiles)]
+
+
+def dense_onnx_parity(
+    reference_model: str | bytes,
+    candidate_model: str | bytes,
+    tiles: np.ndarray,
+    *,
+    candidate: str,
+    min_agreement: float,
+    min_cam_correlation: float | None = None,
+    labels: np.ndarray | None = None,
+    groups: Sequence[str] | None = None,
+    rows: int = MOSAIC_ROWS,
+    columns: int = MOSAIC_COLUMNS,
+) -> ParityReport:
+    """A reduced-precision dense graph against the verified fp32 one (both on the CPU), tile by tile on mosaics of
+    ``tiles`` (:func:`dense_tile_outputs`), gated as :func:`onnx_parity` gates the tile model."""
+    reference = dense_tile_outputs(make_session(reference_model, providers="cpu"), tiles, rows, columns)
+    measured = dense_tile_outputs(make_session(candidate_model, providers="cpu"), tiles, rows, columns)
+    compared = _compare([reference], [measured], labels, float("inf"), 0.0, groups=groups)
+    return ParityReport(
+        "onnx-fp32-dense",
+        candidate,
+        len(tiles),
+        (1,),
+        logit_tolerance=float("inf"),
+        min_agreement=min_agreement,
+        min_cam_correlation=min_cam_correlation,
+        unit=f"tiles (in {-(-len(tiles) // (rows * columns))} mosaics of {rows} x {columns})",
+        **compared,
     )

@@ -34,6 +34,8 @@ import numpy as np
 
 from crackscope.inspect.tiling import TileGrid, grid_positions, tile_coverage
 
+MOSAIC_ROWS, MOSAIC_COLUMNS = 2, 4  # tiles per mosaic (:func:`mosaics`): one call of the dense graph
+MOSAIC_TILES = MOSAIC_ROWS * MOSAIC_COLUMNS
 STRIDE = 32  # the stride of every backbone crackscope exports: frames and tile origins align to 32 px
 
 
@@ -102,3 +104,28 @@ def dense_heat(cam: np.ndarray, grid: TileGrid, indices: np.ndarray | None = Non
     if indices is not None and len(indices) < len(grid):
         heat = np.where(tile_coverage(grid, indices), heat, np.float32(0.0))
     return np.ascontiguousarray(heat)
+
+
+def mosaics(tiles: np.ndarray, rows: int = MOSAIC_ROWS, columns: int = MOSAIC_COLUMNS) -> np.ndarray:
+    """``tiles`` ``[N, S, S, 3]`` laid out as frames of ``rows x columns`` tiles, row by row: ``[ceil(N / k), rows * S,
+    columns * S, 3]`` with ``k = rows * columns``.
+
+    The last frame is filled up with the first tiles again, so every tile is in a frame and :func:`mosaic_boxes`
+    of the first ``N`` positions are the tiles in order. This is how the dense graph is quantised and verified on
+    tiles: it sees frame-sized inputs, and each tile sits on its own whole CAM cells (0% overlap, origins on the
+    32 px grid), so its dense logit is comparable tile by tile.
+    """
+    if rows < 1 or columns < 1:
+        raise ValueError(f"a mosaic needs at least one row and one column, got {rows} x {columns}")
+    if len(tiles) == 0:
+        raise ValueError("no tiles to lay out")
+    per = rows * columns
+    count = -(-len(tiles) // per)
+    filled = np.resize(tiles, (count * per, *tiles.shape[1:]))  # repeats the first tiles at the end
+    grid = filled.reshape(count, rows, columns, *tiles.shape[1:])
+    return np.ascontiguousarray(grid.transpose(0, 1, 3, 2, 4, 5).reshape(count, rows * tiles.shape[1], -1, 3))
+
+
+def mosaic_boxes(size: int, rows: int = MOSAIC_ROWS, columns: int = MOSAIC_COLUMNS) -> np.ndarray:
+    """The ``(x, y, w, h)`` box of each tile position of a :func:`mosaics` frame, row by row."""
+    return np.array([(c * size, r * size, size, size) for r in range(rows) for c in range(columns)], np.int64)

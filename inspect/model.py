@@ -735,9 +735,10 @@ def open_model(
         raise ValueError(f"mode must be tiled or dense, got {mode!r}")
     dense = dense_path(path)
     if not dense.is_file():
+        flags = "--dense --int8" if dense.name.endswith(".int8.dense.onnx") else "--dense"
         raise ModelLoadError(
             f"{dense}: no dense graph beside {Path(path).name}, so dense mode cannot run; 'crackscope export "
-            f"--dense' (or --add-dense) writes one beside the fp32 model, or run tiled"
+            f"{flags}' (or --add-dense) writes it, or run tiled"
         )
     model = DenseModel(dense, providers=providers, intra_op_threads=intra_op_threads)
     try:

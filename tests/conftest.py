@@ -122,6 +122,7 @@ class LineModel:
     data: Path
     input_size: int
     dense_agreement: dict  # what export measured and recorded in the dense card
+    checkpoint: Path
 
 
 @pytest.fixture(scope="session")
@@ -164,7 +165,15 @@ def line_model(tmp_path_factory) -> LineModel:
     )
     assert not result.refused, result.describe()
     (dense,) = [m for m in result.models if m.agreement is not None and m.precision == "fp32"]
-    return LineModel(root / "model.onnx", root / "model.int8.onnx", dense.path, data, 96, dense.agreement.summary())
+    return LineModel(
+        root / "model.onnx",
+        root / "model.int8.onnx",
+        dense.path,
+        data,
+        96,
+        dense.agreement.summary(),
+        Path(run.checkpoint),
+    )
 
 
 # --- a brightness model: a real ONNX file whose logit the test controls through pixel values ----------------------

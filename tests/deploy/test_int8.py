@@ -203,8 +203,8 @@ def test_int8_whose_heatmaps_drift_is_refused_like_one_whose_decisions_drift(
 ):
     honest = mixed_module.quantize_int8
 
-    def drifting(fp32_path, out_path, tiles, recipe, calibration_cache=None):
-        honest(fp32_path, out_path, tiles, recipe, calibration_cache=calibration_cache)
+    def drifting(fp32_path, out_path, tiles, recipe, **options):
+        honest(fp32_path, out_path, tiles, recipe, **options)
         onnx.save(_reflected_cam(onnx.load(str(out_path))), str(out_path))
         return out_path
 
