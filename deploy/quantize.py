@@ -53,6 +53,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -62,6 +65,8 @@ from typing import Literal
 
 import numpy as np
 import onnx
+
+log = logging.getLogger(__name__)
 
 
 class _TileReader:
@@ -201,21 +206,25 @@ def quantize_int8(
             overrides[pixels.stem_input] = [
                 {"scale": np.array(pixels.scale, np.float32), "zero_point": np.array(pixels.zero_point, np.uint8)}
             ]
-        quantize_static(
-            str(prepared),
-            str(out_path),
-            _TileReader(tiles),
-            quant_format=QuantFormat[recipe.quant_format],
-            per_channel=recipe.per_channel,
-            reduce_range=recipe.reduce_range,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType[recipe.weight_type],
-            calibrate_method=CalibrationMethod[recipe.calibration],
-            op_types_to_quantize=list(recipe.op_types),
-            nodes_to_exclude=kept_float,
-            extra_options=_extra_options(recipe, overrides),
-            calibration_cache_path=calibration_cache,
-        )
+        chatter = io.StringIO()  # ONNX Runtime's calibrators print progress lines to stdout
+        with contextlib.redirect_stdout(chatter):
+            quantize_static(
+                str(prepared),
+                str(out_path),
+                _TileReader(tiles),
+                quant_format=QuantFormat[recipe.quant_format],
+                per_channel=recipe.per_channel,
+                reduce_range=recipe.reduce_range,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType[recipe.weight_type],
+                calibrate_method=CalibrationMethod[recipe.calibration],
+                op_types_to_quantize=list(recipe.op_types),
+                nodes_to_exclude=kept_float,
+                extra_options=_extra_options(recipe, overrides),
+                calibration_cache_path=calibration_cache,
+            )
+        if chatter.getvalue():
+            log.debug("quantize_static: %s", chatter.getvalue().strip())
     if pixels is not None:
         read_pixels_directly(out_path, pixels)
     if recipe.bias_correction:
