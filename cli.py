@@ -798,6 +798,7 @@ def _add_review(subparsers) -> None:
         "review-export.csv tracing each image to its record. Exporting again to the same folder replaces it.",
         "crackscope review export --results runs/line3 --out datasets/line3-reviewed",
     )
+    export.prog = "crackscope review export"  # not the parent's two-line usage
     export.add_argument("--results", dest="export_results", metavar="DIR", required=True, help="results folder")
     export.add_argument(
         "--out", metavar="DATASET", required=True, help="dataset folder to write (new, empty, or an earlier export)"

@@ -2,9 +2,9 @@
 
 Pages (server-rendered Flask templates in ``templates/review``, one CSS and one JS file, no build step):
 
-* ``/``: the queue (REVIEW, then DEFECT by score, then a random sample of OK), with counts and filters by verdict,
-  review status, time, source and model id. It polls ``/api/summary`` and offers a reload when a daemon adds
-  records (every page reads the live ``results.sqlite``).
+* ``/``: the queue (REVIEW, then DEFECT by score, then a random sample of OK; unreviewed items unless another
+  status is chosen), with counts and filters by verdict, review status, time, source and model id. It polls
+  ``/api/summary`` and offers a reload when a daemon adds records (every page reads the live ``results.sqlite``).
 * ``/item/<id>``: the frame with its heatmap stacked on top (opacity slider, toggle), region boxes, the score of
   each tile under the pointer, the model id and the calibration in force, the decisions so far, and buttons with
   keyboard shortcuts: ``o`` ok, ``d`` defect, ``a`` ambiguous (each saves and moves to the next item), ``n`` next,
@@ -16,8 +16,10 @@ Decisions go to their own tables in the same SQLite file; the records are never 
 
 Security: the server binds 127.0.0.1 unless told otherwise, and refuses to bind any other address without an
 access token (asked for once per browser, then kept in a cookie). Only image files inside the results folder are
-served (no ``..``, absolute paths or symlinks out). Every change is a POST carrying the page's form token, from the
-same origin; requests naming another Host are refused (DNS rebinding), and pages may not be framed.
+served (no ``..``, absolute paths, symlinks out or hard links), and pages show downsized copies of them
+(:func:`_view`); redirects go only to paths on this server (:func:`local_target`). Every change is a POST carrying
+the page's form token, from the same origin; requests naming another Host are refused (DNS rebinding), and pages
+may not be framed.
 
 Example:
     $ crackscope review --results runs/line3
@@ -26,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import math
@@ -71,6 +74,8 @@ REVIEWER_COOKIE, TOKEN_COOKIE = "crackscope_reviewer", "crackscope_token"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
 _KEYS = {Label.OK: "o", Label.DEFECT: "d", Label.AMBIGUOUS: "a"}
 _FILTER_KEYS = ("verdict", "status", "since", "until", "source", "model")
+VIEW_SIDES = {"thumb": 360, "screen": 1600}  # longest side of the downsized copies pages show (px)
+VIEW_CACHE = 256  # downsized copies kept in memory (a 1600 px JPEG is about 0.3 MB, a thumbnail 20 kB)
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,8 @@ def check_config(config: ReviewConfig) -> None:
         )
     if config.token is not None and len(config.token) < 8:
         raise ReviewError("--token must be at least 8 characters")
+    if isinstance(config.port, bool) or not isinstance(config.port, int) or not 0 <= config.port <= 65535:
+        raise ReviewError(f"--port must be a whole number from 0 (any free port) to 65535, got {config.port!r}")
     if config.ok_sample < 0 or config.page_size < 1:
         raise ReviewError("ok_sample must be at least 0 and page_size at least 1")
     with ReviewStore(config.results):  # a usable store (and the decision tables, created once here)
@@ -131,6 +138,7 @@ def create_app(config: ReviewConfig, port: int | None = None) -> Flask:
         status_choices=STATUS_CHOICES,
         labels=list(Label),
         keys=_KEYS,
+        screen_side=VIEW_SIDES["screen"],
         short=lambda model_id: (model_id or "")[:12],
         when=lambda time: (time or "").replace("T", " ")[:19] + " UTC" if time else "",
         percent=lambda value: "—" if value is None else f"{100 * value:.1f}%",
@@ -184,7 +192,8 @@ def _guard() -> Response | None:
         offered = request.args.get("token")
         if offered is not None and _same(offered, token):
             query = {k: v for k, v in request.args.items() if k != "token"}
-            response = redirect(request.path + ("?" + urlencode(query) if query else ""), 303)
+            target = local_target(request.path + ("?" + urlencode(query) if query else "")) or "/"
+            response = redirect(target, 303)
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
             return response
         held = request.cookies.get(TOKEN_COOKIE) or request.headers.get("Authorization", "").removeprefix("Bearer ")
@@ -234,6 +243,7 @@ def _routes(app: Flask) -> None:
     app.add_url_rule("/reviewer", "reviewer", _set_reviewer, methods=["POST"])
     app.add_url_rule("/stats", "stats", _stats_page)
     app.add_url_rule("/files/<path:relpath>", "files", _file)
+    app.add_url_rule("/view/<size>/<path:relpath>", "view", _view)
     app.add_url_rule("/heat/<result_id>.png", "heat", _heat)
     app.add_url_rule("/api/summary", "summary", _summary)
 
@@ -242,7 +252,7 @@ def _selection() -> QueueFilter:
     args = request.args
     return QueueFilter(
         verdict=args.get("verdict") or "queue",
-        status=args.get("status") or "any",
+        status=args.get("status") or "unreviewed",
         since=(args.get("since") or "").strip(),
         until=(args.get("until") or "").strip(),
         source=(args.get("source") or "").strip(),
@@ -307,6 +317,7 @@ def _item_page(result_id: str) -> str:
         "item.html",
         record=record,
         files={k: _servable(getattr(record, f"{k}_path")) for k in ("image", "overlay", "heatmap")},
+        shown={k: _servable(getattr(record, f"{k}_path"), "screen") for k in ("image", "overlay")},
         decisions=decisions,
         mine=next((d.label for d in decisions if d.reviewer == reviewer), None),
         history=store.history(result_id),
@@ -352,12 +363,25 @@ def _decide(result_id: str) -> Response:
 
 def _set_reviewer() -> Response:
     name = clean_reviewer(request.form.get("name", ""))
-    target = request.form.get("next", "")
-    if not target.startswith("/") or target.startswith("//") or "\\" in target:
-        target = url_for("queue")
+    target = local_target(request.form.get("next", "")) or url_for("queue")
     response = redirect(target, 303)
     response.set_cookie(REVIEWER_COOKIE, name, max_age=365 * 24 * 3600, httponly=True, samesite="Strict")
     return response
+
+
+def local_target(target: str) -> str | None:
+    """``target`` when a browser sent there stays on this server, else None.
+
+    A local target is an absolute path: one ``/``, then no ``/`` or ``\\`` (which browsers read as ``//``: another
+    host), and only printable ASCII. Browsers drop tabs and newlines from a URL before reading it, so ``/``, a
+    tab, then ``/evil.example`` is ``//evil.example`` to them; and a newline cannot go into a ``Location`` header.
+    """
+    if not target.startswith("/") or target[1:2] in ("/", "\\"):
+        return None
+    if any(not 0x20 < ord(char) < 0x7F for char in target) or "\\" in target:
+        return None
+    parts = urlsplit(target)
+    return None if parts.scheme or parts.netloc else target
 
 
 def _stats_page() -> str:
@@ -388,19 +412,56 @@ def _file(relpath: str) -> Response:
     return response
 
 
-def _heat(result_id: str) -> Response:
-    """The record's saved colour heatmap with cold areas transparent, to lay over the frame."""
-    record = _store().record(result_id)
-    path = served_file(current_app.config["RESULTS"], record.heatmap_path or "") if record is not None else None
-    heat = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR) if path is not None else None
-    if heat is None:
-        abort(404, "No heatmap saved for this record.")
-    ok, png = cv2.imencode(".png", transparent_heatmap(heat))
-    if not ok:
-        abort(404, "No heatmap saved for this record.")
-    response = Response(png.tobytes(), mimetype="image/png")
+def _view(size: str, relpath: str) -> Response:
+    """An image of the results folder downsized for a page (``thumb`` for the queue, ``screen`` for an item), as
+    JPEG; one already that small is sent as it is. The full-size file stays at ``/files/``."""
+    side = VIEW_SIDES.get(size)
+    path = served_file(current_app.config["RESULTS"], relpath)
+    if side is None or path is None:
+        abort(404, "No such image in this results folder.")
+    stat = path.stat()
+    data = _downsized(str(path), stat.st_mtime_ns, stat.st_size, side, "jpeg")
+    if data is None:
+        response = send_file(path, conditional=True, max_age=3600)
+    else:
+        response = Response(data, mimetype="image/jpeg")
     response.headers["Cache-Control"] = "private, max-age=3600"
     return response
+
+
+def _heat(result_id: str) -> Response:
+    """The record's saved colour heatmap with cold areas transparent, to lay over the frame (at most the
+    ``screen`` size: it is stretched over the frame's picture by the page)."""
+    record = _store().record(result_id)
+    path = served_file(current_app.config["RESULTS"], record.heatmap_path or "") if record is not None else None
+    stat = path.stat() if path is not None else None
+    png = _downsized(str(path), stat.st_mtime_ns, stat.st_size, VIEW_SIDES["screen"], "heat") if stat else None
+    if png is None:
+        abort(404, "No heatmap saved for this record.")
+    response = Response(png, mimetype="image/png")
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@functools.lru_cache(maxsize=VIEW_CACHE)
+def _downsized(path: str, mtime_ns: int, size: int, side: int, kind: str) -> bytes | None:
+    """``path`` with its longest side at most ``side`` px: JPEG (``kind`` ``jpeg``; None when the file is already
+    that small or cannot be read) or a transparent heatmap PNG (``heat``). Keyed by the file's modification time
+    and size too, so a file written again is read again."""
+    image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return None
+    scale = side / max(image.shape[:2])
+    if scale < 1.0:
+        width, height = max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    elif kind == "jpeg":
+        return None
+    if kind == "heat":
+        ok, data = cv2.imencode(".png", transparent_heatmap(image))
+    else:
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 88])
+    return data.tobytes() if ok else None
 
 
 def transparent_heatmap(heat: np.ndarray) -> np.ndarray:
@@ -420,7 +481,9 @@ def served_file(root: Path, relpath: str) -> Path | None:
     """The image file ``relpath`` names inside ``root``, or None for anything else.
 
     Refused: absolute paths, ``..`` and empty segments, backslashes, NUL, paths that resolve (through symlinks)
-    outside ``root``, and files that are not images (``results.sqlite`` stays private).
+    outside ``root``, files with more than one hard link (a hard link is another name for a file anywhere on the
+    same disk, and nothing crackscope writes has one), and files that are not images (``results.sqlite`` stays
+    private).
     """
     if not relpath or relpath.startswith("/") or "\\" in relpath or "\x00" in relpath:
         return None
@@ -432,14 +495,20 @@ def served_file(root: Path, relpath: str) -> Path | None:
         return None
     if not resolved.is_relative_to(root) or not resolved.is_file() or resolved.suffix.lower() not in SERVED_SUFFIXES:
         return None
+    try:
+        if resolved.stat().st_nlink != 1:
+            return None
+    except OSError:
+        return None
     return resolved
 
 
-def _servable(relpath: str | None) -> str | None:
-    """The URL of a saved image when the file is there to serve, else None (the page shows what it has)."""
+def _servable(relpath: str | None, size: str | None = None) -> str | None:
+    """The URL of a saved image when the file is there to serve (``size``: its downsized copy, :func:`_view`),
+    else None (the page shows what it has)."""
     if not relpath or served_file(current_app.config["RESULTS"], relpath) is None:
         return None
-    return url_for("files", relpath=relpath)
+    return url_for("files", relpath=relpath) if size is None else url_for("view", size=size, relpath=relpath)
 
 
 # --- serving ----------------------------------------------------------------------------------------------------

@@ -207,11 +207,18 @@ class ReviewStore:
     # --- decisions ----------------------------------------------------------------------------------------------
 
     def decide(self, result_id: str, reviewer: str, label: Label | str) -> Decision:
-        """Record (or replace) ``reviewer``'s decision on a record; the record itself is not touched."""
+        """Record (or replace) ``reviewer``'s decision on a record; the record itself is not touched.
+
+        The same decision sent again (a double click, a form sent twice) changes nothing and is not logged again:
+        the reviewer's standing decision is returned.
+        """
         label = Label(label)
         reviewer = clean_reviewer(reviewer)
         if self.verdict_of(result_id) in (None, Verdict.ERROR):
             raise ReviewError(f"no inspected record {result_id!r} to decide on")
+        standing = next((d for d in self.decisions(result_id) if d.reviewer == reviewer), None)
+        if standing is not None and standing.label is label:
+            return standing
         decision = Decision(result_id, reviewer, label, utc_now())
         row = (decision.result_id, decision.reviewer, decision.label.value, decision.time)
         with self._db:

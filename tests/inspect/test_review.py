@@ -580,8 +580,9 @@ def test_deciding_moves_to_the_next_item_of_the_queue_and_the_page_shows_what_wa
     assert headers["Location"].startswith(f"/item/{order[1]}?")
     page = _text(server, headers["Location"], headers=cookie)[1]
     assert "Saved <b>ok</b>" in page
-    page = _text(server, f"/item/{order[0]}", headers=cookie)[1]
-    assert re.search(r'class="label ok chosen"', page) and "1 of" in page
+    page = _text(server, f"/item/{order[0]}", headers=cookie)[1]  # decided: no longer in the default queue
+    assert re.search(r'class="label ok chosen"', page) and "not in the filtered queue" in page
+    assert "1 of" in _text(server, f"/item/{order[0]}?status=any", headers=cookie)[1]
 
 
 def test_the_reviewer_name_is_kept_in_a_cookie_and_redirects_stay_on_this_site(server):
@@ -680,3 +681,127 @@ def test_an_empty_results_folder_serves_an_empty_queue_and_stats_and_bad_request
         assert status == 400 and "is not a time" in page
         status, page = _text(server, "/item/nope")
         assert status == 404 and "No such record" in page
+
+
+# --- fixes from a browser and curl trial ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "/ /evil.example",
+        "//evil.example",
+        "/\\evil.example",
+        "https://evil.example/",
+        "javascript:alert(1)",
+        "/stats\r\nSet-Cookie: a=b",
+        "/caf\u00e9",
+        "",
+        "stats",
+    ],
+)
+def test_a_redirect_target_that_a_browser_would_take_off_site_or_that_breaks_a_header_is_refused(target):
+    from crackscope.inspect.review import local_target
+
+    assert local_target(target) is None
+    assert local_target("/item/abc?verdict=queue&source=line+3") == "/item/abc?verdict=queue&source=line+3"
+
+
+def test_next_with_a_tab_or_a_newline_redirects_to_the_queue_not_off_site_or_to_an_error(server):
+    token = _csrf(_text(server, "/")[1])
+    for target in ("%2F%09%2Fevil.example", "%2F%0A%2Fevil.example", "%2Fstats%0D%0ASet-Cookie%3A+a%3Db"):
+        status, headers, _ = _request(server, "POST", "/reviewer", body=f"name=x&next={target}&csrf={token}")
+        assert (status, headers["Location"]) == (303, "/")
+
+
+def test_the_token_redirect_stays_on_this_site_whatever_path_it_was_asked_for(results):
+    secret = "s3cret-token-1234"
+    with ReviewServer(ReviewConfig(results=str(results), port=0, token=secret)) as server:
+        status, headers, _ = _request(server, "GET", f"/%09/evil.example?token={secret}")
+        assert status == 303 and headers["Location"] == "/"
+
+
+@pytest.mark.parametrize("port", [65536, -5, 100000, True])
+def test_a_port_outside_0_to_65535_is_a_clear_error(results, port):
+    with pytest.raises(ReviewError, match=r"--port must be a whole number from 0 .* to 65535"):
+        check_config(ReviewConfig(results=str(results), port=port))
+
+
+def test_review_with_a_bad_port_fails_with_one_line_not_a_traceback(results, capsys):
+    assert main(["review", "--results", str(results), "--port", "-5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crackscope review: error: --port must be") and err.count("\n") == 1
+
+
+def test_the_same_decision_sent_twice_is_stored_and_logged_once(server, results):
+    with ReviewStore(results) as store:
+        item = _ids(store)["review_hi"]
+    cookie = {"Cookie": "crackscope_reviewer=alice"}
+    token = _csrf(_text(server, f"/item/{item}", headers=cookie)[1])
+    for label in ("defect", "defect", "defect", "ok"):
+        status, _, _ = _request(
+            server, "POST", f"/item/{item}/decision", headers=cookie, body=f"label={label}&csrf={token}"
+        )
+        assert status == 303
+    with ReviewStore(results) as store:
+        assert [d.label for d in store.history(item)] == [Label.DEFECT, Label.OK]
+        assert [d.label for d in store.decisions(item)] == [Label.OK]
+
+
+def test_the_item_page_ignores_a_held_key_and_sends_one_decision_per_press(server):
+    status, script = _text(server, "/static/review.js")
+    assert status == 200
+    assert "event.repeat" in script and re.search(r"if \(sent\) \{ event\.preventDefault\(\)", script)
+
+
+@pytest.mark.skipif(not hasattr(os, "link"), reason="needs hard links")
+def test_a_hard_link_inside_the_results_folder_is_not_served(server, results):
+    secret = results.parent / "secret.png"
+    cv2.imwrite(str(secret), _frame(99))
+    os.link(secret, results / "review" / "hard.png")
+    assert _request(server, "GET", "/files/review/hard.png")[0] == 404
+    assert _request(server, "GET", "/view/thumb/review/hard.png")[0] == 404
+
+
+def test_pages_get_downsized_copies_of_large_frames_and_heatmaps_and_link_the_full_size(server, results):
+    with ReviewStore(results) as store:
+        record = store.record(_ids(store)["review_hi"])
+    big = cv2.resize(_frame(5), (4000, 3000), interpolation=cv2.INTER_NEAREST)
+    cv2.imwrite(str(results / record.image_path), big)
+    heat = np.zeros((3000, 4000), np.float32)
+    heat[1000:2000, 1500:2500] = 1.0
+    cv2.imwrite(str(results / record.heatmap_path), colour_heatmap(heat))
+    full = _request(server, "GET", "/files/" + record.image_path)[2]
+    for size, side in (("thumb", 360), ("screen", 1600)):
+        status, headers, data = _request(server, "GET", f"/view/{size}/{record.image_path}")
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert status == 200 and headers["Content-Type"] == "image/jpeg" and max(image.shape[:2]) == side
+        assert len(data) < len(full) / 3  # 16% of the pixels at most
+    status, _, data = _request(server, "GET", f"/heat/{record.id}.png")
+    layer = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert status == 200 and layer.shape == (1200, 1600, 4)
+    assert layer[600, 800, 3] > 200 and layer[50, 50, 3] == 0  # still hot in the middle, clear at the edge
+    page = _text(server, f"/item/{record.id}")[1]
+    assert f'src="/view/screen/{record.image_path}"' in page and f'href="/files/{record.image_path}"' in page
+    queue = _text(server, "/?status=any")[1]
+    assert "/view/thumb/review/" in queue and 'src="/files/' not in queue
+    small = _request(server, "GET", f"/view/thumb/{record.overlay_path}")  # 64 x 48: sent as it is
+    assert small[0] == 200 and small[2] == (results / record.overlay_path).read_bytes()
+    assert _request(server, "GET", f"/view/huge/{record.image_path}")[0] == 404
+
+
+def test_the_queue_shows_unreviewed_items_unless_asked_for_all(server, results):
+    with ReviewStore(results) as store:
+        item = _ids(store)["review_hi"]
+        store.decide(item, "alice", Label.DEFECT)
+    assert "review_hi.png" not in _text(server, "/")[1]
+    assert "review_hi.png" in _text(server, "/?status=any")[1]
+    assert re.search(r'<option value="unreviewed" selected', _text(server, "/")[1])
+
+
+def test_review_export_help_shows_its_own_usage(capsys):
+    with pytest.raises(SystemExit):
+        main(["review", "export", "--help"])
+    assert capsys.readouterr().out.startswith("usage: crackscope review export [-h] --results DIR --out DATASET\n")

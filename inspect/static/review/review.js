@@ -91,8 +91,21 @@
     const toggleHeat = heatmapControls();
     const toggleBoxes = boxControls();
     tileScores();
+    // One decision per key press: a held key repeats keydown, which would decide the next item too.
+    const form = document.getElementById("decision-form");
+    let sent = false;
+    if (form) {
+      form.addEventListener("submit", function (event) {
+        if (sent) { event.preventDefault(); return; }
+        sent = true;
+        form.querySelectorAll("button").forEach(function (b) { b.setAttribute("aria-busy", "true"); });
+      });
+      window.addEventListener("pageshow", function (event) {  // back to this page from the browser's cache
+        if (event.persisted) { sent = false; form.querySelectorAll("button").forEach(function (b) { b.removeAttribute("aria-busy"); }); }
+      });
+    }
     document.addEventListener("keydown", function (event) {
-      if (typing(event)) return;
+      if (typing(event) || event.repeat) return;
       const key = event.key.toLowerCase();
       const button = document.querySelector('#decision-form button[data-key="' + key + '"]');
       if (button) {
