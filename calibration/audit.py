@@ -45,6 +45,7 @@ import numpy as np
 
 from crackscope.calibration.annotators import AnnotatorReliability, Kappa, Vote, dawid_skene, pairwise_kappa
 from crackscope.calibration.score import Scores, model_tiles, score_samples
+from crackscope.calibration.stats import logit
 from crackscope.config import replacing
 from crackscope.inspect.card import Calibration
 from crackscope.inspect.decision import Verdict, is_identity, probability, verdicts
@@ -215,18 +216,10 @@ def weighted_share(cast: Sequence[Vote], weights: dict[str, float]) -> float | N
     return sum(weights.get(annotator, 1.0) * vote for _, annotator, vote in cast) / total
 
 
-def near_threshold(logit: float, calibration: Calibration, margin: float) -> bool:
+def near_threshold(raw: float, calibration: Calibration, margin: float) -> bool:
     """Whether a raw logit lies within ``margin`` calibrated logits of ``ok_below`` or ``defect_at_or_above``."""
-    scaled = logit / calibration.temperature
-    return any(abs(scaled - _logit(t)) <= margin for t in (calibration.ok_below, calibration.defect_at_or_above))
-
-
-def _logit(p: float) -> float:
-    if p <= 0.0:
-        return -math.inf
-    if p >= 1.0:
-        return math.inf
-    return math.log(p) - math.log1p(-p)
+    scaled = raw / calibration.temperature
+    return any(abs(scaled - logit(t)) <= margin for t in (calibration.ok_below, calibration.defect_at_or_above))
 
 
 def rank_items(
@@ -242,9 +235,7 @@ def rank_items(
     probs = probability(scores.logits, calibration)
     decided = verdicts(probs, calibration)
     items = []
-    for index, (sample, logit, p, verdict) in enumerate(
-        zip(scores.samples, scores.logits, probs, decided, strict=True)
-    ):
+    for index, (sample, raw, p, verdict) in enumerate(zip(scores.samples, scores.logits, probs, decided, strict=True)):
         cast = votes.get(index, [])
         share = float(np.mean([v for _, _, v in cast])) if cast else None
         unlabelled = sample.clarity is Clarity.AMBIGUOUS and not cast
@@ -252,7 +243,7 @@ def rank_items(
         other = other_class_probability(label, float(p))
         q = weighted_share(cast, weights)
         doubt = annotator_doubt(q)
-        near = verdict is Verdict.REVIEW or near_threshold(float(logit), calibration, margin)
+        near = verdict is Verdict.REVIEW or near_threshold(float(raw), calibration, margin)
         items.append(
             AuditItem(
                 index=index,

@@ -14,15 +14,12 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from crackscope.calibration.metrics import Reliability, shares
-from crackscope.calibration.thresholds import clopper_pearson_lower, clopper_pearson_upper
-
-if TYPE_CHECKING:
-    from crackscope.calibration.calibrate import Outcome
+from crackscope.calibration.outcome import Outcome
+from crackscope.calibration.stats import clopper_pearson_lower, clopper_pearson_upper, logit
 
 COLOURS = {"ok": "#43a047", "crack": "#e53935", "ambiguous": "#fb8c00", "before": "#9e9e9e", "after": "#1e88e5"}
 _STYLE = """
@@ -128,9 +125,7 @@ def _rates(outcome: Outcome) -> str:
 
 
 def _interval(count: int, n: int, confidence: float) -> tuple[float, float]:
-    """Two-sided Clopper-Pearson interval at ``confidence`` (each tail ``(1 - confidence) / 2``)."""
-    if n == 0:
-        return 0.0, 1.0
+    """Two-sided Clopper-Pearson interval at ``confidence`` (each tail ``(1 - confidence) / 2``; [0, 1] for n = 0)."""
     tail = 1.0 - (1.0 - confidence) / 2.0
     return clopper_pearson_lower(count, n, tail), clopper_pearson_upper(count, n, tail)
 
@@ -255,14 +250,14 @@ def histogram_svg(groups: Sequence[tuple[str, np.ndarray]], calibration, bins: i
         return H - PAD - share / top * plot_h
 
     parts = [_open(W + 110, H), _axes_box(PAD, PAD, plot_w, plot_h)]
-    low, high = _logit(calibration.ok_below), _logit(calibration.defect_at_or_above)
+    low, high = logit(calibration.ok_below), logit(calibration.defect_at_or_above)
     if high > low:
         parts.append(
             f"<rect x='{x(low):.1f}' y='{PAD}' width='{x(high) - x(low):.1f}' height='{plot_h}' fill='#ffe0b2' "
             "fill-opacity='0.6'/>"
         )
     for p in (1e-4, 0.01, 0.1, 0.5, 0.9, 0.99, 0.9999):
-        parts.append(f"<text x='{x(_logit(p)):.1f}' y='{H - PAD + 15}' text-anchor='middle'>{p:g}</text>")
+        parts.append(f"<text x='{x(logit(p)):.1f}' y='{H - PAD + 15}' text-anchor='middle'>{p:g}</text>")
     for (name, _), share in zip(groups, heights, strict=True):
         path = [f"{x(edges[0]):.1f},{y(0):.1f}"]
         for left, right, h in zip(edges[:-1], edges[1:], share, strict=True):
@@ -286,14 +281,6 @@ def histogram_svg(groups: Sequence[tuple[str, np.ndarray]], calibration, bins: i
         parts.append(f"<text x='{legend_x + 18}' y='{top_y + 1}'>{name} ({len(raw)})</text>")
     parts.append("</svg>")
     return "".join(parts)
-
-
-def _logit(p: float) -> float:
-    if p <= 0.0:
-        return -math.inf
-    if p >= 1.0:
-        return math.inf
-    return math.log(p) - math.log1p(-p)
 
 
 def _open(width: float, height: float) -> str:

@@ -75,12 +75,12 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from crackscope.calibration.stats import binomial_cdf, clopper_pearson_upper
 from crackscope.inspect.card import Calibration
 from crackscope.inspect.decision import probability
 
@@ -96,54 +96,6 @@ class InsufficientData(ValueError):
         self.kind = kind  # "crack" or "ok"
         self.have = have
         self.needed = needed
-
-
-# --- binomial tails -------------------------------------------------------------------------------------------------
-
-
-def binomial_cdf(k: np.ndarray | int, n: int, p: float) -> np.ndarray:
-    """``P(Binomial(n, p) <= k)`` for each ``k`` (exact sum of the probability mass, in log space)."""
-    k = np.asarray(k)
-    if n < 0 or not 0.0 <= p <= 1.0:
-        raise ValueError(f"need n >= 0 and 0 <= p <= 1, got n={n}, p={p}")
-    if p in (0.0, 1.0):
-        return np.where(k >= (n if p == 1.0 else 0), 1.0, 0.0) * (k >= 0)
-    top = int(np.clip(k.max(initial=0), 0, n))
-    i = np.arange(top + 1)
-    log_fact = _log_factorials(n)
-    log_pmf = log_fact[n] - log_fact[i] - log_fact[n - i] + i * math.log(p) + (n - i) * math.log1p(-p)
-    cdf = np.minimum(np.cumsum(np.exp(log_pmf)), 1.0)
-    return np.where(k < 0, 0.0, np.where(k >= n, 1.0, cdf[np.clip(k, 0, top)]))
-
-
-@functools.lru_cache(maxsize=16)
-def _log_factorials(n: int) -> np.ndarray:
-    table = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1)))])
-    table.flags.writeable = False
-    return table
-
-
-def clopper_pearson_upper(k: int, n: int, confidence: float) -> float:
-    """One-sided upper confidence bound of a binomial rate after ``k`` events in ``n`` trials (1.0 for ``n = 0``)."""
-    if n == 0 or k >= n:
-        return 1.0
-    delta = 1.0 - confidence
-    i = np.arange(k + 1)
-    log_fact = _log_factorials(n)
-    log_choose = log_fact[n] - log_fact[i] - log_fact[n - i]
-    low, high = k / n, 1.0
-    for _ in range(64):  # P(Bin(n, p) <= k) falls as p grows: bisect for the p where it equals delta
-        middle = 0.5 * (low + high)
-        tail = float(np.exp(log_choose + i * math.log(middle) + (n - i) * math.log1p(-middle)).sum())
-        low, high = (middle, high) if tail > delta else (low, middle)
-    return high
-
-
-def clopper_pearson_lower(k: int, n: int, confidence: float) -> float:
-    """One-sided lower confidence bound of a binomial rate after ``k`` events in ``n`` trials (0.0 for ``k = 0``)."""
-    if n == 0 or k <= 0:
-        return 0.0
-    return 1.0 - clopper_pearson_upper(n - k, n, confidence)
 
 
 def items_needed(rate: float, confidence: float, events: int = 0) -> int:

@@ -10,7 +10,8 @@ These are the only functions that turn a score into a verdict, so training, eval
 factory line cannot disagree about what a threshold means.
 
 Example:
-    >>> from crackscope.inspect.card import Calibration
+    >>> from crackscope.calibration.stats import logit
+from crackscope.inspect.card import Calibration
     >>> band = Calibration(temperature=2.0, ok_below=0.2, defect_at_or_above=0.8)
     >>> [verdict(p, band).value for p in (0.1, 0.5, 0.9)]
     ['OK', 'REVIEW', 'DEFECT']
@@ -23,6 +24,7 @@ from enum import Enum
 
 import numpy as np
 
+from crackscope.calibration.stats import logit
 from crackscope.inspect.card import Calibration
 
 
@@ -71,6 +73,28 @@ def worst(items: Iterable[Verdict]) -> Verdict:
 def is_identity(calibration: Calibration) -> bool:
     """True for an uncalibrated model (temperature 1, one threshold at 0.5, no REVIEW band)."""
     return calibration.method == "identity"
+
+
+def readable_probability(prob: float) -> str:
+    """A calibrated probability with the digits that tell two scores apart, for people.
+
+    Three decimals in the middle of the scale; near 1 the distance from 1 (``1 − 4.0e-06``) and near 0 the value
+    itself (``2.3e-05``), so DEFECTs a sharp calibration puts at 0.99999 and 0.9999999 no longer both read
+    ``1.000``. A value 1 in float64 (log-odds above about 37) reads ``1 − <1e-16``.
+    """
+    prob = float(prob)
+    if 1e-3 <= prob <= 0.999:
+        return f"{prob:.3f}"
+    if prob > 0.999:
+        rest = 1.0 - prob
+        return f"1 − {rest:.1e}" if rest > 0 else "1 − <1e-16"
+    return f"{prob:.1e}" if prob > 0 else "<1e-300"
+
+
+def log_odds(prob: float) -> float:
+    """:func:`~crackscope.calibration.stats.logit` of a score, kept finite for display: a probability of 0 or 1
+    is taken as the nearest float64 inside (about -744 and +36.7; none lies closer to 1 than ``1 - 2**-53``)."""
+    return logit(min(max(float(prob), 5e-324), 1.0 - 2.0**-53))
 
 
 def describe_calibration(calibration: Calibration) -> str:

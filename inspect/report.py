@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from crackscope.inspect.card import ModelCard
-from crackscope.inspect.decision import Verdict
+from crackscope.inspect.decision import Verdict, readable_probability
 from crackscope.inspect.results import InspectionResult, utc_now
 from crackscope.inspect.sinks import ResultStore
 
@@ -137,7 +137,7 @@ def _model_section(meta: dict, card: ModelCard | None) -> str:
 def _tile(record: InspectionResult) -> str:
     e = html.escape
     link = e(record.overlay_path or "")
-    score = "" if record.score is None else f" {record.score:.3f}"
+    score = "" if record.score is None else f" {readable_probability(record.score)}"
     regions = f" &middot; {len(record.regions)} region(s)" if record.regions else ""
     return (
         f"<div class='card'><a href='{link}'><img loading='lazy' src='{link}' alt='{e(record.source)}'></a>"

@@ -38,7 +38,8 @@ class InspectionResult:
         sha256: hash of the file's bytes (files) or of the raw frame pixels (frames); with ``source`` the resume key.
         time: when the decision was made (ISO 8601, UTC).
         verdict: OK, REVIEW, DEFECT, or ERROR when the input could not be inspected.
-        score: the calibrated crack probability of the frame (its worst tile); None for ERROR.
+        score: the calibrated crack probability of the frame (its worst tile), at full float64 precision so that
+            scores near 1 stay ordered; None for ERROR.
         model_id: sha256 of the ONNX file that decided.
         width, height: frame size in pixels (0 for ERROR).
         regions: defect regions, ``{"box": [x, y, w, h], "score": p, "peak": heat, "verdict": v}``.
@@ -102,7 +103,7 @@ def result_from_inspection(
     """The record of a successful inspection."""
     height, width = inspection.shape
     regions = tuple(
-        {"box": list(r.box), "score": round(r.score, 6), "peak": round(r.peak, 6), "verdict": r.verdict.value}
+        {"box": list(r.box), "score": float(r.score), "peak": round(r.peak, 6), "verdict": r.verdict.value}
         for r in inspection.regions
     )
     tiles = tuple((*t.box, round(t.probability, 6)) for t in inspection.tiles)
@@ -113,7 +114,7 @@ def result_from_inspection(
         sha256=sha256,
         time=utc_now(),
         verdict=inspection.verdict,
-        score=round(inspection.score, 6),
+        score=float(inspection.score),
         model_id=model_id,
         width=int(width),
         height=int(height),

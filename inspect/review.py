@@ -2,9 +2,10 @@
 
 Pages (server-rendered Flask templates in ``templates/review``, one CSS and one JS file, no build step):
 
-* ``/``: the queue (REVIEW, then DEFECT by score, then a random sample of OK; unreviewed items unless another
-  status is chosen), with counts and filters by verdict, review status, time, source and model id. It polls
-  ``/api/summary`` and offers a reload when a daemon adds records (every page reads the live ``results.sqlite``).
+* ``/``: the queue (REVIEW, the most uncertain first, then DEFECT by score, then a random sample of OK; unreviewed
+  items unless another status is chosen; scores with the digits that order them, ``readable_probability``), with
+  counts and filters by verdict, review status, time, source and model id. It polls ``/api/summary`` and offers a
+  reload when a daemon adds records (every page reads the live ``results.sqlite``).
 * ``/item/<id>``: the frame with its heatmap stacked on top (opacity slider, toggle), region boxes, the score of
   each tile under the pointer, the model id and the calibration in force, the decisions so far, and buttons with
   keyboard shortcuts: ``o`` ok, ``d`` defect, ``a`` ambiguous (each saves and moves to the next item), ``n`` next,
@@ -56,7 +57,7 @@ from flask import (
 )
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from crackscope.inspect.decision import Verdict
+from crackscope.inspect.decision import Verdict, log_odds, readable_probability
 from crackscope.inspect.review_stats import review_stats
 from crackscope.inspect.review_store import (
     STATUS_CHOICES,
@@ -142,6 +143,8 @@ def create_app(config: ReviewConfig, port: int | None = None) -> Flask:
         short=lambda model_id: (model_id or "")[:12],
         when=lambda time: (time or "").replace("T", " ")[:19] + " UTC" if time else "",
         percent=lambda value: "—" if value is None else f"{100 * value:.1f}%",
+        prob=readable_probability,
+        odds=lambda value: f"{log_odds(value):+.1f}",
         filename=lambda source: (
             Path(source.split("#")[0]).name + ("#" + source.split("#", 1)[1] if "#" in source else "")
         ),

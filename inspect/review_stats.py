@@ -18,7 +18,8 @@ labelled reviewed item leaves the rate unknown (it is named), rather than guesse
 ambiguous or disagree on are counted, but carry no clear label.
 
 The raw counts behind each rate are shown too: escapes found among the reviewed OK items and good parts found
-among the reviewed DEFECT items, each with a one-sided Clopper-Pearson upper bound on that share.
+among the reviewed DEFECT items, each with a one-sided Clopper-Pearson upper bound on that share
+(:func:`crackscope.calibration.stats.clopper_pearson_upper`; none while no item is clearly labelled).
 
 Example:
     >>> clopper_pearson_upper(0, 30, 0.9) < 0.075
@@ -27,11 +28,11 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from crackscope.calibration.stats import clopper_pearson_upper
 from crackscope.inspect.card import Calibration
 from crackscope.inspect.decision import Verdict
 from crackscope.inspect.review_store import Decision, Label, consensus
@@ -154,7 +155,7 @@ def _rate(key: str, verdicts: tuple[VerdictReview, ...], target: float | None, c
     called, truth = (Verdict.OK, "defect") if key == "escape_rate" else (Verdict.DEFECT, "ok")
     wrong = next(v for v in verdicts if v.verdict is called)
     found, among = getattr(wrong, truth), wrong.clear
-    upper = clopper_pearson_upper(found, among, confidence) if among else None
+    upper = clopper_pearson_upper(found, among, confidence) if among else None  # the page shows no bound yet
     missing = tuple(v.verdict for v in verdicts if v.records and not v.clear)
     if missing:
         return RateEstimate(key, None, target, found, among, upper, missing)
@@ -162,38 +163,3 @@ def _rate(key: str, verdicts: tuple[VerdictReview, ...], target: float | None, c
     total = sum(expected.values())
     value = expected.get(called, 0.0) / total if total > 0 else None
     return RateEstimate(key, value, target, found, among, upper)
-
-
-def clopper_pearson_upper(found: int, among: int, confidence: float) -> float:
-    """One-sided upper confidence bound on a binomial share: the p with P(X <= found | among, p) = 1 - confidence.
-
-    With no failure seen in ``among`` trials this is ``1 - (1 - confidence) ** (1 / among)`` (about 2.3 / among at
-    90%), the "rule of three" family.
-    """
-    if not 0 <= found <= among or among == 0:
-        raise ValueError(f"need 0 <= found <= among and among > 0, got {found} of {among}")
-    if found == among:
-        return 1.0
-    alpha = 1.0 - confidence
-    low, high = found / among, 1.0
-    for _ in range(80):  # bisection: the binomial CDF falls as p grows
-        middle = (low + high) / 2
-        if _binomial_cdf(found, among, middle) > alpha:
-            low = middle
-        else:
-            high = middle
-    return high
-
-
-def _binomial_cdf(k: int, n: int, p: float) -> float:
-    if p <= 0.0:
-        return 1.0
-    if p >= 1.0:
-        return 0.0 if k < n else 1.0
-    log_p, log_q = math.log(p), math.log1p(-p)
-    terms = [
-        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
-        for i in range(k + 1)
-    ]
-    peak = max(terms)
-    return min(1.0, math.exp(peak) * sum(math.exp(t - peak) for t in terms))

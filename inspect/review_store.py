@@ -42,8 +42,10 @@ from crackscope.inspect.sinks import DB_NAME
 
 _JSON_COLUMNS = ("regions", "tiles", "timings")
 _RECORD_FIELDS = frozenset(f.name for f in fields(InspectionResult))
+# REVIEW by uncertainty (closest to 0.5 first: what labellers would split on), then DEFECT and OK by score.
 _QUEUE_ORDER = (
-    "CASE r.verdict WHEN 'REVIEW' THEN 0 WHEN 'DEFECT' THEN 1 WHEN 'OK' THEN 2 ELSE 3 END, r.score DESC, r.rowid"
+    "CASE r.verdict WHEN 'REVIEW' THEN 0 WHEN 'DEFECT' THEN 1 WHEN 'OK' THEN 2 ELSE 3 END, "
+    "CASE r.verdict WHEN 'REVIEW' THEN ABS(r.score - 0.5) ELSE -r.score END, r.rowid"
 )
 VERDICT_CHOICES = ("queue", "REVIEW", "DEFECT", "OK", "ERROR", "all")
 STATUS_CHOICES = ("any", "unreviewed", "reviewed", "disputed")

@@ -13,29 +13,14 @@ from crackscope.calibration.thresholds import (
     GRID,
     InsufficientData,
     as_probabilities,
-    binomial_cdf,
     certify,
     choose_thresholds,
-    clopper_pearson_lower,
-    clopper_pearson_upper,
     fixed_sequence,
     items_needed,
     smallest_temperature,
 )
 from crackscope.inspect.card import Calibration
 from crackscope.inspect.decision import Verdict, probability, verdict, verdicts
-
-
-@pytest.mark.parametrize(("k", "n", "p"), [(0, 1, 0.3), (3, 100, 0.05), (0, 230, 0.01), (50, 1000, 0.04), (7, 7, 0.5)])
-def test_binomial_cdf_matches_scipy(k, n, p):
-    assert float(binomial_cdf(k, n, p)) == pytest.approx(stats.binom.cdf(k, n, p), rel=1e-9, abs=1e-15)
-
-
-@pytest.mark.parametrize(("k", "n", "confidence"), [(0, 10, 0.9), (3, 100, 0.9), (0, 230, 0.95), (40, 500, 0.99)])
-def test_clopper_pearson_bounds_match_the_beta_quantiles(k, n, confidence):
-    assert clopper_pearson_upper(k, n, confidence) == pytest.approx(stats.beta.ppf(confidence, k + 1, n - k), rel=1e-9)
-    lower = stats.beta.ppf(1 - confidence, k, n - k + 1) if k else 0.0
-    assert clopper_pearson_lower(k, n, confidence) == pytest.approx(lower, rel=1e-9, abs=1e-15)
 
 
 @pytest.mark.parametrize(("rate", "confidence"), [(0.01, 0.9), (0.001, 0.95), (0.05, 0.9), (0.02, 0.99)])

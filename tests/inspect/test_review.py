@@ -6,6 +6,7 @@ import csv
 import hashlib
 import http.client
 import json
+import math
 import os
 import re
 import sqlite3
@@ -15,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
+from crackscope.calibration.stats import clopper_pearson_upper
 from crackscope.cli import main
 from crackscope.inspect.card import Calibration, ModelCard
 from crackscope.inspect.decision import Verdict
@@ -22,7 +24,7 @@ from crackscope.inspect.overlay import colour_heatmap
 from crackscope.inspect.results import InspectionResult, new_id
 from crackscope.inspect.review import ReviewConfig, ReviewServer, check_config, is_loopback, transparent_heatmap
 from crackscope.inspect.review_export import export_dataset
-from crackscope.inspect.review_stats import clopper_pearson_upper, review_stats
+from crackscope.inspect.review_stats import review_stats
 from crackscope.inspect.review_store import Decision, Label, QueueFilter, ReviewError, ReviewStore, consensus
 from crackscope.inspect.sinks import ResultStore, artefact_stem
 
@@ -122,10 +124,10 @@ def _names(store: ReviewStore, selection: QueueFilter) -> list[str]:
 # --- the queue ------------------------------------------------------------------------------------------------------
 
 
-def test_the_queue_lists_review_then_defect_by_score_then_a_sample_of_ok(results):
+def test_the_queue_lists_review_by_uncertainty_then_defect_by_score_then_a_sample_of_ok(results):
     with ReviewStore(results) as store:
         names = _names(store, QueueFilter(ok_sample=3))
-        assert names[:4] == ["review_hi", "review_lo", "defect_hi", "defect_lo"]
+        assert names[:4] == ["review_lo", "review_hi", "defect_hi", "defect_lo"]  # 0.40 is nearer 0.5 than 0.70
         assert len(names) == 7 and set(names[4:]) <= {"ok_1", "ok_2", "ok_3", "ok_4", "cam_ok"}
         scores = [row.score for row in store.queue(QueueFilter(ok_sample=3))][4:]
         assert scores == sorted(scores, reverse=True)
@@ -326,18 +328,10 @@ def test_a_verdict_with_records_but_no_clear_review_leaves_the_rates_unknown():
     assert stats.escape.target is None
 
 
-@pytest.mark.parametrize(
-    ("found", "among", "confidence", "expected"),
-    [
-        (0, 30, 0.9, 1 - 0.1 ** (1 / 30)),
-        (0, 1, 0.9, 0.9),
-        (1, 10, 0.95, 0.3942),  # one-sided Clopper-Pearson tables
-        (5, 100, 0.9, 0.0908),
-        (10, 10, 0.9, 1.0),
-    ],
-)
-def test_the_clopper_pearson_upper_bound_matches_known_values(found, among, confidence, expected):
-    assert clopper_pearson_upper(found, among, confidence) == pytest.approx(expected, abs=5e-4)
+def test_a_share_with_no_clearly_labelled_item_has_no_bound_to_show():
+    stats = review_stats(MODEL, {"OK": 50, "REVIEW": 5, "DEFECT": 5}, _reviewed({Verdict.OK: [("ambiguous",)]}), None)
+    assert (stats.escape.found, stats.escape.among, stats.escape.share_upper) == (0, 0, None)
+    assert (stats.false_reject.among, stats.false_reject.share_upper) == (0, None)
 
 
 # --- export ---------------------------------------------------------------------------------------------------------
@@ -805,3 +799,30 @@ def test_review_export_help_shows_its_own_usage(capsys):
     with pytest.raises(SystemExit):
         main(["review", "export", "--help"])
     assert capsys.readouterr().out.startswith("usage: crackscope review export [-h] --results DIR --out DATASET\n")
+
+
+def test_scores_near_one_or_zero_keep_the_digits_that_order_them():
+    from crackscope.inspect.decision import log_odds, readable_probability
+
+    shown = [readable_probability(p) for p in (0.5, 0.9994, 0.99999, 0.9999999, 1.0, 2.3e-5)]
+    assert shown == ["0.500", "1 − 6.0e-04", "1 − 1.0e-05", "1 − 1.0e-07", "1 − <1e-16", "2.3e-05"]
+    for x in (-30.0, -3.0, 0.0, 3.0, 25.0):  # 1 - p near 1e-11 at 25: float64 still has 5 digits of it
+        assert log_odds(1.0 / (1.0 + math.exp(-x))) == pytest.approx(x, abs=1e-3)
+    assert math.isfinite(log_odds(0.0)) and math.isfinite(log_odds(1.0)) and log_odds(1.0) > log_odds(1 - 1e-15)
+
+
+def test_a_record_keeps_the_frame_score_at_full_precision():
+    from crackscope.inspect.pipeline import FrameInspection
+    from crackscope.inspect.results import result_from_inspection
+
+    inspection = FrameInspection(Verdict.DEFECT, 1 - 3e-9, (), (), np.zeros((4, 4), np.float32), (4, 4), 1)
+    record = result_from_inspection(inspection, source="a.png", sha256="0" * 64, model_id=MODEL)
+    assert record.score == 1 - 3e-9 and record.score < 1.0
+
+
+def test_the_item_page_and_queue_show_readable_scores_and_log_odds(server, results):
+    with ReviewStore(results) as store:
+        item = _ids(store)["defect_hi"]
+    page = _text(server, f"/item/{item}")[1]
+    assert "log-odds +4.6" in page and ">0.990<" in page
+    assert 'title="log-odds +4.6">0.990</span>' in _text(server, "/")[1]
