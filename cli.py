@@ -528,6 +528,13 @@ def _add_calibrate(subparsers) -> None:
     p.add_argument("--escape-rate", type=float, help="most cracks called OK, as a share of cracks (default 0.01)")
     p.add_argument("--false-reject-rate", type=float, help="most good items called DEFECT (default 0.05)")
     p.add_argument("--confidence", type=float, help="probability that each bound holds (default 0.9)")
+    p.add_argument(
+        "--ambiguous-review",
+        type=float,
+        help="least share of ambiguous items (ambiguous/ folder, split votes, mask-ambiguous tiles) that must land in "
+        "REVIEW, certified with --confidence by widening the band (default 0.8; needs at least 11 ambiguous items "
+        "at the defaults); 0: the clear items' guarantees only",
+    )
     p.add_argument("--config", help="YAML file of defaults (keys of CalibrateConfig); flags given here override it")
     _add_layout_flags(p)
     p.add_argument("--batch-size", type=int, help="images per model call (default 32)")
@@ -547,6 +554,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         "escape_rate": args.escape_rate,
         "false_reject_rate": args.false_reject_rate,
         "confidence": args.confidence,
+        "ambiguous_review": args.ambiguous_review,
         "batch_size": args.batch_size,
         "providers": args.providers,
         "threads": args.threads,

@@ -4,8 +4,8 @@ For each model the accuracy benchmark trained and exported (``benchmarks/results
 ``<job>.int8.onnx``), the images it never saw (its test split, ``<job>.split.json``) are split by source image into a
 **calibration half** and a **test half**: disjoint from training, validation and int8 calibration, and from each
 other. On the calibration half the temperature and the thresholds are fitted exactly as ``crackscope calibrate``
-fits them (:func:`crackscope.calibration.calibrate.fit_calibration`, the deployed ONNX file run through the runtime,
-no PyTorch); on the test half the script measures:
+fits them with ``--ambiguous-review 0`` (:func:`crackscope.calibration.calibrate.fit_calibration` on the clear items
+only, the deployed ONNX file run through the runtime, no PyTorch); on the test half the script measures:
 
 - ECE (15 bins) of the crack probability before (raw sigmoid) and after temperature scaling;
 - at escape 1% / false-reject 5% / confidence 90%, and at the tightest setting of a looser ladder that the

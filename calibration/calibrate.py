@@ -4,11 +4,13 @@ The exported model itself (fp32 or int8: the file that will be deployed) is run 
 labelled calibration set, in any layout ``train`` reads (class folders with an optional ``ambiguous/``, masks,
 votes). Then:
 
-1. a temperature is fitted on the clear items by negative log-likelihood (:mod:`.temperature`), with the ECE
-   (15 bins) before and after (:mod:`.metrics`);
+1. a temperature is fitted by negative log-likelihood on the clear items and the ambiguous ones with their soft
+   targets (:mod:`.temperature`), with the ECE of the clear items (15 bins) before and after (:mod:`.metrics`);
 2. ``ok_below`` and ``defect_at_or_above`` are chosen so that, each with the stated confidence, the escape rate is
-   at most ``escape_rate`` and the false-reject rate at most ``false_reject_rate``, with as little REVIEW as the
-   data allows (:mod:`.thresholds`, Learn-Then-Test);
+   at most ``escape_rate``, the false-reject rate at most ``false_reject_rate``, and at least ``ambiguous_review``
+   (default 80%) of the ambiguous items land in REVIEW, with as little REVIEW of clear items as that allows
+   (:mod:`.thresholds` and :mod:`.ambiguity`, Learn-Then-Test; ``ambiguous_review`` 0 keeps the clear items'
+   guarantees only);
 3. the calibration is written into the model's metadata (graph and weights untouched), and into the dense
    whole-frame graph beside it when there is one (``model.dense.onnx`` decides with ``model.onnx``'s calibration), and
    ``OUT/calibration.json`` and ``OUT/calibration.html`` (:mod:`.report`) describe it, including where the
@@ -37,12 +39,20 @@ from pathlib import Path
 
 import numpy as np
 
+from crackscope.calibration.ambiguity import check_ambiguous, widen_band
 from crackscope.calibration.metrics import expected_calibration_error, reliability, verdict_counts, verdict_rates
 from crackscope.calibration.outcome import Fit, Outcome
 from crackscope.calibration.report import render_report
 from crackscope.calibration.score import Scores, score_samples
+from crackscope.calibration.stats import clopper_pearson_upper
 from crackscope.calibration.temperature import fit_temperature, nll
-from crackscope.calibration.thresholds import as_probabilities, certify, check_request, smallest_temperature
+from crackscope.calibration.thresholds import (
+    Certificate,
+    as_probabilities,
+    certify,
+    check_request,
+    smallest_temperature,
+)
 from crackscope.inspect.card import Calibration, ModelCard, calibration_folder, read_card, write_calibration
 from crackscope.inspect.decision import is_identity, probability
 from crackscope.inspect.model import OnnxModel, dense_path, file_sha256
@@ -77,6 +87,7 @@ class CalibrateConfig:
     escape_rate: float = 0.01
     false_reject_rate: float = 0.05
     confidence: float = 0.9
+    ambiguous_review: float = 0.8  # share of ambiguous items certified into REVIEW; 0: clear items only
     batch_size: int = 32
     providers: str = "auto"
     threads: int | None = None
@@ -87,6 +98,8 @@ class CalibrateConfig:
         Targets(self.escape_rate, self.false_reject_rate, self.confidence)  # raises for a value outside (0, 1)
         if self.batch_size < 1:
             raise ValueError(f"batch-size must be at least 1, got {self.batch_size}")
+        if not 0.0 <= self.ambiguous_review < 1.0:
+            raise ValueError(f"ambiguous-review must be in [0, 1) (0 turns it off), got {self.ambiguous_review}")
 
     @property
     def targets(self) -> Targets:
@@ -100,10 +113,30 @@ class CalibrateConfig:
 
 
 def fit_calibration(
-    logits: np.ndarray, labels: np.ndarray, targets: Targets, fitted_on: dict[str, object] | None = None
+    logits: np.ndarray,
+    labels: np.ndarray,
+    targets: Targets,
+    fitted_on: dict[str, object] | None = None,
+    *,
+    ambiguous_logits: np.ndarray | None = None,
+    ambiguous_targets: np.ndarray | None = None,
+    ambiguous_review: float = 0.0,
 ) -> Fit:
-    """Temperature and certified thresholds from the raw logits of clear items (labels 1 crack, 0 ok)."""
-    temperature = fit_temperature(logits, labels)
+    """Temperature and certified thresholds from the raw logits of clear items (labels 1 crack, 0 ok) and, when
+    given, of ambiguous items with their soft targets (the crack share of their labellers).
+
+    The ambiguous items join the temperature fit; with ``ambiguous_review`` > 0 the REVIEW band is also widened
+    until that share of them is certified to land in it (:mod:`.ambiguity`).
+
+    Raises:
+        InsufficientData: too few clear items of a class, or (with ``ambiguous_review``) too few ambiguous items.
+    """
+    amb_z = np.zeros(0, np.float32) if ambiguous_logits is None else np.asarray(ambiguous_logits, np.float32)
+    amb_y = np.zeros(0, np.float64) if ambiguous_targets is None else np.asarray(ambiguous_targets, np.float64)
+    if len(amb_z) != len(amb_y):
+        raise ValueError(f"{len(amb_z)} ambiguous logits but {len(amb_y)} targets")
+    all_z, all_y = np.concatenate([logits, amb_z]), np.concatenate([np.asarray(labels, np.float64), amb_y])
+    temperature = fit_temperature(all_z, all_y)
     escape, false_reject = certify(
         logits,
         labels,
@@ -111,31 +144,57 @@ def fit_calibration(
         false_reject_rate=targets.false_reject_rate,
         confidence=targets.confidence,
     )
+    band = None
+    if ambiguous_review > 0:
+        cracks = np.asarray(labels).astype(bool)
+        crack_z, good_z = np.asarray(logits)[cracks], np.asarray(logits)[~cracks]
+        band = widen_band(
+            escape.cut,
+            false_reject.cut,
+            amb_z,
+            coverage=ambiguous_review,
+            confidence=targets.confidence,
+            clear=(crack_z, good_z),
+        )
+        escape = _at_cut(escape, crack_z, band.low, below=True)
+        false_reject = _at_cut(false_reject, good_z, band.high, below=False)
     # The cuts do not depend on T; T only must keep them where the runtime's sigmoid can still tell them apart.
     lowest = smallest_temperature(escape, false_reject)
     if temperature.temperature < lowest:
         temperature = replace(
             temperature,
             temperature=lowest,
-            nll_after=nll(logits, labels, lowest),
+            nll_after=nll(all_z, all_y, lowest),
             raised_to_represent_thresholds=True,
         )
     choice = as_probabilities(escape, false_reject, temperature.temperature)
+    soft = f" and {len(amb_z)} ambiguous items (soft targets)" if len(amb_z) else ""
+    method = METHOD + (f" + a REVIEW band for >= {ambiguous_review:.0%} of ambiguous items" if band else "")
     calibration = Calibration(
         temperature=temperature.temperature,
         ok_below=choice.ok_below,
         defect_at_or_above=choice.defect_at_or_above,
-        method=f"{METHOD} on {len(labels)} clear items{temperature.note}",
-        targets=asdict(targets),
+        method=f"{method} on {len(labels)} clear items{soft}{temperature.note}",
+        targets={**asdict(targets), **({"ambiguous_review": ambiguous_review} if band else {})},
         fitted_on={
             **(fitted_on or {}),
             "clear_crack": choice.escape.n,
             "clear_ok": choice.false_reject.n,
-            "joint_confidence": choice.joint_confidence,
+            "ambiguous": len(amb_z),
+            "joint_confidence": choice.joint_confidence * (band.confidence if band else 1.0),
             "fitted_at": utc_now(),
         },
     )
-    return Fit(calibration, temperature, choice)
+    return Fit(calibration, temperature, choice, band)
+
+
+def _at_cut(certificate: Certificate, class_logits: np.ndarray, cut: float, *, below: bool) -> Certificate:
+    """``certificate`` moved to a safer raw ``cut``, recounted on its class's logits: the escape cut (``below``:
+    cracks under it are escapes) moved down, or the false-reject cut (good items at or above it) moved up."""
+    z = np.asarray(class_logits, np.float32)
+    count = int((z < np.float32(cut)).sum()) if below else int((z >= np.float32(cut)).sum())
+    bound = clopper_pearson_upper(count, certificate.n, certificate.confidence)
+    return replace(certificate, count=count, bound=bound, cut=float(cut))
 
 
 # --- the command --------------------------------------------------------------------------------------------------
@@ -179,6 +238,9 @@ def check_inputs(config: CalibrateConfig) -> _Plan:
         config.false_reject_rate,
         config.confidence,
     )
+    if config.ambiguous_review > 0:
+        ambiguous = sum(s.clarity is Clarity.AMBIGUOUS for s in dataset.samples)
+        check_ambiguous(ambiguous, config.ambiguous_review, config.confidence)
     return _Plan(model, out, card, dataset)
 
 
@@ -200,6 +262,7 @@ def calibrate(config: CalibrateConfig) -> Outcome:
             model, plan.dataset.samples, batch_size=config.batch_size, progress=config.progress, desc="calibrating"
         )
     sha_before = file_sha256(plan.model)
+    ambiguous = np.array([s.clarity is Clarity.AMBIGUOUS for s in scores.samples], dtype=bool)
     outcome = evaluate_fit(
         scores,
         fit_calibration(
@@ -207,6 +270,9 @@ def calibrate(config: CalibrateConfig) -> Outcome:
             scores.labels[scores.clear],
             config.targets,
             {"data": str(Path(config.data).resolve()), "items": len(scores.samples), "model_sha256": sha_before},
+            ambiguous_logits=scores.logits[ambiguous],
+            ambiguous_targets=np.array([s.target for s in scores.samples])[ambiguous],
+            ambiguous_review=config.ambiguous_review,
         ),
         model=plan.model,
         out=plan.out,
@@ -235,6 +301,10 @@ def evaluate_fit(scores: Scores, fit: Fit, *, model: Path, out: Path, card: Mode
     before = probability(logits, Calibration())
     after = probability(logits, fit.calibration)
     ambiguous = probability(scores.logits[~clear], fit.calibration)
+    voted = np.array([s.clarity is Clarity.AMBIGUOUS for s in scores.samples], dtype=bool)
+    shares = np.array([s.target for s in scores.samples])[voted]
+    raw, fitted = probability(scores.logits[voted], Calibration()), probability(scores.logits[voted], fit.calibration)
+    brier = (float(np.mean((raw - shares) ** 2)), float(np.mean((fitted - shares) ** 2))) if voted.any() else None
     return Outcome(
         model=model,
         out=out,
@@ -248,6 +318,7 @@ def evaluate_fit(scores: Scores, fit: Fit, *, model: Path, out: Path, card: Mode
         clear=verdict_rates(after, labels, fit.calibration),
         ambiguous=verdict_counts(ambiguous, fit.calibration),
         scores=scores,
+        ambiguous_brier=brier,
     )
 
 
@@ -275,6 +346,7 @@ def calibrate_step(
     escape_rate: float = 0.02,
     false_reject_rate: float = 0.05,
     confidence: float = 0.9,
+    ambiguous_review: float = 0.8,
     progress: bool = True,
     emit: Callable[[str], None] = print,
 ) -> Outcome:
@@ -294,6 +366,7 @@ def calibrate_step(
             escape_rate=escape_rate,
             false_reject_rate=false_reject_rate,
             confidence=confidence,
+            ambiguous_review=ambiguous_review,
             progress=progress,
         )
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from crackscope import __version__
+from crackscope.calibration.ambiguity import AmbiguousBand
 from crackscope.calibration.metrics import Reliability, VerdictRates, shares
 from crackscope.calibration.score import Scores
 from crackscope.calibration.temperature import TemperatureFit
@@ -32,6 +33,13 @@ class Fit:
     calibration: Calibration
     temperature: TemperatureFit
     thresholds: ThresholdChoice
+    ambiguous: AmbiguousBand | None = None  # the band widened for ambiguous items (None: clear items only)
+
+    @property
+    def joint_confidence(self) -> float:
+        """All guarantees together: escape and false reject, and the ambiguous coverage when there is one."""
+        together = self.thresholds.joint_confidence
+        return together * self.ambiguous.confidence if self.ambiguous is not None else together
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,7 @@ class Outcome:
     sha256_after: str = ""
     previous: Calibration | None = None
     also_written: tuple[Path, ...] = ()  # the dense graph beside the model, given the same calibration
+    ambiguous_brier: tuple[float, float] | None = None  # before, after: ambiguous items against their soft targets
 
     @property
     def calibration(self) -> Calibration:
@@ -92,10 +101,16 @@ class Outcome:
             "temperature": asdict(self.fit.temperature),
             "ece": {"bins": len(self.reliability_after.counts), "before": self.ece_before, "after": self.ece_after},
             "thresholds": self.fit.thresholds.to_dict(),
+            "ambiguous_review": self.fit.ambiguous.to_dict() if self.fit.ambiguous is not None else None,
             "calibration_set": {
                 "clear": self.clear.to_dict(),
                 "ambiguous": {**self.ambiguous, "review_share": self.ambiguous_review_share},
                 "ambiguous_to_clear_review_ratio": _finite(self.review_ratio),
+                "ambiguous_brier": (
+                    {"before": self.ambiguous_brier[0], "after": self.ambiguous_brier[1]}
+                    if self.ambiguous_brier
+                    else None
+                ),
                 "note": "measured on the calibration items themselves (in-sample); the guarantee is the target",
             },
             "reliability": {"before": _bins(self.reliability_before), "after": _bins(self.reliability_after)},
@@ -108,7 +123,13 @@ class Outcome:
             f"calibrated {self.model} ({self.card.precision}) on {self.clear.n_crack + self.clear.n_ok} clear items "
             f"({self.clear.n_crack} crack, {self.clear.n_ok} ok) and {n_amb} ambiguous from {self.data['root']}",
             f"temperature {c.temperature:.4g}{fit.note}"
-            f"; ECE {self.ece_before:.2%} -> {self.ece_after:.2%} (15 bins, calibration set)",
+            f"; ECE of clear items {self.ece_before:.2%} -> {self.ece_after:.2%} (15 bins, calibration set)"
+            + (
+                f"; Brier score of ambiguous items against their labellers' share {self.ambiguous_brier[0]:.3f} -> "
+                f"{self.ambiguous_brier[1]:.3f}"
+                if self.ambiguous_brier
+                else ""
+            ),
             f"verdicts: OK below {c.ok_below:.6g}, DEFECT at or above {c.defect_at_or_above:.6g}"
             + (", REVIEW between" if choice.review_band else " (one threshold meets both targets: no REVIEW band)"),
             _rate_line(
@@ -121,8 +142,9 @@ class Outcome:
                 self.clear.n_ok,
                 "good items called DEFECT",
             ),
-            f"each guarantee holds with >= {choice.escape.confidence:.0%} confidence, both together with >= "
-            f"{choice.joint_confidence:.1%} (the two rest on different items)",
+            *_ambiguous_lines(self.fit.ambiguous),
+            f"each guarantee holds with >= {choice.escape.confidence:.0%} confidence, all together with >= "
+            f"{self.fit.joint_confidence:.1%} (they rest on different items)",
             f"review rate on the calibration set: clear {_pct(self.clear.review_rate)}, ambiguous "
             f"{_pct(self.ambiguous_review_share)}" + _ratio(self.review_ratio),
             f"wrote {self.model} (metadata only; graph and weights unchanged), {self.out / 'calibration.json'}, "
@@ -131,6 +153,16 @@ class Outcome:
         dense = "the dense graph decides with its tile model's calibration"
         lines += [f"wrote {path} too ({dense})" for path in self.also_written]
         return "\n".join(lines)
+
+
+def _ambiguous_lines(band: AmbiguousBand | None) -> list[str]:
+    if band is None:
+        return []
+    how = "the band was widened for them" if band.widened else "the clear items' band already held them"
+    return [
+        f"ambiguous items in REVIEW >= {band.coverage:.0%} guaranteed with the stated confidence; on the calibration "
+        f"set {band.n - band.missed} of {band.n} ({how})"
+    ]
 
 
 def _rate_line(name: str, target: float, count: int, n: int, what: str) -> str:

@@ -75,13 +75,21 @@ def _summary(outcome: Outcome) -> str:
     rows = [
         ("temperature", f"{c.temperature:.4g}{fit.note}"),
         ("NLL per item (before / after)", f"{fit.nll_before:.4f} / {fit.nll_after:.4f}"),
-        ("ECE, 15 bins (before / after)", f"{outcome.ece_before:.2%} / {outcome.ece_after:.2%}"),
+        ("ECE of clear items, 15 bins (before / after)", f"{outcome.ece_before:.2%} / {outcome.ece_after:.2%}"),
+        *_brier_row(outcome.ambiguous_brier),
         ("OK below", f"{c.ok_below:.6g}"),
         ("DEFECT at or above", f"{c.defect_at_or_above:.6g}"),
         ("REVIEW band", "between the two" if choice.review_band else "none: one threshold meets both targets"),
     ]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     return f"<h2>Result</h2><table>{body}</table>{_rates(outcome)}"
+
+
+def _brier_row(brier: tuple[float, float] | None) -> list[tuple[str, str]]:
+    if brier is None:
+        return []
+    what = "Brier score of ambiguous items vs their labellers' share (before / after)"
+    return [(what, f"{brier[0]:.3f} / {brier[1]:.3f}")]
 
 
 def _rates(outcome: Outcome) -> str:
@@ -160,7 +168,16 @@ def _verdict_table(outcome: Outcome) -> str:
 
 
 def _guarantee(outcome: Outcome) -> str:
-    choice = outcome.fit.thresholds
+    choice, band = outcome.fit.thresholds, outcome.fit.ambiguous
+    ambiguous = (
+        "ambiguous items are not part of these two guarantees."
+        if band is None
+        else f"ambiguous items are not part of these two guarantees; a third one is theirs: with probability at least "
+        f"{band.confidence:.0%} over the draw of the {band.n} ambiguous calibration items, at least "
+        f"{band.coverage:.0%} of future ambiguous items land in REVIEW (the band was grown from the clear items' cuts "
+        f"into the gap between the classes and tested the same way); all three together with probability at least "
+        f"{outcome.fit.joint_confidence:.1%}."
+    )
     return (
         "<h2>What is guaranteed</h2><p>"
         f"With probability at least {choice.escape.confidence:.0%} over the draw of the calibration items, the share "
@@ -169,7 +186,7 @@ def _guarantee(outcome: Outcome) -> str:
         f"{choice.joint_confidence:.1%}. This holds for future items drawn like the calibration items (same line, "
         "camera and defect mix). Method: Learn-Then-Test over a fixed sequence of raw-logit cuts, each tested with an "
         "exact binomial tail p-value (equivalently, a one-sided Clopper-Pearson bound), stopping at the first cut the "
-        "data cannot vouch for; ambiguous items are not part of the guarantee.</p>"
+        f"data cannot vouch for; {html.escape(ambiguous)}</p>"
     )
 
 

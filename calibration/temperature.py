@@ -4,7 +4,12 @@ A fine-tuned network is usually over- or under-confident. Temperature scaling di
 number ``T`` before the sigmoid, ``p = sigmoid(z / T)``: it never changes which of two items scores higher (so it
 cannot change accuracy or ROC-AUC), only how far from 0.5 the probabilities sit (Guo et al., 2017).
 
-``T`` minimises the negative log-likelihood (NLL) of the clear calibration items. Written with ``s = 1 / T``,
+``T`` minimises the negative log-likelihood (NLL) of the calibration items: the clear ones with targets 0 and 1,
+and the ambiguous ones (when :func:`crackscope.calibration.calibrate.fit_calibration` is given them) with their
+soft targets, the share of labellers who call them cracked (votes), or 0.5 (an ``ambiguous/`` folder). With the
+soft targets, a calibrated probability near 0.5 means "labellers would split": a model that separates the clear
+items perfectly no longer drives ``T`` to its lower bound, which pushed ambiguous items to 0 or 1 (the demo's
+clear-only ``T`` was 0.139). Written with ``s = 1 / T``,
 
     NLL(s) = sum_i softplus(s z_i) - y_i s z_i
 
@@ -61,7 +66,8 @@ class TemperatureFit:
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
-    """Mean binary negative log-likelihood of ``labels`` (0/1) under ``sigmoid(logits / temperature)``."""
+    """Mean binary negative log-likelihood (cross-entropy) of ``labels`` (targets in [0, 1]) under
+    ``sigmoid(logits / temperature)``."""
     z = np.asarray(logits, np.float64) / temperature
     y = np.asarray(labels, np.float64)
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
@@ -76,17 +82,18 @@ def _gradient(s: float, z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 def fit_temperature(
     logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = T_BOUNDS, tolerance: float = 1e-10
 ) -> TemperatureFit:
-    """The NLL-optimal temperature for raw ``logits`` of items with 0/1 ``labels`` (see the module docstring).
+    """The NLL-optimal temperature for raw ``logits`` of items with ``labels``: 0/1 for clear items, soft targets in
+    [0, 1] for ambiguous ones (see the module docstring).
 
     Raises:
-        ValueError: no items, labels other than 0 and 1, or non-finite logits.
+        ValueError: no items, targets outside [0, 1], or non-finite logits.
     """
     z = np.asarray(logits, np.float64).ravel()
     y = np.asarray(labels, np.float64).ravel()
     if len(z) == 0 or len(z) != len(y):
         raise ValueError(f"need as many labels as logits (at least one), got {len(z)} logits and {len(y)} labels")
-    if not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError("temperature is fitted on clear items only: labels must be 0 or 1")
+    if not ((y >= 0.0) & (y <= 1.0)).all():
+        raise ValueError("targets must lie in [0, 1]: 0 or 1 for clear items, the crack share for ambiguous ones")
     if not np.isfinite(z).all():
         raise ValueError("logits must be finite")
     s_low, s_high = 1.0 / bounds[1], 1.0 / bounds[0]

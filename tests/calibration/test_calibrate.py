@@ -33,7 +33,7 @@ def _graph_bytes(path: Path) -> bytes:
     return onnx.load(str(path)).graph.SerializeToString()
 
 
-def _calibrate(model: Path, data: Path, out: Path, *, false_reject_rate: float = 0.05):
+def _calibrate(model: Path, data: Path, out: Path, *, false_reject_rate: float = 0.05, ambiguous_review: float = 0.8):
     """``calibrate`` at the loose targets these small sets can certify (escape 5%, 90% confidence)."""
     return calibrate(
         CalibrateConfig(
@@ -43,6 +43,7 @@ def _calibrate(model: Path, data: Path, out: Path, *, false_reject_rate: float =
             progress=False,
             escape_rate=0.05,
             false_reject_rate=false_reject_rate,
+            ambiguous_review=ambiguous_review,
         )
     )
 
@@ -64,6 +65,7 @@ def test_calibrate_writes_the_calibration_into_the_model_and_leaves_its_graph_by
         "escape_rate": 0.05,
         "false_reject_rate": 0.05,
         "confidence": 0.9,
+        "ambiguous_review": 0.8,
     }
     assert 0.0 < calibration.ok_below <= calibration.defect_at_or_above < 1.0
     written = json.loads((out / "calibration.json").read_text())
@@ -151,6 +153,7 @@ def test_calibrate_reads_a_yaml_config_and_flags_override_it(brightness_model, g
         "escape_rate": 0.05,
         "false_reject_rate": 0.05,
         "confidence": 0.8,
+        "ambiguous_review": 0.8,
     }
     assert (tmp_path / "yaml-out" / "calibration.json").is_file()
 
@@ -197,7 +200,7 @@ def test_a_model_whose_scores_never_overlap_gets_one_threshold_and_says_nothing_
     brightness_model, grey_dataset, tmp_path
 ):
     data = grey_dataset(tmp_path / "apart", {"crack": 60, "ok": 60}, means={"crack": 220.0, "ok": 40.0}, spread=4.0)
-    outcome = _calibrate(brightness_model, data, tmp_path / "o")
+    outcome = _calibrate(brightness_model, data, tmp_path / "o", ambiguous_review=0.0)  # no ambiguous items here
     assert not outcome.fit.thresholds.review_band
     assert outcome.calibration.ok_below == outcome.calibration.defect_at_or_above
     assert "no REVIEW band" in outcome.describe()
@@ -239,3 +242,18 @@ def test_images_labelled_only_as_a_whole_are_refused_in_one_line_naming_what_is_
         and "calibrate on tiles with their own labels" in err
     )
     assert _sha(brightness_model) == before and not out.exists()
+
+
+def test_calibrate_without_enough_ambiguous_items_refuses_with_the_number_needed_unless_told_not_to_ask(
+    brightness_model, grey_dataset, tmp_path, capsys
+):
+    data = grey_dataset(tmp_path / "few", {"crack": 120, "ok": 120, "ambiguous": 6}, seed=2)
+    before = _sha(brightness_model)
+    args = ["calibrate", "--model", str(brightness_model), "--data", str(data), "--out", str(tmp_path / "r"), *LOOSE]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "too few ambiguous items to certify that 80% of them go to REVIEW" in err and "need at least 11" in err
+    assert "have 6" in err and _sha(brightness_model) == before and not (tmp_path / "r").exists()
+    assert main([*args, "--ambiguous-review", "0"]) == 0
+    assert "ambiguous items in REVIEW" not in capsys.readouterr().out
+    assert "ambiguous_review" not in read_card(brightness_model).calibration.targets

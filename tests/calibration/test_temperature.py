@@ -46,7 +46,7 @@ def test_separable_items_stop_at_the_lowest_temperature_and_say_so():
     [
         ([], [], "at least one"),
         ([1.0, 2.0], [1], "as many labels"),
-        ([1.0, 2.0], [1, 0.5], "clear items only"),
+        ([1.0, 2.0], [1, 1.5], r"targets must lie in \[0, 1\]"),
         ([np.inf, 2.0], [1, 0], "finite"),
     ],
 )

@@ -281,6 +281,7 @@ def test_the_daemon_runs_dense_mode_and_names_it_at_start(brightness_pair, tmp_p
 def test_calibrate_gives_the_dense_graph_beside_the_model_the_same_calibration(brightness_pair, grey_dataset, tmp_path):
     data = grey_dataset(tmp_path / "calib", {"crack": 120, "ok": 120}, seed=1)
     targets = ["--escape-rate", "0.05", "--false-reject-rate", "0.05", "--confidence", "0.9", "--no-progress"]
+    targets += ["--ambiguous-review", "0"]  # no ambiguous items in this grey set
     code = main(
         ["calibrate", "--model", str(brightness_pair), "--data", str(data), "--out", str(tmp_path / "r"), *targets]
     )

@@ -25,6 +25,7 @@ def test_the_report_counts_each_folder_label_against_each_verdict(brightness_mod
             out=str(tmp_path / "cal"),
             escape_rate=0.05,
             false_reject_rate=0.05,
+            ambiguous_review=0.0,  # clear items only: these grey sets have no ambiguous ones
             progress=False,
         )
     )
@@ -70,6 +71,7 @@ def test_an_uncalibrated_model_says_so_once_and_a_calibrated_one_prints_its_thre
             out=str(tmp_path / "cal"),
             escape_rate=0.05,
             false_reject_rate=0.05,
+            ambiguous_review=0.0,  # clear items only: these grey sets have no ambiguous ones
             progress=False,
         )
     )
