@@ -19,7 +19,7 @@ from crackscope.inspect.card import Calibration
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from enum import Enum
 
 import numpy as np
@@ -73,6 +73,37 @@ def worst(items: Iterable[Verdict]) -> Verdict:
 def is_identity(calibration: Calibration) -> bool:
     """True for an uncalibrated model (temperature 1, one threshold at 0.5, no REVIEW band)."""
     return calibration.method == "identity"
+
+
+def review_reason(score: float, tile_probabilities: Sequence[float], calibration: Calibration) -> str | None:
+    """Why a frame is REVIEW, in words for the person deciding; None when its score is not in the band.
+
+    One rule decides every frame: the card's thresholds applied to its part score (:mod:`.parts`: the highest tile
+    under the default ``max`` scoring, else the mean of the top ``k`` or the noisy-OR of its tiles). A REVIEW frame
+    is then one of three cases:
+
+    * **in the ambiguity band**: its uncertain tiles (in the band, none DEFECT) make it so; under ``max`` scoring
+      this is the only case;
+    * **tiles disagree**: a tile scores DEFECT, but the part score of all its tiles falls in the band (one DEFECT
+      tile among calmer ones, under ``topk`` or noisy-OR);
+    * **tiles add up**: no tile is in the band, but several OK tiles together score in it (noisy-OR).
+    """
+    if verdict(score, calibration) is not Verdict.REVIEW:
+        return None
+    probs = np.asarray(tile_probabilities, np.float64)
+    defect = int((probs >= calibration.defect_at_or_above).sum())
+    uncertain = int(((probs >= calibration.ok_below) & (probs < calibration.defect_at_or_above)).sum())
+    if defect:
+        return (
+            f"tiles disagree: {defect} tile(s) score DEFECT, but the part score of all {len(probs)} tiles "
+            f"({readable_probability(score)}) is in the band"
+        )
+    if uncertain:
+        return (
+            f"in the ambiguity band: {uncertain} uncertain tile(s), the part score {readable_probability(score)} lies "
+            f"between OK below {calibration.ok_below:.3g} and DEFECT from {calibration.defect_at_or_above:.3g}"
+        )
+    return f"tiles add up: every tile is OK, but together they score {readable_probability(score)}, in the band"
 
 
 def readable_probability(prob: float) -> str:

@@ -57,7 +57,7 @@ from flask import (
 )
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from crackscope.inspect.decision import Verdict, log_odds, readable_probability
+from crackscope.inspect.decision import Verdict, log_odds, readable_probability, review_reason
 from crackscope.inspect.review_stats import review_stats
 from crackscope.inspect.review_store import (
     STATUS_CHOICES,
@@ -316,6 +316,7 @@ def _item_page(result_id: str) -> str:
     decisions = store.decisions(result_id)
     saved_id = request.args.get("saved")
     saved = next((d for d in store.decisions(saved_id) if d.reviewer == reviewer), None) if saved_id else None
+    calibration = store.calibration_for(record.model_id)
     return render_template(
         "item.html",
         record=record,
@@ -324,7 +325,8 @@ def _item_page(result_id: str) -> str:
         decisions=decisions,
         mine=next((d.label for d in decisions if d.reviewer == reviewer), None),
         history=store.history(result_id),
-        calibration=store.calibration_for(record.model_id),
+        calibration=calibration,
+        reason=_reason(record, calibration),
         previous=previous,
         following=following,
         position=position,
@@ -334,6 +336,14 @@ def _item_page(result_id: str) -> str:
         tiles=[list(t) for t in record.tiles],
         regions=list(record.regions),
     )
+
+
+def _reason(record: Any, calibration: Any) -> str | None:
+    """Why a REVIEW record is one (:func:`~crackscope.inspect.decision.review_reason`), when its calibration is
+    known."""
+    if calibration is None or record.score is None or record.verdict is not Verdict.REVIEW:
+        return None
+    return review_reason(record.score, [tile[4] for tile in record.tiles], calibration)
 
 
 def _neighbours(ids: list[str], result_id: str) -> tuple[str | None, str | None, int | None]:

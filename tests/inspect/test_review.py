@@ -826,3 +826,21 @@ def test_the_item_page_and_queue_show_readable_scores_and_log_odds(server, resul
     page = _text(server, f"/item/{item}")[1]
     assert "log-odds +4.6" in page and ">0.990<" in page
     assert 'title="log-odds +4.6">0.990</span>' in _text(server, "/")[1]
+
+
+def test_review_says_whether_the_band_or_disagreeing_tiles_made_a_frame_review():
+    from crackscope.inspect.decision import review_reason
+
+    band = Calibration(ok_below=0.2, defect_at_or_above=0.8)
+    assert review_reason(0.5, [0.1, 0.5], band).startswith("in the ambiguity band: 1 uncertain tile(s)")
+    assert review_reason(0.6, [0.9, 0.3, 0.3], band).startswith("tiles disagree: 1 tile(s) score DEFECT")
+    assert review_reason(0.3, [0.1, 0.1, 0.15], band).startswith("tiles add up: every tile is OK")
+    assert review_reason(0.9, [0.9], band) is None and review_reason(0.1, [0.1], band) is None
+
+
+def test_the_item_page_of_a_review_frame_says_why(server, results):
+    with ReviewStore(results) as store:
+        ids = _ids(store)
+    page = _text(server, f"/item/{ids['review_hi']}")[1]  # tiles 0.70 and 0.35, both in the 0.2-0.8 band
+    assert 'id="reason">in the ambiguity band: 2 uncertain tile(s)' in page
+    assert 'id="reason"' not in _text(server, f"/item/{ids['defect_hi']}")[1]
