@@ -834,7 +834,7 @@ def _needs_review_extras(handler: Handler) -> Handler:
 def _run_review(args: argparse.Namespace) -> int:
     if not args.results:
         raise ValueError("no results folder: pass --results DIR (the --out folder of crackscope inspect or daemon)")
-    from crackscope.inspect.review import ReviewConfig, serve
+    from crackscope.inspect.review.app import ReviewConfig, serve
 
     serve(
         ReviewConfig(results=args.results, host=args.host, port=args.port, token=args.token, ok_sample=args.ok_sample)
@@ -843,7 +843,7 @@ def _run_review(args: argparse.Namespace) -> int:
 
 
 def _run_review_export(args: argparse.Namespace) -> int:
-    from crackscope.inspect.review_export import export_dataset
+    from crackscope.inspect.review.export import export_dataset
 
     print(export_dataset(args.export_results, args.out).describe())
     return 0

@@ -1,6 +1,6 @@
 """Binomial tails, Clopper-Pearson bounds and the logit: the small statistics calibration and review share.
 
-:mod:`.thresholds` certifies rates with the binomial tail, :mod:`.report` and :mod:`crackscope.inspect.review_stats`
+:mod:`.thresholds` certifies rates with the binomial tail, :mod:`.report` and :mod:`crackscope.inspect.review.stats`
 bound observed shares with Clopper-Pearson, and :mod:`.report` and :mod:`.audit` place probabilities on the logit
 axis. Only numpy is needed, so the review app and a runtime install (no PyTorch) can import it.
 

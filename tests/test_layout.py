@@ -40,7 +40,11 @@ def test_no_top_level_module_shadows_the_standard_library():
 
 def test_the_runtime_imports_neither_training_nor_deploy_nor_pytorch():
     # The factory-line install has no PyTorch, and the runtime must not depend on the packages that need it.
-    modules = sorted(f"crackscope.inspect.{p.stem}" for p in (REPO_ROOT / "inspect").glob("*.py"))
+    modules = sorted(
+        ".".join(("crackscope", "inspect", *p.relative_to(REPO_ROOT / "inspect").with_suffix("").parts))
+        for p in (REPO_ROOT / "inspect").rglob("*.py")
+    )
+    modules = [m.removesuffix(".__init__") for m in modules]
     code = (
         "import importlib, importlib.abc, sys\n"
         "BLOCKED = ('torch', 'torchvision', 'timm', 'albumentations', 'pytorch_grad_cam', "

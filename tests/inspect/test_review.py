@@ -22,10 +22,10 @@ from crackscope.inspect.card import Calibration, ModelCard
 from crackscope.inspect.decision import Verdict
 from crackscope.inspect.overlay import colour_heatmap
 from crackscope.inspect.results import InspectionResult, new_id
-from crackscope.inspect.review import ReviewConfig, ReviewServer, check_config, is_loopback, transparent_heatmap
-from crackscope.inspect.review_export import export_dataset
-from crackscope.inspect.review_stats import review_stats
-from crackscope.inspect.review_store import Decision, Label, QueueFilter, ReviewError, ReviewStore, consensus
+from crackscope.inspect.review.app import ReviewConfig, ReviewServer, check_config, is_loopback, transparent_heatmap
+from crackscope.inspect.review.export import export_dataset
+from crackscope.inspect.review.stats import review_stats
+from crackscope.inspect.review.store import Decision, Label, QueueFilter, ReviewError, ReviewStore, consensus
 from crackscope.inspect.sinks import ResultStore, artefact_stem
 
 MODEL, OTHER_MODEL = "a" * 64, "b" * 64
@@ -653,7 +653,7 @@ def test_review_export_has_help_text_with_an_example(capsys):
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
 def test_the_served_file_check_refuses_a_results_folder_reached_through_a_symlink_escape(tmp_path):
-    from crackscope.inspect.review import served_file
+    from crackscope.inspect.review.app import served_file
 
     root = tmp_path / "root"
     (root / "review").mkdir(parents=True)
@@ -697,7 +697,7 @@ def test_an_empty_results_folder_serves_an_empty_queue_and_stats_and_bad_request
     ],
 )
 def test_a_redirect_target_that_a_browser_would_take_off_site_or_that_breaks_a_header_is_refused(target):
-    from crackscope.inspect.review import local_target
+    from crackscope.inspect.review.app import local_target
 
     assert local_target(target) is None
     assert local_target("/item/abc?verdict=queue&source=line+3") == "/item/abc?verdict=queue&source=line+3"

@@ -18,8 +18,8 @@ import pytest
 from crackscope.cli import main
 from crackscope.inspect.batch import BatchConfig, run_batch
 from crackscope.inspect.card import Calibration, write_calibration
-from crackscope.inspect.review import ReviewConfig, ReviewServer
-from crackscope.inspect.review_store import Label, QueueFilter, ReviewStore
+from crackscope.inspect.review.app import ReviewConfig, ReviewServer
+from crackscope.inspect.review.store import Label, QueueFilter, ReviewStore
 from crackscope.training.synthetic import make_frame
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -1,6 +1,6 @@
 """``crackscope review``: a small local web app where QA reviews decisions with their heatmaps and relabels them.
 
-Pages (server-rendered Flask templates in ``templates/review``, one CSS and one JS file, no build step):
+Pages (server-rendered Flask templates in ``templates``, one CSS and one JS file, no build step):
 
 * ``/``: the queue (REVIEW, the most uncertain first, then DEFECT by score, then a random sample of OK; unreviewed
   items unless another status is chosen; scores with the digits that order them, ``readable_probability``), with
@@ -11,9 +11,9 @@ Pages (server-rendered Flask templates in ``templates/review``, one CSS and one 
   keyboard shortcuts: ``o`` ok, ``d`` defect, ``a`` ambiguous (each saves and moves to the next item), ``n`` next,
   ``p`` previous, ``h`` heatmap on or off.
 * ``/stats``: reviewed counts, agreement with the model per verdict, and the escape and false-reject rates the
-  decisions imply against the calibration's targets (:mod:`.review_stats`).
+  decisions imply against the calibration's targets (:mod:`.stats`).
 
-Decisions go to their own tables in the same SQLite file; the records are never changed (:mod:`.review_store`).
+Decisions go to their own tables in the same SQLite file; the records are never changed (:mod:`.store`).
 
 Security: the server binds 127.0.0.1 unless told otherwise, and refuses to bind any other address without an
 access token (asked for once per browser, then kept in a cookie). Only image files inside the results folder are
@@ -58,8 +58,8 @@ from flask import (
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from crackscope.inspect.decision import Verdict, log_odds, readable_probability, review_reason
-from crackscope.inspect.review_stats import review_stats
-from crackscope.inspect.review_store import (
+from crackscope.inspect.review.stats import review_stats
+from crackscope.inspect.review.store import (
     STATUS_CHOICES,
     VERDICT_CHOICES,
     Label,
@@ -124,7 +124,7 @@ def check_config(config: ReviewConfig) -> None:
 def create_app(config: ReviewConfig, port: int | None = None) -> Flask:
     """The review app over ``config.results`` (``port``: the port actually bound, for the Host check)."""
     check_config(config)
-    app = Flask(__name__, template_folder="templates/review", static_folder="static/review", static_url_path="/static")
+    app = Flask(__name__, template_folder="templates", static_folder="static", static_url_path="/static")
     app.url_map.merge_slashes = False  # "/files//etc/passwd" must reach the path check, not a redirect
     app.config.update(
         REVIEW=config,

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from crackscope.inspect.images import file_digest
 from crackscope.inspect.results import InspectionResult
-from crackscope.inspect.review_store import Decision, Label, ReviewError, ReviewStore, consensus
+from crackscope.inspect.review.store import Decision, Label, ReviewError, ReviewStore, consensus
 from crackscope.inspect.sinks import artefact_stem
 
 FOLDERS = {Label.DEFECT: "crack", Label.OK: "ok", Label.AMBIGUOUS: "ambiguous"}

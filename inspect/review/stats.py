@@ -13,7 +13,7 @@ record count ``N_v`` scales it up::
     false-reject rate = good_DEFECT / (good_OK + good_REVIEW + good_DEFECT)
 
 This is unbiased when the reviewed items of each verdict are a random sample of it: the queue's OK sample is (see
-:mod:`.review_store`); REVIEW and DEFECT items are usually all reviewed. A verdict that has records but no clearly
+:mod:`.store`); REVIEW and DEFECT items are usually all reviewed. A verdict that has records but no clearly
 labelled reviewed item leaves the rate unknown (it is named), rather than guessed. Items the reviewers call
 ambiguous or disagree on are counted, but carry no clear label.
 
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from crackscope.calibration.stats import clopper_pearson_upper
 from crackscope.inspect.card import Calibration
 from crackscope.inspect.decision import Verdict
-from crackscope.inspect.review_store import Decision, Label, consensus
+from crackscope.inspect.review.store import Decision, Label, consensus
 
 REVIEWED_VERDICTS = (Verdict.REVIEW, Verdict.DEFECT, Verdict.OK)
 DEFAULT_CONFIDENCE = 0.9
