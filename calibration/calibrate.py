@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -51,6 +51,7 @@ from crackscope.calibration.thresholds import (
     as_probabilities,
     certify,
     check_request,
+    one_per_group,
     smallest_temperature,
 )
 from crackscope.inspect.card import Calibration, ModelCard, calibration_folder, read_card, write_calibration
@@ -121,12 +122,16 @@ def fit_calibration(
     ambiguous_logits: np.ndarray | None = None,
     ambiguous_targets: np.ndarray | None = None,
     ambiguous_review: float = 0.0,
+    groups: Sequence[str] | None = None,
+    ambiguous_groups: Sequence[str] | None = None,
 ) -> Fit:
     """Temperature and certified thresholds from the raw logits of clear items (labels 1 crack, 0 ok) and, when
     given, of ambiguous items with their soft targets (the crack share of their labellers).
 
     The ambiguous items join the temperature fit; with ``ambiguous_review`` > 0 the REVIEW band is also widened
-    until that share of them is certified to land in it (:mod:`.ambiguity`).
+    until that share of them is certified to land in it (:mod:`.ambiguity`). With ``groups`` (and
+    ``ambiguous_groups``), each item's source image, the guarantees count images, not tiles: one item per image and
+    class (:func:`~.thresholds.one_per_group`); the temperature is still fitted on every item.
 
     Raises:
         InsufficientData: too few clear items of a class, or (with ``ambiguous_review``) too few ambiguous items.
@@ -137,6 +142,15 @@ def fit_calibration(
         raise ValueError(f"{len(amb_z)} ambiguous logits but {len(amb_y)} targets")
     all_z, all_y = np.concatenate([logits, amb_z]), np.concatenate([np.asarray(labels, np.float64), amb_y])
     temperature = fit_temperature(all_z, all_y)
+    logits, labels = np.asarray(logits, np.float32), np.asarray(labels).astype(np.int64)
+    # Every clear item orders the band's growth (a density); the guarantees count independent units.
+    density = (logits[labels == 1], logits[labels == 0])
+    n_ambiguous = len(amb_z)
+    if groups is not None:
+        keep = per_image(labels, groups)
+        logits, labels = logits[keep], labels[keep]
+    if ambiguous_groups is not None and n_ambiguous:
+        amb_z = amb_z[one_per_group(list(ambiguous_groups))]
     escape, false_reject = certify(
         logits,
         labels,
@@ -146,15 +160,9 @@ def fit_calibration(
     )
     band = None
     if ambiguous_review > 0:
-        cracks = np.asarray(labels).astype(bool)
-        crack_z, good_z = np.asarray(logits)[cracks], np.asarray(logits)[~cracks]
+        crack_z, good_z = logits[labels == 1], logits[labels == 0]
         band = widen_band(
-            escape.cut,
-            false_reject.cut,
-            amb_z,
-            coverage=ambiguous_review,
-            confidence=targets.confidence,
-            clear=(crack_z, good_z),
+            escape.cut, false_reject.cut, amb_z, coverage=ambiguous_review, confidence=targets.confidence, clear=density
         )
         escape = _at_cut(escape, crack_z, band.low, below=True)
         false_reject = _at_cut(false_reject, good_z, band.high, below=False)
@@ -168,24 +176,35 @@ def fit_calibration(
             raised_to_represent_thresholds=True,
         )
     choice = as_probabilities(escape, false_reject, temperature.temperature)
-    soft = f" and {len(amb_z)} ambiguous items (soft targets)" if len(amb_z) else ""
+    soft = f" and {n_ambiguous} ambiguous items (soft targets)" if n_ambiguous else ""
     method = METHOD + (f" + a REVIEW band for >= {ambiguous_review:.0%} of ambiguous items" if band else "")
     calibration = Calibration(
         temperature=temperature.temperature,
         ok_below=choice.ok_below,
         defect_at_or_above=choice.defect_at_or_above,
-        method=f"{method} on {len(labels)} clear items{soft}{temperature.note}",
+        method=f"{method} on {len(density[0]) + len(density[1])} clear items{soft}{temperature.note}",
         targets={**asdict(targets), **({"ambiguous_review": ambiguous_review} if band else {})},
         fitted_on={
             **(fitted_on or {}),
             "clear_crack": choice.escape.n,
             "clear_ok": choice.false_reject.n,
-            "ambiguous": len(amb_z),
+            "ambiguous": n_ambiguous,
+            **({"counted_by": "image", "ambiguous_images": len(amb_z)} if groups is not None else {}),
             "joint_confidence": choice.joint_confidence * (band.confidence if band else 1.0),
             "fitted_at": utc_now(),
         },
     )
     return Fit(calibration, temperature, choice, band)
+
+
+def per_image(labels: np.ndarray, groups: Sequence[str]) -> np.ndarray:
+    """Indices of one clear item per image and class (:func:`~.thresholds.one_per_group`), in item order."""
+    named = np.asarray(groups, dtype=object)
+    chosen = []
+    for value in (1, 0):
+        members = np.flatnonzero(labels == value)
+        chosen.append(members[one_per_group(list(named[members]))])
+    return np.sort(np.concatenate(chosen))
 
 
 def _at_cut(certificate: Certificate, class_logits: np.ndarray, cut: float, *, below: bool) -> Certificate:
@@ -231,15 +250,16 @@ def check_inputs(config: CalibrateConfig) -> _Plan:
             "crack: the guarantees are per tile, so calibrate on tiles with their own labels (class folders of "
             "tiles, or images with masks)"
         )
+    # The guarantees count images (independent units), not the tiles cut from them.
     check_request(
-        sum(s.label for s in clear),
-        sum(1 - s.label for s in clear),
+        len({s.group for s in clear if s.label}),
+        len({s.group for s in clear if not s.label}),
         config.escape_rate,
         config.false_reject_rate,
         config.confidence,
     )
     if config.ambiguous_review > 0:
-        ambiguous = sum(s.clarity is Clarity.AMBIGUOUS for s in dataset.samples)
+        ambiguous = len({s.group for s in dataset.samples if s.clarity is Clarity.AMBIGUOUS})
         check_ambiguous(ambiguous, config.ambiguous_review, config.confidence)
     return _Plan(model, out, card, dataset)
 
@@ -273,6 +293,8 @@ def calibrate(config: CalibrateConfig) -> Outcome:
             ambiguous_logits=scores.logits[ambiguous],
             ambiguous_targets=np.array([s.target for s in scores.samples])[ambiguous],
             ambiguous_review=config.ambiguous_review,
+            groups=[s.group for s, keep in zip(scores.samples, scores.clear, strict=True) if keep],
+            ambiguous_groups=[s.group for s, keep in zip(scores.samples, ambiguous, strict=True) if keep],
         ),
         model=plan.model,
         out=plan.out,

@@ -142,6 +142,7 @@ class Outcome:
                 self.clear.n_ok,
                 "good items called DEFECT",
             ),
+            *_units_line(choice, self.clear),
             *_ambiguous_lines(self.fit.ambiguous),
             f"each guarantee holds with >= {choice.escape.confidence:.0%} confidence, all together with >= "
             f"{self.fit.joint_confidence:.1%} (they rest on different items)",
@@ -153,6 +154,16 @@ class Outcome:
         dense = "the dense graph decides with its tile model's calibration"
         lines += [f"wrote {path} too ({dense})" for path in self.also_written]
         return "\n".join(lines)
+
+
+def _units_line(choice: ThresholdChoice, clear: VerdictRates) -> list[str]:
+    """Say so when the guarantees count images rather than tiles (tiles of one image are not independent)."""
+    if choice.escape.n == clear.n_crack and choice.false_reject.n == clear.n_ok:
+        return []
+    return [
+        f"the guarantees count images, not tiles (tiles of one image are not independent): {choice.escape.n} images "
+        f"with crack tiles and {choice.false_reject.n} with good tiles, one tile of each drawn before scoring"
+    ]
 
 
 def _ambiguous_lines(band: AmbiguousBand | None) -> list[str]:

@@ -54,7 +54,15 @@ the false-reject test only the good items; given the class counts these are inde
 together with probability at least ``c**2``.
 
 **Assumptions.** Future items are exchangeable with the calibration items (same line, same camera, same mix of
-defect types); ambiguous items, whose label nobody knows, are not part of the guarantee.
+defect types); ambiguous items, whose label nobody knows, are not part of these two guarantees.
+
+**Independent units.** Tiles cut from one image are not independent draws: they share its surface, light and crack,
+so counting them as independent makes the bound promise more than the images can vouch for. Given each
+item's ``groups`` (its source image), :func:`certify` therefore counts images, not tiles: each image contributes one
+of its tiles of the class, drawn at random with a fixed seed before any logit is looked at (:func:`one_per_group`).
+Images are exchangeable, so these are independent draws of "a tile picked at random from an image picked at
+random", and the binomial test above is exact for that rate: the escape rate with each image weighing the same.
+Where every item is its own image (class folders of patches) nothing changes.
 
 **From raw cuts to the card's probabilities**, through :func:`crackscope.inspect.decision.probability` itself (the
 function the runtime applies), rounded towards safety: ``ok_below = probability(lam)`` (an item the runtime calls OK
@@ -76,6 +84,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -170,6 +179,16 @@ class ThresholdChoice:
         }
 
 
+def one_per_group(groups: Sequence[str], seed: int = 0) -> np.ndarray:
+    """Indices of one item per group, each drawn at random (``seed``) among its group's items: independent units
+    when items of one group (tiles of one image) are not. Depends on the groups only, never on scores."""
+    order = np.random.default_rng(seed).permutation(len(groups))
+    chosen: dict[str, int] = {}
+    for index in order:
+        chosen.setdefault(groups[index], int(index))
+    return np.sort(np.fromiter(chosen.values(), dtype=np.int64, count=len(chosen)))
+
+
 def fixed_sequence(counts: np.ndarray, n: int, target: float, delta: float) -> int:
     """How many leading hypotheses the fixed-sequence test rejects (``counts`` in test order)."""
     rejected = binomial_cdf(counts, n, target) <= delta
@@ -201,8 +220,10 @@ def certify(
     escape_rate: float,
     false_reject_rate: float,
     confidence: float = 0.9,
+    groups: Sequence[str] | None = None,
 ) -> tuple[Certificate, Certificate]:
-    """The certified raw cuts (escape, false reject) by fixed-sequence testing (see the module docstring).
+    """The certified raw cuts (escape, false reject) by fixed-sequence testing (see the module docstring); with
+    ``groups`` (each item's source image), one item per image and class is counted (:func:`one_per_group`).
 
     Raises:
         InsufficientData: too few clear cracks or good items, or even the safest cut cannot be certified; the
@@ -217,7 +238,12 @@ def certify(
             raise ValueError(f"{name} must be between 0 and 1 (exclusive), got {value}")
     z = np.asarray(logits, np.float32).ravel()
     y = np.asarray(labels).ravel().astype(bool)
-    cracks, goods = np.sort(z[y]), np.sort(z[~y])
+    if groups is not None:
+        named = np.asarray(groups, dtype=object)
+        crack_z, good_z = z[y][one_per_group(list(named[y]))], z[~y][one_per_group(list(named[~y]))]
+        cracks, goods = np.sort(crack_z), np.sort(good_z)
+    else:
+        cracks, goods = np.sort(z[y]), np.sort(z[~y])
     check_request(len(cracks), len(goods), escape_rate, false_reject_rate, confidence)
     delta = 1.0 - confidence
     # Escape: candidates from the lowest cut up; K_j = cracks below the cut.

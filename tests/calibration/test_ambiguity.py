@@ -103,3 +103,29 @@ def test_fit_calibration_puts_the_promised_share_of_ambiguous_items_in_review_an
     assert fit.thresholds.escape.bound <= 0.05 and fit.thresholds.false_reject.bound <= 0.05
     assert fit.ambiguous is not None and fit.joint_confidence == pytest.approx(0.9**3)
     assert fit.calibration.fitted_on["ambiguous"] == 60 and fit.calibration.targets["ambiguous_review"] == 0.8
+
+
+def _images(rng: np.random.Generator, images: int, tiles: int, centre: float) -> tuple[np.ndarray, list[str]]:
+    """Tiles of ``images`` images whose tiles share a per-image shift (surface, light): correlated within an image."""
+    shift = rng.normal(0.0, 2.5, images)
+    logits = (centre + np.repeat(shift, tiles) + rng.normal(0.0, 0.5, images * tiles)).astype(np.float32)
+    return logits, [f"{centre}-{i}" for i in np.repeat(np.arange(images), tiles)]
+
+
+def test_counting_images_keeps_the_escape_guarantee_where_counting_correlated_tiles_breaks_it():
+    by_tile = by_image = 0
+    splits = 200
+    for seed in range(splits):
+        rng = np.random.default_rng(seed)
+        cracks, crack_groups = _images(rng, 60, 20, 4.0)
+        goods, good_groups = _images(rng, 60, 20, -4.0)
+        logits, labels = np.concatenate([cracks, goods]), np.repeat([1, 0], len(cracks))
+        fresh, _ = _images(rng, 4000, 5, 4.0)  # the population of crack tiles, many images
+        for grouped in (False, True):
+            groups = crack_groups + good_groups if grouped else None
+            escape, _ = certify(logits, labels, escape_rate=0.1, false_reject_rate=0.1, confidence=0.9, groups=groups)
+            broken = (fresh < escape.cut).mean() > 0.1
+            by_image += grouped and broken
+            by_tile += (not grouped) and broken
+    assert by_image <= 0.1 * splits + 12  # valid: at most 10% of splits (plus sampling slack, 3 sigma)
+    assert by_tile > 0.2 * splits  # 1,200 correlated tiles counted as independent promise too much
