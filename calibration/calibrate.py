@@ -52,6 +52,7 @@ from crackscope.calibration.thresholds import (
     certify,
     check_request,
     one_per_group,
+    one_per_group_and_class,
     smallest_temperature,
 )
 from crackscope.inspect.card import Calibration, ModelCard, calibration_folder, read_card, write_calibration
@@ -147,7 +148,7 @@ def fit_calibration(
     density = (logits[labels == 1], logits[labels == 0])
     n_ambiguous = len(amb_z)
     if groups is not None:
-        keep = per_image(labels, groups)
+        keep = one_per_group_and_class(labels, groups)
         logits, labels = logits[keep], labels[keep]
     if ambiguous_groups is not None and n_ambiguous:
         amb_z = amb_z[one_per_group(list(ambiguous_groups))]
@@ -195,16 +196,6 @@ def fit_calibration(
         },
     )
     return Fit(calibration, temperature, choice, band)
-
-
-def per_image(labels: np.ndarray, groups: Sequence[str]) -> np.ndarray:
-    """Indices of one clear item per image and class (:func:`~.thresholds.one_per_group`), in item order."""
-    named = np.asarray(groups, dtype=object)
-    chosen = []
-    for value in (1, 0):
-        members = np.flatnonzero(labels == value)
-        chosen.append(members[one_per_group(list(named[members]))])
-    return np.sort(np.concatenate(chosen))
 
 
 def _at_cut(certificate: Certificate, class_logits: np.ndarray, cut: float, *, below: bool) -> Certificate:

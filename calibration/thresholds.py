@@ -189,6 +189,15 @@ def one_per_group(groups: Sequence[str], seed: int = 0) -> np.ndarray:
     return np.sort(np.fromiter(chosen.values(), dtype=np.int64, count=len(chosen)))
 
 
+def one_per_group_and_class(labels: np.ndarray, groups: Sequence[str]) -> np.ndarray:
+    """Indices of one item per group and class (labels 1 / 0), each by :func:`one_per_group`, in item order."""
+    labels, named = np.asarray(labels).ravel().astype(bool), np.asarray(groups, dtype=object)
+    chosen = [
+        members[one_per_group(list(named[members]))] for members in (np.flatnonzero(labels), np.flatnonzero(~labels))
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
 def fixed_sequence(counts: np.ndarray, n: int, target: float, delta: float) -> int:
     """How many leading hypotheses the fixed-sequence test rejects (``counts`` in test order)."""
     rejected = binomial_cdf(counts, n, target) <= delta
@@ -239,11 +248,9 @@ def certify(
     z = np.asarray(logits, np.float32).ravel()
     y = np.asarray(labels).ravel().astype(bool)
     if groups is not None:
-        named = np.asarray(groups, dtype=object)
-        crack_z, good_z = z[y][one_per_group(list(named[y]))], z[~y][one_per_group(list(named[~y]))]
-        cracks, goods = np.sort(crack_z), np.sort(good_z)
-    else:
-        cracks, goods = np.sort(z[y]), np.sort(z[~y])
+        keep = one_per_group_and_class(y, groups)
+        z, y = z[keep], y[keep]
+    cracks, goods = np.sort(z[y]), np.sort(z[~y])
     check_request(len(cracks), len(goods), escape_rate, false_reject_rate, confidence)
     delta = 1.0 - confidence
     # Escape: candidates from the lowest cut up; K_j = cracks below the cut.
