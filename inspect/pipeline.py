@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from crackscope.inspect.card import Calibration
-from crackscope.inspect.decision import Verdict, probability, verdict
+from crackscope.inspect.decision import Verdict, probability, review_reason, verdict
 from crackscope.inspect.dense import dense_grid, dense_heat, tile_logits
 from crackscope.inspect.model import DENSE_MIN_AGREEMENT, DenseModel, OnnxModel, RuntimeModel
 from crackscope.inspect.parts import DEFAULT_K, MAX, PartScoring, part_score
@@ -146,6 +146,7 @@ class FrameInspection:
     shape: tuple[int, int] = (0, 0)
     tiles_total: int = 0  # tiles in the grid, inspected or skipped (ROI, flat background)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: prepare, model, decide
+    reason: str | None = None  # why a REVIEW frame is one (decision.review_reason); None for other verdicts
 
     @property
     def tiles_skipped(self) -> int:
@@ -344,7 +345,8 @@ def conclude(
     )
     score = part_score(probs, scoring)
     frame_verdict = verdict(score, calibration) if tiles else Verdict.OK
-    return FrameInspection(frame_verdict, score, tiles, regions, heatmap, (height, width), len(grid))
+    reason = review_reason(score, probs, calibration) if frame_verdict is Verdict.REVIEW else None
+    return FrameInspection(frame_verdict, score, tiles, regions, heatmap, (height, width), len(grid), reason=reason)
 
 
 def describe_mode(model: RuntimeModel, config: InspectConfig) -> str:

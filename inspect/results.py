@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from crackscope.inspect.decision import Verdict
 from crackscope.inspect.pipeline import FrameInspection
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: ``reason`` (why a REVIEW frame is one); a version-1 store gains the column when opened
 
 
 def utc_now() -> str:
@@ -48,6 +48,9 @@ class InspectionResult:
         image_path, overlay_path, heatmap_path: saved images, relative to the results folder (None when not saved).
         timings: seconds per stage (read, prepare, model, decide, save).
         error: why the input could not be inspected (ERROR only).
+        reason: why the frame is REVIEW, in words (:func:`~crackscope.inspect.decision.review_reason`: in the
+            ambiguity band, tiles disagree, or tiles add up); None for other verdicts and for records written before
+            schema version 2.
     """
 
     id: str
@@ -67,6 +70,7 @@ class InspectionResult:
     heatmap_path: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    reason: str | None = None
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -125,6 +129,7 @@ def result_from_inspection(
         overlay_path=paths.get("overlay"),
         heatmap_path=paths.get("heatmap"),
         timings={k: round(v, 6) for k, v in {**inspection.timings, **(timings or {})}.items()},
+        reason=inspection.reason,
     )
 
 

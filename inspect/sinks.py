@@ -59,8 +59,20 @@ _COLUMNS = (
     ("heatmap_path", "TEXT"),
     ("timings", "TEXT"),
     ("error", "TEXT"),
+    ("reason", "TEXT"),
 )
 _JSON_COLUMNS = frozenset({"regions", "tiles", "timings"})
+
+
+def migrate_v1(db: sqlite3.Connection) -> None:
+    """Bring a version-1 results store to version 2: the ``reason`` column, NULL for the records already there.
+
+    Call inside a transaction; adding a nullable column rewrites no row, so this is quick on any store size.
+    """
+    columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
+    if "reason" not in columns:
+        db.execute("ALTER TABLE results ADD COLUMN reason TEXT")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
 
 class StoreError(RuntimeError):
@@ -87,6 +99,9 @@ class ResultStore:
         with self._db:
             self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             found = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if found is not None and int(found[0]) == 1:
+                migrate_v1(self._db)
+                found = (str(SCHEMA_VERSION),)
             if found is not None and int(found[0]) != SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.db_path}: results schema version {found[0]}, this crackscope writes {SCHEMA_VERSION}; "

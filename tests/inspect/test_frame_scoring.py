@@ -78,6 +78,25 @@ def test_the_frame_score_is_the_part_score_of_its_tiles_and_the_thresholds_decid
     assert result.verdict is frame_verdict
 
 
+@pytest.mark.parametrize(
+    ("tiles", "scoring", "frame_verdict", "reason"),
+    [
+        (LUKEWARM, MAX, Verdict.REVIEW, "in the ambiguity band: 4 uncertain tile(s)"),
+        (ONE_HOT, TOP2, Verdict.REVIEW, "tiles disagree: 1 tile(s) score DEFECT"),
+        ([0.06] * 6, NOISY_OR, Verdict.REVIEW, "tiles add up: every tile is OK"),  # 1 - 0.94^6 = 0.310
+        ([0.05] * 6, NOISY_OR, Verdict.OK, None),  # 1 - 0.95^6 = 0.265
+        (ONE_HOT, MAX, Verdict.DEFECT, None),
+    ],
+)
+def test_a_review_frame_carries_why_and_other_frames_carry_none(tiles, scoring, frame_verdict, reason):
+    result = _decide(tiles, scoring)
+    assert result.verdict is frame_verdict
+    if reason is None:
+        assert result.reason is None
+    else:
+        assert result.reason.startswith(reason)
+
+
 def test_tile_verdicts_do_not_depend_on_the_part_scoring():
     per_scoring = [[t.verdict for t in _decide(ONE_HOT, scoring).tiles] for scoring in (MAX, TOP5, NOISY_OR)]
     assert per_scoring[0] == [Verdict.DEFECT] + [Verdict.OK] * 5 and per_scoring[0] == per_scoring[1] == per_scoring[2]
