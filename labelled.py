@@ -21,7 +21,9 @@ Three layouts are read:
   :mod:`crackscope.training.head` and the trainer), and evaluation scores such an image as a part.
 
 An optional ``votes.csv`` (``image,annotator,label``) turns annotator disagreement into soft targets. Every sample
-remembers its source image (``group``) so splits never put one photo in both train and validation.
+remembers its source image (``group``) so splits never put one photo in both train and validation; in class
+folders that is the file itself, unless an optional ``groups.csv`` (``image,group``) names the photo it was cut
+from (as ``crackscope review export`` does for its tiles).
 
 Several folders can be read into one run (:func:`load_sources`), each a :class:`DataSource` with its own name and,
 if it needs them, its own layout and labelling settings. Each sample remembers its source, groups are prefixed with
@@ -77,9 +79,11 @@ DEFAULT_CLASS_MAP = {
     "mt_free": OK,
     "ambiguous": AMBIGUOUS,
     "mt_*": CRACK,  # magnetic-tile: every MT_<defect> class except MT_Free
+    "frames": IGNORE,  # review exports: the whole reviewed frames beside their tiles (train them with mode tiles)
 }
 MASK_FOLDER_NAMES = frozenset({"masks", "mask", "labels", "groundtruth", "ground_truth", "gt"})
 IMAGE_FOLDER_NAMES = frozenset({"images", "image", "imgs"})
+GROUPS_FILE = "groups.csv"  # image,group: the source photo of items cut from one (see _with_groups)
 VOTE_LABELS = {"1": 1.0, "0": 0.0, "true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0}
 
 
@@ -500,7 +504,7 @@ def _read_folder(root: Path, config: DataConfig) -> LabelledSet:
     mode = detect_mode(root, config.class_map) if config.mode == "auto" else config.mode
     skipped: list[str] = []
     if mode == "folder":
-        samples = _folder_samples(root, config)
+        samples = _with_groups(_folder_samples(root, config), root)
         if config.verify_images:
             samples = _drop_unreadable(samples, skipped)
     elif mode == "tiles":
@@ -515,6 +519,33 @@ def _read_folder(root: Path, config: DataConfig) -> LabelledSet:
     if mode != "tiles":  # tiles take their image's votes before they are cut
         samples = _with_votes(samples, root, config)
     return LabelledSet(root, tuple(samples), tuple(skipped))
+
+
+def _with_groups(samples: list[Sample], root: Path) -> list[Sample]:
+    """The samples with the source images named in ``groups.csv`` (``image,group``), when the folder has one.
+
+    Items cut from one photo (the tiles ``crackscope review export`` writes) are correlated; naming their photo as
+    their group keeps them on one side of every split. A row naming an image that is not there is a DataError, as
+    is a file without both columns; images the file does not name keep their own path as group.
+    """
+    path = root / GROUPS_FILE
+    if not path.is_file():
+        return samples
+    groups: dict[str, str] = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"image", "group"} <= set(reader.fieldnames):
+            raise DataError(f"{path}: needs the columns image,group (found {reader.fieldnames})")
+        for line, row in enumerate(reader, start=2):
+            image, group = (row.get("image") or "").strip(), (row.get("group") or "").strip()
+            if not image or not group:
+                raise DataError(f"{path}, line {line}: empty image or group")
+            groups[Path(image).as_posix()] = group
+    present = {Path(s.group).as_posix() for s in samples}
+    missing = sorted(set(groups) - present)
+    if missing:
+        raise DataError(f"{path}: {len(missing)} image(s) named here are not in {root}, e.g. {missing[0]}")
+    return [replace(s, group=groups.get(Path(s.group).as_posix(), s.group)) for s in samples]
 
 
 def _with_votes(samples: list[Sample], root: Path, config: DataConfig) -> list[Sample]:

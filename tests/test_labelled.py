@@ -226,6 +226,27 @@ def test_votes_file_with_missing_columns_is_a_clear_error(tmp_path):
         load_samples(tmp_path)
 
 
+def test_groups_csv_names_the_photo_tiles_were_cut_from_and_frames_are_skipped(tmp_path):
+    for name in ("crack", "ok"):
+        for i in range(2):
+            _write(tmp_path / name / f"{name}{i}.png", np.zeros((8, 8, 3), np.uint8))
+    _write(tmp_path / "frames" / "crack" / "whole.png", np.zeros((16, 16, 3), np.uint8))  # a review export's frames
+    (tmp_path / "groups.csv").write_text("image,group\ncrack/crack0.png,photo1\nok/ok0.png,photo1\n")
+    by_name = {s.path.name: s.group for s in load_samples(tmp_path).samples}
+    assert by_name == {
+        "crack0.png": "photo1",
+        "ok0.png": "photo1",
+        "crack1.png": "crack/crack1.png",
+        "ok1.png": "ok/ok1.png",
+    }
+    (tmp_path / "groups.csv").write_text("image,group\ncrack/gone.png,photo1\n")
+    with pytest.raises(DataError, match="groups.csv: 1 image.*not in.*crack/gone.png"):
+        load_samples(tmp_path)
+    (tmp_path / "groups.csv").write_text("image,photo\n")
+    with pytest.raises(DataError, match="needs the columns image,group"):
+        load_samples(tmp_path)
+
+
 def test_dawid_skene_downweights_an_annotator_who_always_disagrees():
     pytest.importorskip("crowdkit")
     votes = []

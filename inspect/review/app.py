@@ -9,11 +9,12 @@ Pages (server-rendered Flask templates in ``templates``, one CSS and one JS file
 * ``/item/<id>``: the frame with its heatmap stacked on top (opacity slider, toggle), region boxes, the score of
   each tile under the pointer, the model id and the calibration in force, the decisions so far, and buttons with
   keyboard shortcuts: ``o`` ok, ``d`` defect, ``a`` ambiguous (each saves and moves to the next item), ``n`` next,
-  ``p`` previous, ``h`` heatmap on or off.
+  ``p`` previous, ``h`` heatmap on or off; ``m`` (or its button) to drag a box round a region the model missed,
+  stored in pixels of the original frame and drawn over it with the other reviewers' marks.
 * ``/stats``: reviewed counts, agreement with the model per verdict, and the escape and false-reject rates the
   decisions imply against the calibration's targets (:mod:`.stats`).
 
-Decisions go to their own tables in the same SQLite file; the records are never changed (:mod:`.store`).
+Decisions and marks go to their own tables in the same SQLite file; the records are never changed (:mod:`.store`).
 
 Security: the server binds 127.0.0.1 unless told otherwise, and refuses to bind any other address without an
 access token (asked for once per browser, then kept in a cookie). Only image files inside the results folder are
@@ -60,6 +61,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from crackscope.inspect.decision import Verdict, log_odds, readable_probability, review_reason
 from crackscope.inspect.review.stats import review_stats
 from crackscope.inspect.review.store import (
+    MIN_MARK_SIDE,
     STATUS_CHOICES,
     VERDICT_CHOICES,
     Label,
@@ -140,6 +142,7 @@ def create_app(config: ReviewConfig, port: int | None = None) -> Flask:
         labels=list(Label),
         keys=_KEYS,
         screen_side=VIEW_SIDES["screen"],
+        min_mark_side=MIN_MARK_SIDE,
         short=lambda model_id: (model_id or "")[:12],
         when=lambda time: (time or "").replace("T", " ")[:19] + " UTC" if time else "",
         percent=lambda value: "—" if value is None else f"{100 * value:.1f}%",
@@ -243,6 +246,8 @@ def _routes(app: Flask) -> None:
     app.add_url_rule("/", "queue", _queue_page)
     app.add_url_rule("/item/<result_id>", "item", _item_page)
     app.add_url_rule("/item/<result_id>/decision", "decide", _decide, methods=["POST"])
+    app.add_url_rule("/item/<result_id>/mark", "mark", _add_mark, methods=["POST"])
+    app.add_url_rule("/item/<result_id>/mark/<int:mark_id>/remove", "remove_mark", _remove_mark, methods=["POST"])
     app.add_url_rule("/reviewer", "reviewer", _set_reviewer, methods=["POST"])
     app.add_url_rule("/stats", "stats", _stats_page)
     app.add_url_rule("/files/<path:relpath>", "files", _file)
@@ -335,12 +340,15 @@ def _item_page(result_id: str) -> str:
         saved_record=store.record(saved_id) if saved else None,
         tiles=[list(t) for t in record.tiles],
         regions=list(record.regions),
+        marks=store.marks(result_id),
     )
 
 
 def _reason(record: Any, calibration: Any) -> str | None:
-    """Why a REVIEW record is one (:func:`~crackscope.inspect.decision.review_reason`), when its calibration is
-    known."""
+    """Why a REVIEW record is one: as stored when it was decided, else (records of schema version 1) worked out
+    again with :func:`~crackscope.inspect.decision.review_reason` when its calibration is known."""
+    if record.reason:
+        return record.reason
     if calibration is None or record.score is None or record.verdict is not Verdict.REVIEW:
         return None
     return review_reason(record.score, [tile[4] for tile in record.tiles], calibration)
@@ -372,6 +380,48 @@ def _decide(result_id: str) -> Response:
     store.decide(result_id, reviewer, label)
     target = following or result_id
     return redirect(url_for("item", result_id=target, saved=result_id, **_filter_args()), 303)
+
+
+def _add_mark(result_id: str) -> Response:
+    """Store a box round a region the model missed (form fields x, y, w, h: pixels of the original frame)."""
+    reviewer = _marking_reviewer()
+    box = [_pixels(name) for name in ("x", "y", "w", "h")]
+    _store().add_mark(result_id, reviewer, box)
+    return _back_to_item(result_id)
+
+
+def _remove_mark(result_id: str, mark_id: int) -> Response:
+    reviewer = _marking_reviewer()
+    store = _store()
+    if mark_id not in {mark.id for mark in store.marks(result_id)}:
+        abort(404, "No such mark on this item (it may have been removed already).")
+    store.remove_mark(mark_id, reviewer)
+    return _back_to_item(result_id)
+
+
+def _marking_reviewer() -> str:
+    reviewer = _reviewer()
+    if reviewer is None:
+        raise ReviewError("Enter your name (top right) before marking: each mark is stored with it.")
+    return reviewer
+
+
+def _pixels(name: str) -> float:
+    """A form field that is a number of pixels (400 with one line when it is not)."""
+    value = request.form.get(name, "").strip()
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise ReviewError(f"{name} must be a number of pixels of the original frame, got {value[:40]!r}")
+    return number
+
+
+def _back_to_item(result_id: str) -> Response:
+    """To the form's ``next`` when it stays on this server, else back to the item with the same filters."""
+    target = local_target(request.form.get("next", "")) or url_for("item", result_id=result_id, **_filter_args())
+    return redirect(target, 303)
 
 
 def _set_reviewer() -> Response:

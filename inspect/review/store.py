@@ -8,6 +8,9 @@ itself, reads the ``results`` table and writes only its own tables, which leave 
   ``ambiguous``, with the time). A reviewer who changes their mind replaces their own row; several reviewers each
   keep theirs, and an item whose reviewers disagree counts as ambiguous (:func:`consensus`).
 * ``review_log``: every decision ever made, append-only, so a changed decision stays auditable.
+* ``review_marks``: boxes a reviewer drew round a region the model missed, in pixels of the original frame (they
+  become crack training tiles). Only the reviewer who drew a mark may remove it; a removed mark keeps its row,
+  flagged ``removed``, and ``review_mark_log`` keeps every mark drawn and removed, append-only, with the time.
 
 Every query runs against the live database, so records a daemon adds appear on the next page load.
 
@@ -21,15 +24,17 @@ Example:
     ...     row = store.queue(QueueFilter())[0]
     ...     store.decide(row.id, "alice", Label.DEFECT)
     ...     store.decisions(row.id)
+    ...     store.add_mark(row.id, "alice", (120, 40, 64, 32))   # x, y, w, h of the original frame
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from enum import Enum
@@ -38,7 +43,7 @@ from pathlib import Path
 from crackscope.inspect.card import Calibration, ModelCard
 from crackscope.inspect.decision import Verdict
 from crackscope.inspect.results import SCHEMA_VERSION, InspectionResult, utc_now
-from crackscope.inspect.sinks import DB_NAME
+from crackscope.inspect.sinks import DB_NAME, migrate_v1
 
 _JSON_COLUMNS = ("regions", "tiles", "timings")
 _RECORD_FIELDS = frozenset(f.name for f in fields(InspectionResult))
@@ -50,6 +55,7 @@ _QUEUE_ORDER = (
 VERDICT_CHOICES = ("queue", "REVIEW", "DEFECT", "OK", "ERROR", "all")
 STATUS_CHOICES = ("any", "unreviewed", "reviewed", "disputed")
 MAX_REVIEWER_LENGTH = 60
+MIN_MARK_SIDE = 4  # px of the original frame: a smaller box is a slip of the mouse, not a region
 
 
 class ReviewError(ValueError):
@@ -71,6 +77,17 @@ class Decision:
     result_id: str
     reviewer: str
     label: Label
+    time: str
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A region a reviewer says the model missed: ``box`` is ``(x, y, w, h)`` in pixels of the original frame."""
+
+    id: int
+    result_id: str
+    reviewer: str
+    box: tuple[int, int, int, int]
     time: str
 
 
@@ -151,6 +168,31 @@ def utc_bound(value: str) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def clip_box(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
+    """``(x, y, w, h)`` clipped to a ``width`` x ``height`` frame, its edges rounded to whole pixels.
+
+    A negative ``w`` or ``h`` (a box dragged leftwards or upwards) spans back from ``x`` or ``y``. Raises
+    :class:`ReviewError` when the box is not four finite numbers or is under :data:`MIN_MARK_SIDE` px a side once
+    clipped.
+    """
+    try:
+        x, y, w, h = (float(value) for value in box)
+    except (TypeError, ValueError):
+        raise ReviewError(f"a box is four numbers x, y, w, h (pixels of the frame), got {box!r}") from None
+    if not all(math.isfinite(value) for value in (x, y, w, h)):
+        raise ReviewError(f"a box is four finite numbers x, y, w, h (pixels of the frame), got {box!r}")
+    left, right = sorted((x, x + w))
+    top, bottom = sorted((y, y + h))
+    left, top = round(max(left, 0.0)), round(max(top, 0.0))
+    right, bottom = round(min(right, float(width))), round(min(bottom, float(height)))
+    if right - left < MIN_MARK_SIDE or bottom - top < MIN_MARK_SIDE:
+        raise ReviewError(
+            f"a marked region must be at least {MIN_MARK_SIDE} x {MIN_MARK_SIDE} px inside the {width} x {height} "
+            f"frame; box {tuple(box)!r} is {max(right - left, 0)} x {max(bottom - top, 0)} px there"
+        )
+    return left, top, right - left, bottom - top
+
+
 def clean_reviewer(name: str) -> str:
     """A reviewer's name as stored: trimmed, 1-60 printable characters."""
     name = " ".join((name or "").split())
@@ -186,6 +228,10 @@ class ReviewStore:
         except sqlite3.DatabaseError as error:
             self.close()
             raise ReviewError(f"{self.db_path}: not a crackscope results store ({error})") from error
+        if found is not None and int(found[0]) == 1:  # before REVIEW reasons were stored: add the column
+            with self._db:
+                migrate_v1(self._db)
+            found = (str(SCHEMA_VERSION),)
         if found is None or int(found[0]) != SCHEMA_VERSION:
             self.close()
             raise ReviewError(
@@ -204,6 +250,17 @@ class ReviewStore:
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS review_log ("
                 " result_id TEXT NOT NULL, reviewer TEXT NOT NULL, label TEXT NOT NULL, time TEXT NOT NULL)"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS review_marks ("
+                " id INTEGER PRIMARY KEY, result_id TEXT NOT NULL, reviewer TEXT NOT NULL,"
+                " x INTEGER NOT NULL, y INTEGER NOT NULL, w INTEGER NOT NULL, h INTEGER NOT NULL, time TEXT NOT NULL,"
+                " removed INTEGER NOT NULL DEFAULT 0)"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS review_mark_log ("
+                " mark_id INTEGER NOT NULL, result_id TEXT NOT NULL, reviewer TEXT NOT NULL,"
+                " action TEXT NOT NULL CHECK (action IN ('add', 'remove')), time TEXT NOT NULL)"
             )
 
     # --- decisions ----------------------------------------------------------------------------------------------
@@ -248,6 +305,73 @@ class ReviewStore:
             "SELECT result_id, reviewer, label, time FROM review_log WHERE result_id = ? ORDER BY rowid", (result_id,)
         )
         return [Decision(r[0], r[1], Label(r[2]), r[3]) for r in rows]
+
+    # --- marks of missed regions ---------------------------------------------------------------------------------
+
+    def add_mark(self, result_id: str, reviewer: str, box: Sequence[float]) -> Mark:
+        """Record that ``reviewer`` sees a region the model missed: ``box`` is ``(x, y, w, h)`` in pixels of the
+        original frame (``record.width`` x ``record.height``), clipped to it (:func:`clip_box`).
+
+        The same box sent again by the same reviewer (a double click, a form sent twice) is stored once: their
+        standing mark is returned.
+        """
+        reviewer = clean_reviewer(reviewer)
+        record = self.record(result_id)
+        if record is None or record.verdict is Verdict.ERROR or not (record.width and record.height):
+            raise ReviewError(f"no inspected frame {result_id!r} to mark a region on")
+        clipped = clip_box(box, record.width, record.height)
+        standing = next((m for m in self.marks(result_id) if m.reviewer == reviewer and m.box == clipped), None)
+        if standing is not None:
+            return standing
+        time = utc_now()
+        with self._db:
+            cursor = self._db.execute(
+                "INSERT INTO review_marks (result_id, reviewer, x, y, w, h, time) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (result_id, reviewer, *clipped, time),
+            )
+            mark = Mark(int(cursor.lastrowid), result_id, reviewer, clipped, time)
+            self._db.execute(
+                "INSERT INTO review_mark_log VALUES (?, ?, ?, 'add', ?)", (mark.id, result_id, reviewer, time)
+            )
+        return mark
+
+    def marks(self, result_id: str) -> list[Mark]:
+        """The marks standing on a record (removed ones left out), oldest first."""
+        rows = self._db.execute(
+            "SELECT id, result_id, reviewer, x, y, w, h, time FROM review_marks"
+            " WHERE result_id = ? AND NOT removed ORDER BY id",
+            (result_id,),
+        )
+        return [_mark(row) for row in rows]
+
+    def all_marks(self) -> dict[str, list[Mark]]:
+        """Every standing mark, by record id."""
+        found: dict[str, list[Mark]] = defaultdict(list)
+        rows = self._db.execute(
+            "SELECT id, result_id, reviewer, x, y, w, h, time FROM review_marks WHERE NOT removed ORDER BY id"
+        )
+        for row in rows:
+            found[row[1]].append(_mark(row))
+        return dict(found)
+
+    def remove_mark(self, mark_id: int, reviewer: str) -> None:
+        """Take back a mark; only the reviewer who drew it may. Removing it again changes nothing."""
+        reviewer = clean_reviewer(reviewer)
+        row = self._db.execute(
+            "SELECT result_id, reviewer, removed FROM review_marks WHERE id = ?", (mark_id,)
+        ).fetchone()
+        if row is None:
+            raise ReviewError(f"no mark {mark_id!r} to remove")
+        result_id, drawn_by, removed = row
+        if drawn_by != reviewer:
+            raise ReviewError(f"mark {mark_id} was drawn by {drawn_by}: only they can remove it")
+        if removed:
+            return
+        with self._db:
+            self._db.execute("UPDATE review_marks SET removed = 1 WHERE id = ?", (mark_id,))
+            self._db.execute(
+                "INSERT INTO review_mark_log VALUES (?, ?, ?, 'remove', ?)", (mark_id, result_id, reviewer, utc_now())
+            )
 
     # --- records ------------------------------------------------------------------------------------------------
 
@@ -393,6 +517,11 @@ def _record(description: tuple, row: tuple) -> InspectionResult:
             values[name] = json.loads(values[name]) if values[name] is not None else None
     values["timings"] = values.get("timings") or {}
     return InspectionResult.from_json(values)
+
+
+def _mark(row: tuple) -> Mark:
+    """A :class:`Mark` from ``(id, result_id, reviewer, x, y, w, h, time)``."""
+    return Mark(int(row[0]), row[1], row[2], (int(row[3]), int(row[4]), int(row[5]), int(row[6])), row[7])
 
 
 def _where(selection: QueueFilter) -> tuple[str, list[object]]:

@@ -25,7 +25,15 @@ from crackscope.inspect.results import InspectionResult, new_id
 from crackscope.inspect.review.app import ReviewConfig, ReviewServer, check_config, is_loopback, transparent_heatmap
 from crackscope.inspect.review.export import export_dataset
 from crackscope.inspect.review.stats import review_stats
-from crackscope.inspect.review.store import Decision, Label, QueueFilter, ReviewError, ReviewStore, consensus
+from crackscope.inspect.review.store import (
+    Decision,
+    Label,
+    Mark,
+    QueueFilter,
+    ReviewError,
+    ReviewStore,
+    consensus,
+)
 from crackscope.inspect.sinks import ResultStore, artefact_stem
 
 MODEL, OTHER_MODEL = "a" * 64, "b" * 64
@@ -271,6 +279,103 @@ def test_the_calibration_in_force_is_known_only_for_the_stores_model(results):
         assert store.calibration_for(OTHER_MODEL) is None
 
 
+# --- marks of missed regions ---------------------------------------------------------------------------------------
+
+
+def _mark_log(folder: Path) -> list[tuple]:
+    with sqlite3.connect(folder / "results.sqlite") as db:
+        return db.execute("SELECT mark_id, reviewer, action FROM review_mark_log ORDER BY rowid").fetchall()
+
+
+def test_a_mark_is_stored_in_whole_pixels_of_the_frame_beside_the_records_which_stay_unchanged(results):
+    before = _dump(results)
+    with ReviewStore(results) as store:
+        item = _ids(store)["ok_1"]
+        mark = store.add_mark(item, "  alice  ", (10.4, 5.6, 20.0, 12.0))
+        assert isinstance(mark, Mark) and (mark.result_id, mark.reviewer, mark.box) == (item, "alice", (10, 6, 20, 12))
+        assert mark.time.endswith("+00:00")
+        assert store.marks(item) == [mark] and store.all_marks() == {item: [mark]}
+        assert store.marks(_ids(store)["ok_2"]) == []
+    assert _dump(results) == before
+
+
+@pytest.mark.parametrize(
+    ("box", "clipped"),
+    [
+        ((-10, -5, 30, 20), (0, 0, 20, 15)),  # off the top left
+        ((50, 40, 100, 100), (50, 40, 14, 8)),  # off the bottom right of the 64 x 48 frame
+        ((30, 20, -10, -10), (20, 10, 10, 10)),  # dragged up and to the left
+        ((0, 0, 64, 48), (0, 0, 64, 48)),
+    ],
+)
+def test_a_mark_is_clipped_to_the_frame(results, box, clipped):
+    with ReviewStore(results) as store:
+        assert store.add_mark(_ids(store)["review_hi"], "alice", box).box == clipped
+
+
+@pytest.mark.parametrize(
+    ("box", "message"),
+    [
+        ((61, 0, 10, 10), "at least 4 x 4 px"),  # 3 px wide once clipped
+        ((100, 100, 10, 10), "at least 4 x 4 px"),  # outside the frame
+        ((0, 0, 3.4, 10), "at least 4 x 4 px"),
+        ((0, 0, math.nan, 10), "four finite numbers"),
+        ((0, 0, math.inf, 10), "four finite numbers"),
+        (("a", 0, 10, 10), "four numbers"),
+        ((0, 0, 10), "four numbers"),
+    ],
+)
+def test_a_sliver_or_a_box_that_is_not_four_numbers_is_refused(results, box, message):
+    with ReviewStore(results) as store:
+        item = _ids(store)["review_hi"]
+        with pytest.raises(ReviewError, match=message):
+            store.add_mark(item, "alice", box)
+        assert store.marks(item) == []
+
+
+def test_the_same_box_by_the_same_reviewer_is_stored_and_logged_once(results):
+    with ReviewStore(results) as store:
+        item = _ids(store)["defect_lo"]
+        first = store.add_mark(item, "alice", (4, 4, 16, 16))
+        assert store.add_mark(item, "alice", (4.2, 3.9, 16, 16)) == first  # the same once rounded
+        other = store.add_mark(item, "bob", (4, 4, 16, 16))
+        assert other.id != first.id and [m.reviewer for m in store.marks(item)] == ["alice", "bob"]
+    assert _mark_log(results) == [(first.id, "alice", "add"), (other.id, "bob", "add")]
+
+
+def test_only_the_reviewer_who_drew_a_mark_can_remove_it_and_the_log_keeps_both(results):
+    with ReviewStore(results) as store:
+        ids = _ids(store)
+        mark = store.add_mark(ids["ok_4"], "alice", (4, 4, 16, 16))
+        kept = store.add_mark(ids["ok_3"], "alice", (8, 8, 8, 8))
+        with pytest.raises(ReviewError, match="drawn by alice: only they can remove it"):
+            store.remove_mark(mark.id, "bob")
+        with pytest.raises(ReviewError, match="no mark 999"):
+            store.remove_mark(999, "alice")
+        store.remove_mark(mark.id, "alice")
+        store.remove_mark(mark.id, "alice")  # again: nothing changes
+        assert store.marks(ids["ok_4"]) == [] and store.all_marks() == {ids["ok_3"]: [kept]}
+        again = store.add_mark(ids["ok_4"], "alice", (4, 4, 16, 16))  # drawn again after removing: a new mark
+        assert again.id not in (mark.id, kept.id)
+    assert _mark_log(results) == [
+        (mark.id, "alice", "add"),
+        (kept.id, "alice", "add"),
+        (mark.id, "alice", "remove"),
+        (again.id, "alice", "add"),
+    ]
+
+
+def test_an_error_record_an_unknown_id_and_a_blank_reviewer_cannot_be_marked(results):
+    with ReviewStore(results) as store:
+        with pytest.raises(ReviewError, match="no inspected frame"):
+            store.add_mark(_ids(store)["broken"], "alice", (0, 0, 10, 10))
+        with pytest.raises(ReviewError, match="no inspected frame"):
+            store.add_mark("nope", "alice", (0, 0, 10, 10))
+        with pytest.raises(ReviewError, match="reviewer name"):
+            store.add_mark(_ids(store)["ok_1"], "  ", (0, 0, 10, 10))
+        assert store.all_marks() == {}
+
+
 # --- stats ----------------------------------------------------------------------------------------------------------
 
 
@@ -356,13 +461,17 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_export_writes_class_folders_votes_of_several_reviewers_and_a_manifest(results, tmp_path):
+def test_export_writes_tiles_and_frames_in_class_folders_votes_groups_and_a_manifest(results, tmp_path):
     ids = _decide_for_export(results)
     summary = export_dataset(results, tmp_path / "dataset")
     data = tmp_path / "dataset"
     assert summary.counts == {"crack": 1, "ok": 2, "ambiguous": 2} and not summary.skipped
-    folders = {p.parent.name + "/" + p.name.split("-")[0] for p in data.rglob("*.*") if p.parent != data}
-    assert folders == {"crack/defect_hi", "ok/ok_1", "ok/ok_4", "ambiguous/review_lo", "ambiguous/review_hi"}
+    assert summary.tiles == {"crack": 1, "ok": 2, "ambiguous": 2} and summary.tile_size == 96  # the card's input
+    frames = {p.parent.name + "/" + p.name.split("-")[0] for p in (data / "frames").rglob("*.*")}
+    assert frames == {"crack/defect_hi", "ok/ok_1", "ok/ok_4", "ambiguous/review_lo", "ambiguous/review_hi"}
+    tiles = {p.relative_to(data).parent.as_posix() + "/" + p.name.split("-")[0] for p in data.glob("*/*.png")}
+    assert tiles == {"crack/defect_hi", "ok/ok_1", "ok/ok_4", "ambiguous/review_lo", "ambiguous/review_hi"}
+    assert {cv2.imread(str(p)).shape for p in data.glob("*/*.png")} == {(96, 96, 3)}  # 64 x 48 frames, padded
     votes = _rows(data / "votes.csv")
     assert {(Path(v["image"]).name.split("-")[0], v["annotator"], v["label"]) for v in votes} == {
         ("defect_hi", "alice", "crack"),
@@ -370,10 +479,15 @@ def test_export_writes_class_folders_votes_of_several_reviewers_and_a_manifest(r
         ("review_lo", "alice", "crack"),
         ("review_lo", "bob", "ok"),
     }
-    assert all((data / v["image"]).is_file() for v in votes)
-    manifest = {row["result_id"]: row for row in _rows(data / "review-export.csv")}
-    assert manifest[ids["review_lo"]]["reviewers"] == "alice=defect;bob=ok"
-    assert manifest[ids["defect_hi"]]["model_verdict"] == "DEFECT" and manifest[ids["ok_1"]]["label"] == "ok"
+    assert all((data / v["image"]).is_file() and not v["image"].startswith("frames/") for v in votes)
+    groups = _rows(data / "groups.csv")
+    assert len(groups) == 5 and all(Path(g["image"]).name.startswith(g["group"]) for g in groups)
+    manifest = [row for row in _rows(data / "review-export.csv")]
+    by_kind = {(row["result_id"], row["kind"]): row for row in manifest}
+    assert by_kind[(ids["review_lo"], "frame")]["by"] == "alice=defect;bob=ok"
+    assert by_kind[(ids["defect_hi"], "driving")]["model_verdict"] == "DEFECT"
+    assert by_kind[(ids["defect_hi"], "driving")]["box"] == "0 0 96 96"
+    assert by_kind[(ids["ok_1"], "closest")]["label"] == "ok"  # nothing flagged it: its closest call, confirmed OK
 
 
 def test_the_exported_dataset_loads_for_training_with_votes_as_soft_targets(results, tmp_path):
@@ -401,8 +515,9 @@ def test_export_takes_the_unchanged_original_else_the_saved_frame_else_skips_and
     assert summary.skipped == (
         f"{sources['ok_1']}: no image was saved for it and the original file is gone or changed",
     )
-    assert [p.suffix for p in (tmp_path / "dataset" / "crack").iterdir()] == [".jpg"]  # the saved review/ frame
-    assert [p.suffix for p in (tmp_path / "dataset" / "ambiguous").iterdir()] == [".png", ".png"]  # originals
+    frames = tmp_path / "dataset" / "frames"
+    assert [p.suffix for p in (frames / "crack").iterdir()] == [".jpg"]  # the saved review/ frame
+    assert [p.suffix for p in (frames / "ambiguous").iterdir()] == [".png", ".png"]  # originals
     assert "skipped" in summary.describe()
 
 
@@ -428,7 +543,8 @@ def test_review_export_on_the_command_line_prints_what_it_wrote(results, tmp_pat
     _decide_for_export(results)
     assert main(["review", "export", "--results", str(results), "--out", str(tmp_path / "dataset")]) == 0
     out = capsys.readouterr().out
-    assert "exported 5 reviewed image(s)" in out and "crack 1, ok 2, ambiguous 2" in out and "4 vote(s)" in out
+    assert "exported 5 tile(s) of 96 px" in out and "5 reviewed frame(s) whole" in out
+    assert "crack 1, ok 2, ambiguous 2" in out and "4 vote(s)" in out
 
 
 # --- the server -----------------------------------------------------------------------------------------------------
@@ -844,3 +960,103 @@ def test_the_item_page_of_a_review_frame_says_why(server, results):
     page = _text(server, f"/item/{ids['review_hi']}")[1]  # tiles 0.70 and 0.35, both in the 0.2-0.8 band
     assert 'id="reason">in the ambiguity band: 2 uncertain tile(s)' in page
     assert 'id="reason"' not in _text(server, f"/item/{ids['defect_hi']}")[1]
+
+
+# --- marks over HTTP ------------------------------------------------------------------------------------------------
+
+
+def _post_mark(server, item: str, fields: str, reviewer: str | None = "alice", path: str = "mark"):
+    headers = {"Cookie": f"crackscope_reviewer={reviewer}"} if reviewer else {}
+    token = _csrf(_text(server, f"/item/{item}", headers=headers)[1])
+    return _request(server, "POST", f"/item/{item}/{path}", headers=headers, body=f"{fields}&csrf={token}")
+
+
+def test_a_reviewer_marks_a_missed_region_and_the_item_page_lists_and_draws_it(server, results):
+    with ReviewStore(results) as store:
+        item = _ids(store)["ok_4"]
+    back = f"/item/{item}?verdict=all"
+    status, headers, _ = _post_mark(server, item, f"x=10.4&y=5.6&w=20&h=12&next={back.replace('?', '%3F')}")
+    assert (status, headers["Location"]) == (303, back)
+    with ReviewStore(results) as store:
+        [mark] = store.marks(item)
+    assert (mark.reviewer, mark.box) == ("alice", (10, 6, 20, 12))
+    page = _text(server, f"/item/{item}", headers={"Cookie": "crackscope_reviewer=alice"})[1]
+    assert f'class="mark mine" data-mark="{mark.id}"' in page and "missed · alice" in page
+    assert "left: 15.625%; top: 12.5%; width: 31.25%; height: 25.0%" in page  # over the 64 x 48 frame
+    assert "<td>10, 6, 20, 12</td>" in page and f"/item/{item}/mark/{mark.id}/remove" in page
+    page = _text(server, f"/item/{item}", headers={"Cookie": "crackscope_reviewer=bob"})[1]
+    assert "missed · alice" in page and f"/mark/{mark.id}/remove" not in page  # bob cannot remove it
+
+
+def test_a_mark_over_http_is_clipped_stored_once_and_redirects_only_on_this_site(server, results):
+    with ReviewStore(results) as store:
+        item = _ids(store)["review_hi"]
+    for _ in range(2):
+        status, headers, _ = _post_mark(server, item, "x=-5&y=40&w=200&h=30&next=%2F%2Fevil.example%2F")
+        assert status == 303 and headers["Location"] == f"/item/{item}"
+    with ReviewStore(results) as store:
+        assert [m.box for m in store.marks(item)] == [(0, 40, 64, 8)]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ("x=abc&y=0&w=10&h=10", "x must be a number of pixels"),
+        ("x=0&y=nan&w=10&h=10", "y must be a number of pixels"),
+        ("x=0&y=0&w=inf&h=10", "w must be a number of pixels"),
+        ("x=0&y=0&w=10", "h must be a number of pixels"),
+        ("x=0&y=0&w=2&h=10", "at least 4 x 4 px"),
+        ("x=1e400&y=0&w=10&h=10", "x must be a number of pixels"),
+    ],
+)
+def test_a_mark_with_bad_numbers_is_a_400_with_one_line_not_a_server_error(server, results, fields, message):
+    with ReviewStore(results) as store:
+        item = _ids(store)["review_hi"]
+    status, _, data = _post_mark(server, item, fields)
+    assert status == 400 and message in data.decode("utf-8")
+    with ReviewStore(results) as store:
+        assert store.marks(item) == []
+
+
+def test_marking_needs_the_form_token_from_this_site_and_a_reviewer_name(server, results):
+    with ReviewStore(results) as store:
+        item = _ids(store)["review_hi"]
+    cookie = {"Cookie": "crackscope_reviewer=alice"}
+    box = "x=0&y=0&w=10&h=10"
+    assert _request(server, "POST", f"/item/{item}/mark", headers=cookie, body=box)[0] == 403
+    assert _request(server, "POST", f"/item/{item}/mark", headers=cookie, body=box + "&csrf=forged")[0] == 403
+    status, _, data = _post_mark(server, item, box, reviewer=None)
+    assert status == 400 and b"Enter your name" in data
+    assert _request(server, "GET", f"/item/{item}/mark?{box}", headers=cookie)[0] == 405
+    with ReviewStore(results) as store:
+        assert store.all_marks() == {}
+
+
+def test_a_mark_is_removed_over_http_only_by_the_reviewer_who_drew_it(server, results):
+    with ReviewStore(results) as store:
+        ids = _ids(store)
+        mark = store.add_mark(ids["defect_hi"], "alice", (4, 4, 16, 16))
+    remove = f"mark/{mark.id}/remove"
+    status, _, data = _post_mark(server, ids["defect_hi"], "", reviewer="bob", path=remove)
+    assert status == 400 and b"only they can remove it" in data
+    assert _post_mark(server, ids["defect_lo"], "", path=remove)[0] == 404  # not a mark of that item
+    cookie = {"Cookie": "crackscope_reviewer=alice"}
+    assert _request(server, "POST", f"/item/{ids['defect_hi']}/{remove}", headers=cookie, body="")[0] == 403
+    status, headers, _ = _post_mark(server, ids["defect_hi"], "", path=remove)
+    assert status == 303 and headers["Location"] == f"/item/{ids['defect_hi']}"
+    with ReviewStore(results) as store:
+        assert store.marks(ids["defect_hi"]) == []
+    assert _post_mark(server, ids["defect_hi"], "", path=remove)[0] == 404  # already removed
+
+
+def test_an_item_without_a_picture_offers_no_marking_and_the_script_has_a_mark_key(server, results):
+    with ReviewStore(results) as store:
+        ids = _ids(store)
+    cookie = {"Cookie": "crackscope_reviewer=alice"}
+    assert 'id="mark-start"' not in _text(server, f"/item/{ids['ok_1']}", headers=cookie)[1]
+    page = _text(server, f"/item/{ids['ok_4']}", headers=cookie)[1]
+    assert 'id="mark-start"' in page and 'id="mark-form"' in page and 'data-width="64" data-height="48"' in page
+    assert re.search(r'id="mark-start" aria-pressed="false"\s+title', page)  # enabled: alice has a name
+    assert re.search(r'id="mark-start" aria-pressed="false" disabled', _text(server, f"/item/{ids['ok_4']}")[1])
+    script = _text(server, "/static/review.js")[1]
+    assert 'key === "m"' in script and "marker.active()" in script

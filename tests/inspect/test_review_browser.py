@@ -7,6 +7,7 @@ Screenshots of the queue and item pages are saved in the test's temporary folder
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 from pathlib import Path
@@ -155,9 +156,18 @@ def test_a_reviewer_decides_with_the_keyboard_and_the_decisions_export_and_train
 
     dataset = tmp_path / "dataset"
     assert main(["review", "export", "--results", str(line_results), "--out", str(dataset)]) == 0
-    assert len(list((dataset / "crack").iterdir())) == 1 and len(list((dataset / "ok").iterdir())) == 2
-    assert len(list((dataset / "ambiguous").iterdir())) == 1
-    assert (dataset / "votes.csv").read_text().count("\n") == 3  # header + alice and bob on the first item
+    frames = dataset / "frames"
+    assert len(list((frames / "crack").iterdir())) == 1 and len(list((frames / "ok").iterdir())) == 2
+    assert len(list((frames / "ambiguous").iterdir())) == 1
+    with (dataset / "review-export.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    frame_label = {row["result_id"]: row["label"] for row in rows if row["kind"] == "frame"}
+    tiles = [row for row in rows if row["kind"] != "frame"]
+    assert tiles and all(row["label"] == frame_label[row["result_id"]] for row in tiles)  # no mark was drawn
+    assert {row["result_id"] for row in tiles} == set(frame_label)  # every reviewed frame gave tiles
+    votes = (dataset / "votes.csv").read_text().splitlines()[1:]  # alice and bob on each tile of the first item
+    first_tiles = sum(row["result_id"] == order[0] for row in tiles)
+    assert len(votes) == 2 * first_tiles and all(Path(v.split(",")[0]).is_relative_to("ambiguous") for v in votes)
 
     run = tmp_path / "run"
     code = main(
@@ -186,3 +196,55 @@ def test_a_reviewer_decides_with_the_keyboard_and_the_decisions_export_and_train
     assert code == 0 and (run / "model.pt").is_file()
     for name in ("queue.png", "item.png", "stats.png"):
         assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_a_reviewer_drags_a_box_round_a_missed_region_and_it_is_stored_in_frame_pixels(browser, line_results):
+    with ReviewServer(ReviewConfig(results=str(line_results), port=0)) as server:
+        with ReviewStore(line_results) as store:
+            item = next((row.id for row in store.queue(QueueFilter(verdict="all")) if row.image_path), None)
+            if item is None:
+                pytest.skip("this run saved no frame to mark on")
+            record = store.record(item)
+            decided = store.decisions(item)
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        carol = context.new_page()
+        errors: list[str] = []
+        carol.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        carol.on("pageerror", lambda error: errors.append(str(error)))
+        carol.goto(server.url + f"item/{item}")
+        _set_reviewer(carol, "carol")
+        _wait_for_images(carol)
+        viewer = carol.locator("#viewer")
+
+        carol.keyboard.press("m")
+        assert "drawing" in viewer.get_attribute("class")
+        carol.keyboard.press("Escape")
+        assert "drawing" not in viewer.get_attribute("class")
+        carol.click("#mark-start")
+        carol.keyboard.press("d")  # no decision while drawing
+        carol.keyboard.press("n")  # nor leaving the page
+        carol.wait_for_timeout(300)
+        assert carol.url.split("?")[0].endswith(f"/item/{item}")
+
+        shown = viewer.bounding_box()  # the page shows a copy: the box must come back in the frame's pixels
+        carol.mouse.move(shown["x"] + 0.5 * shown["width"], shown["y"] + 0.75 * shown["height"])
+        carol.mouse.down()
+        carol.mouse.move(shown["x"] + 0.4 * shown["width"], shown["y"] + 0.5 * shown["height"], steps=4)
+        carol.mouse.move(shown["x"] + 0.25 * shown["width"], shown["y"] + 0.25 * shown["height"], steps=4)
+        with carol.expect_navigation():
+            carol.mouse.up()
+        with ReviewStore(line_results) as store:
+            [mark] = store.marks(item)
+            assert store.decisions(item) == decided
+        expected = (0.25 * record.width, 0.25 * record.height, 0.25 * record.width, 0.5 * record.height)
+        assert mark.reviewer == "carol"
+        assert all(abs(got - want) <= 2 for got, want in zip(mark.box, expected, strict=True)), (mark.box, expected)
+        assert "missed · carol" in carol.locator("#marks").inner_text()
+        assert ", ".join(map(str, mark.box)) in carol.locator("#marks-list").inner_text()
+
+        with carol.expect_navigation():
+            carol.click("#marks-list button.remove-mark")
+        with ReviewStore(line_results) as store:
+            assert store.marks(item) == []
+        context.close()
+        assert not errors, errors

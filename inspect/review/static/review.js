@@ -1,4 +1,5 @@
-// crackscope review: keyboard shortcuts, heatmap controls, per-tile scores on hover, live queue. No dependencies.
+// crackscope review: keyboard shortcuts, heatmap controls, per-tile scores on hover, marks of missed regions, live
+// queue. No dependencies.
 (function () {
   "use strict";
   const page = document.body.dataset.page;
@@ -87,15 +88,103 @@
     viewer.addEventListener("mouseleave", function () { tip.hidden = true; outline.hidden = true; });
   }
 
+  // Mark mode: the reviewer drags a box round a region the model missed. The picture fills the viewer, whose
+  // aspect ratio is the frame's, so a point's share of the viewer is its share of the original frame
+  // (data-width x data-height), whatever size of copy the page shows.
+  function markMode() {
+    const viewer = document.getElementById("viewer");
+    const button = document.getElementById("mark-start");
+    const form = document.getElementById("mark-form");
+    const draft = document.getElementById("mark-draft");
+    const hint = document.getElementById("mark-hint");
+    if (!viewer || !button || !form || !draft) return null;
+    const width = Number(viewer.dataset.width), height = Number(viewer.dataset.height);
+    const least = Number(form.dataset.min || 4);
+    if (!width || !height) return null;
+    const idle = hint ? hint.textContent : "";
+    let active = false, start = null, sent = false;
+
+    function say(text) { if (hint) hint.textContent = text; }
+    function setActive(on) {
+      active = on && !button.disabled;
+      start = null;
+      draft.hidden = true;
+      viewer.classList.toggle("drawing", active);
+      button.setAttribute("aria-pressed", String(active));
+      say(active ? "drag a box round the missed region (Esc cancels)" : idle);
+    }
+    function framePoint(event) {
+      const rect = viewer.getBoundingClientRect();
+      const x = Math.min(Math.max((event.clientX - rect.left) / rect.width, 0), 1);
+      const y = Math.min(Math.max((event.clientY - rect.top) / rect.height, 0), 1);
+      return { x: x * width, y: y * height };
+    }
+    function boxOf(a, b) {  // whole pixels of the frame, whichever way the box was dragged
+      const left = Math.round(Math.min(a.x, b.x)), right = Math.round(Math.max(a.x, b.x));
+      const top = Math.round(Math.min(a.y, b.y)), bottom = Math.round(Math.max(a.y, b.y));
+      return { x: left, y: top, w: right - left, h: bottom - top };
+    }
+    function show(box) {
+      draft.style.left = (100 * box.x / width) + "%";
+      draft.style.top = (100 * box.y / height) + "%";
+      draft.style.width = (100 * box.w / width) + "%";
+      draft.style.height = (100 * box.h / height) + "%";
+      draft.hidden = false;
+    }
+    button.addEventListener("click", function () { setActive(!active); });
+    viewer.addEventListener("dragstart", function (event) { if (active) event.preventDefault(); });
+    viewer.addEventListener("pointerdown", function (event) {
+      if (!active || event.button !== 0) return;
+      event.preventDefault();
+      start = framePoint(event);
+      viewer.setPointerCapture(event.pointerId);
+      show(boxOf(start, start));
+    });
+    viewer.addEventListener("pointermove", function (event) {
+      if (active && start) show(boxOf(start, framePoint(event)));
+    });
+    viewer.addEventListener("pointerup", function (event) {
+      if (!active || !start) return;
+      const box = boxOf(start, framePoint(event));
+      start = null;
+      if (box.w < least || box.h < least) {
+        draft.hidden = true;
+        say("too small: drag a box at least " + least + " px of the frame on each side (Esc cancels)");
+        return;
+      }
+      if (sent) return;
+      sent = true;
+      ["x", "y", "w", "h"].forEach(function (key) { form.elements[key].value = String(box[key]); });
+      form.submit();
+    });
+    viewer.addEventListener("pointercancel", function () { start = null; draft.hidden = true; });
+    window.addEventListener("pageshow", function (event) {  // back to this page from the browser's cache
+      if (event.persisted) { sent = false; setActive(false); }
+    });
+    return {
+      button: button,
+      active: function () { return active; },
+      toggle: function () { setActive(!active); },
+      cancel: function () { setActive(false); },
+      say: say,
+    };
+  }
+
   function itemPage() {
     const toggleHeat = heatmapControls();
     const toggleBoxes = boxControls();
+    const marker = markMode();
     tileScores();
     // One decision per key press: a held key repeats keydown, which would decide the next item too.
     const form = document.getElementById("decision-form");
     let sent = false;
     if (form) {
       form.addEventListener("submit", function (event) {
+        if (marker && marker.active()) {  // no decision while drawing a mark
+          event.preventDefault();
+          marker.say("finish the mark or cancel it (Esc) before deciding");
+          return;
+        }
         if (sent) { event.preventDefault(); return; }
         sent = true;
         form.querySelectorAll("button").forEach(function (b) { b.setAttribute("aria-busy", "true"); });
@@ -107,6 +196,19 @@
     document.addEventListener("keydown", function (event) {
       if (typing(event) || event.repeat) return;
       const key = event.key.toLowerCase();
+      if (marker && (key === "m" || (key === "escape" && marker.active()))) {
+        event.preventDefault();
+        if (marker.button.disabled) {
+          const name = document.getElementById("reviewer-name");
+          if (name) name.focus();
+        } else if (key === "m") {
+          marker.toggle();
+        } else {
+          marker.cancel();
+        }
+        return;
+      }
+      if (marker && marker.active()) return;  // while drawing, keys neither decide nor leave the page
       const button = document.querySelector('#decision-form button[data-key="' + key + '"]');
       if (button) {
         event.preventDefault();
