@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from crackscope.inspect.decision import Verdict
-from crackscope.inspect.pipeline import FrameInspection
+from crackscope.inspect.frames import FrameInspection
 from crackscope.inspect.tiling import to_bgr8
 
 VERDICT_COLOURS = {  # BGR

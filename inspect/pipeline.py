@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import cv2
@@ -34,6 +34,7 @@ import numpy as np
 from crackscope.inspect.card import Calibration
 from crackscope.inspect.decision import Verdict, probability, review_reason, verdict
 from crackscope.inspect.dense import dense_grid, dense_heat, tile_logits
+from crackscope.inspect.frames import FrameInspection, Region, TileResult  # still importable from here
 from crackscope.inspect.model import DENSE_MIN_AGREEMENT, DenseModel, OnnxModel, RuntimeModel
 from crackscope.inspect.parts import DEFAULT_K, MAX, PartScoring, part_score
 from crackscope.inspect.tiling import (
@@ -111,46 +112,6 @@ class InspectConfig:
         if self.part_scoring is None:
             return f"frame score: {scoring.describe()}, from the model card"
         return f"frame score: {scoring.describe()}, set by part_scoring (the model card says {card_scoring.label})"
-
-
-@dataclass(frozen=True)
-class TileResult:
-    """One inspected tile: where it is (frame pixels, ``x, y, w, h``), its logit, probability and verdict."""
-
-    index: int
-    box: tuple[int, int, int, int]
-    logit: float
-    probability: float
-    verdict: Verdict
-
-
-@dataclass(frozen=True)
-class Region:
-    """A defect region: a box around heat inside DEFECT/REVIEW tiles, scored by the worst tile under it."""
-
-    box: tuple[int, int, int, int]  # x, y, w, h in frame pixels
-    score: float  # highest calibrated probability of the flagged tiles it touches
-    peak: float  # highest heat inside the region (logit contribution per CAM cell)
-    verdict: Verdict
-
-
-@dataclass(frozen=True)
-class FrameInspection:
-    """Everything the model said about one frame."""
-
-    verdict: Verdict  # the calibrated thresholds applied to ``score``
-    score: float  # the frame's crack probability: part_score of its tiles' (the highest, under max scoring)
-    tiles: tuple[TileResult, ...]
-    regions: tuple[Region, ...]
-    heatmap: np.ndarray = field(repr=False)  # float32 [H, W], ReLU'd CAM blended across tiles
-    shape: tuple[int, int] = (0, 0)
-    tiles_total: int = 0  # tiles in the grid, inspected or skipped (ROI, flat background)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: prepare, model, decide
-    reason: str | None = None  # why a REVIEW frame is one (decision.review_reason); None for other verdicts
-
-    @property
-    def tiles_skipped(self) -> int:
-        return self.tiles_total - len(self.tiles)
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from crackscope.inspect.decision import Verdict
-from crackscope.inspect.pipeline import FrameInspection
-
-SCHEMA_VERSION = 2  # 2: ``reason`` (why a REVIEW frame is one); a version-1 store gains the column when opened
+from crackscope.inspect.frames import FrameInspection, Region
 
 
 def utc_now() -> str:
@@ -42,7 +40,8 @@ class InspectionResult:
             scores near 1 stay ordered; None for ERROR.
         model_id: sha256 of the ONNX file that decided.
         width, height: frame size in pixels (0 for ERROR).
-        regions: defect regions, ``{"box": [x, y, w, h], "score": p, "peak": heat, "verdict": v}``.
+        regions: defect regions (:class:`~crackscope.inspect.frames.Region`: box, score, peak heat, verdict),
+            stored as ``{"box": [x, y, w, h], "score": p, "peak": heat, "verdict": v}`` each.
         tiles: inspected tiles, ``[x, y, w, h, probability]`` each (for per-tile scores in the review page).
         tiles_skipped: grid tiles not inspected (outside the ROI, flat background).
         image_path, overlay_path, heatmap_path: saved images, relative to the results folder (None when not saved).
@@ -62,7 +61,7 @@ class InspectionResult:
     model_id: str
     width: int = 0
     height: int = 0
-    regions: tuple[dict, ...] = ()
+    regions: tuple[Region, ...] = ()
     tiles: tuple[tuple[int, int, int, int, float], ...] = ()
     tiles_skipped: int = 0
     image_path: str | None = None
@@ -75,7 +74,7 @@ class InspectionResult:
     def to_json(self) -> dict:
         data = asdict(self)
         data["verdict"] = self.verdict.value
-        data["regions"] = list(self.regions)
+        data["regions"] = [region.to_json() for region in self.regions]
         data["tiles"] = [list(t) for t in self.tiles]
         return data
 
@@ -83,7 +82,7 @@ class InspectionResult:
     def from_json(cls, data: dict) -> InspectionResult:
         values = dict(data)
         values["verdict"] = Verdict(values["verdict"])
-        values["regions"] = tuple(values.get("regions") or ())
+        values["regions"] = tuple(Region.from_json(region) for region in values.get("regions") or ())
         values["tiles"] = tuple(tuple(t) for t in values.get("tiles") or ())
         return cls(**values)
 
@@ -106,10 +105,7 @@ def result_from_inspection(
 ) -> InspectionResult:
     """The record of a successful inspection."""
     height, width = inspection.shape
-    regions = tuple(
-        {"box": list(r.box), "score": float(r.score), "peak": round(r.peak, 6), "verdict": r.verdict.value}
-        for r in inspection.regions
-    )
+    regions = tuple(Region(r.box, float(r.score), round(r.peak, 6), r.verdict) for r in inspection.regions)
     tiles = tuple((*t.box, round(t.probability, 6)) for t in inspection.tiles)
     paths = paths or {}
     return InspectionResult(

@@ -34,45 +34,23 @@ import numpy as np
 
 from crackscope.inspect.card import ModelCard
 from crackscope.inspect.decision import Verdict
+from crackscope.inspect.frames import FrameInspection
 from crackscope.inspect.overlay import colour_heatmap, render_overlay
-from crackscope.inspect.pipeline import FrameInspection
-from crackscope.inspect.results import SCHEMA_VERSION, InspectionResult, result_from_inspection
+from crackscope.inspect.results import InspectionResult, result_from_inspection
+from crackscope.inspect.schema import (
+    SCHEMA_VERSION,
+    RecordFilter,
+    SchemaError,
+    decode,
+    encode,
+    insert_sql,
+    open_schema,
+    record_conditions,
+    select_sql,
+)
 from crackscope.inspect.tiling import to_bgr8
 
 DB_NAME, JSONL_NAME, REVIEW_DIR = "results.sqlite", "results.jsonl", "review"
-
-_COLUMNS = (
-    ("id", "TEXT PRIMARY KEY"),
-    ("source", "TEXT NOT NULL"),
-    ("sha256", "TEXT NOT NULL"),
-    ("time", "TEXT NOT NULL"),
-    ("verdict", "TEXT NOT NULL"),
-    ("score", "REAL"),
-    ("model_id", "TEXT NOT NULL"),
-    ("width", "INTEGER"),
-    ("height", "INTEGER"),
-    ("regions", "TEXT"),
-    ("tiles", "TEXT"),
-    ("tiles_skipped", "INTEGER"),
-    ("image_path", "TEXT"),
-    ("overlay_path", "TEXT"),
-    ("heatmap_path", "TEXT"),
-    ("timings", "TEXT"),
-    ("error", "TEXT"),
-    ("reason", "TEXT"),
-)
-_JSON_COLUMNS = frozenset({"regions", "tiles", "timings"})
-
-
-def migrate_v1(db: sqlite3.Connection) -> None:
-    """Bring a version-1 results store to version 2: the ``reason`` column, NULL for the records already there.
-
-    Call inside a transaction; adding a nullable column rewrites no row, so this is quick on any store size.
-    """
-    columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
-    if "reason" not in columns:
-        db.execute("ALTER TABLE results ADD COLUMN reason TEXT")
-    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
 
 class StoreError(RuntimeError):
@@ -96,24 +74,14 @@ class ResultStore:
     # --- schema ---------------------------------------------------------------------------------------------------
 
     def _create_schema(self) -> None:
-        with self._db:
-            self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            found = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if found is not None and int(found[0]) == 1:
-                migrate_v1(self._db)
-                found = (str(SCHEMA_VERSION),)
-            if found is not None and int(found[0]) != SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.db_path}: results schema version {found[0]}, this crackscope writes {SCHEMA_VERSION}; "
-                    "use a new --out folder"
-                )
-            columns = ", ".join(f"{name} {kind}" for name, kind in _COLUMNS)
-            self._db.execute(f"CREATE TABLE IF NOT EXISTS results ({columns})")
-            self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS results_input ON results (source, sha256)")
-            self._db.execute("CREATE INDEX IF NOT EXISTS results_verdict ON results (verdict, score)")
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
+        try:
+            with self._db:
+                open_schema(self._db, create=True)
+        except SchemaError as error:
+            raise StoreError(
+                f"{self.db_path}: results schema version {error.found}, this crackscope writes {SCHEMA_VERSION}; "
+                "use a new --out folder"
+            ) from None
 
     def set_meta(self, **values: object) -> None:
         """Store run information (model id, calibration in force, ...) as JSON under ``meta``."""
@@ -152,14 +120,10 @@ class ResultStore:
         records = list(records)
         if not records:
             return 0
-        names = [name for name, _ in _COLUMNS]
-        placeholders = ", ".join("?" for _ in names)
         new = []
         with self._db:
             for record in records:
-                cursor = self._db.execute(
-                    f"INSERT OR IGNORE INTO results ({', '.join(names)}) VALUES ({placeholders})", _row(record)
-                )
+                cursor = self._db.execute(insert_sql(), encode(record))
                 if cursor.rowcount:
                     new.append(record)
         self._append_jsonl(new)
@@ -199,11 +163,11 @@ class ResultStore:
         """``(source, sha256)`` of every stored record (the resume rule)."""
         return set(self._db.execute("SELECT source, sha256 FROM results").fetchall())
 
-    def records(self, where: str = "", params: tuple = ()) -> Iterator[InspectionResult]:
-        names = [name for name, _ in _COLUMNS]
-        query = f"SELECT {', '.join(names)} FROM results {where} ORDER BY rowid"
-        for row in self._db.execute(query, params):
-            yield _record(dict(zip(names, row, strict=True)))
+    def records(self, selection: RecordFilter | None = None) -> Iterator[InspectionResult]:
+        """The stored records (those ``selection`` picks, when given), in the order they were stored."""
+        conditions = record_conditions(selection or RecordFilter())
+        for row in self._db.execute(f"{select_sql(conditions)} ORDER BY rowid", conditions.params):
+            yield decode(row)
 
     def counts(self) -> dict[str, int]:
         found = Counter(dict(self._db.execute("SELECT verdict, COUNT(*) FROM results GROUP BY verdict").fetchall()))
@@ -224,18 +188,6 @@ class ResultStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _row(record: InspectionResult) -> tuple:
-    data = record.to_json()
-    return tuple(json.dumps(data[name]) if name in _JSON_COLUMNS else data[name] for name, _ in _COLUMNS)
-
-
-def _record(row: dict) -> InspectionResult:
-    for name in _JSON_COLUMNS:
-        row[name] = json.loads(row[name]) if row[name] is not None else None
-    row["timings"] = row["timings"] or {}
-    return InspectionResult.from_json(row)
 
 
 # --- saved images ---------------------------------------------------------------------------------------------------

@@ -240,7 +240,7 @@ def test_groups_csv_names_the_photo_tiles_were_cut_from_and_frames_are_skipped(t
         "ok1.png": "ok/ok1.png",
     }
     (tmp_path / "groups.csv").write_text("image,group\ncrack/gone.png,photo1\n")
-    with pytest.raises(DataError, match="groups.csv: 1 image.*not in.*crack/gone.png"):
+    with pytest.raises(DataError, match=r"groups\.csv: 1 image.*not in.*crack/gone\.png"):
         load_samples(tmp_path)
     (tmp_path / "groups.csv").write_text("image,photo\n")
     with pytest.raises(DataError, match="needs the columns image,group"):

@@ -90,6 +90,25 @@ def test_calibration_imports_nothing_from_training_and_no_pytorch():
     assert _training_or_torch(loaded) == []
 
 
+def test_the_stores_and_the_review_app_import_neither_the_pipeline_nor_onnx_runtime():
+    # QA reviews on a PC with no model: records, stores and review pages read rows, never run inference.
+    modules = [
+        "crackscope.inspect.frames",
+        "crackscope.inspect.results",
+        "crackscope.inspect.schema",
+        "crackscope.inspect.sinks",
+        "crackscope.inspect.report",
+        *sorted(f"crackscope.inspect.review.{p.stem}" for p in (REPO_ROOT / "inspect" / "review").glob("*.py")),
+    ]
+    modules = [m.removesuffix(".__init__") for m in modules]
+    loaded = _modules_loaded_by_importing(modules)
+    assert set(modules) <= loaded
+    assert {"crackscope.inspect.review.app", "crackscope.inspect.review.store"} <= loaded
+    inference = ("onnxruntime", "onnx", "crackscope.inspect.pipeline", "crackscope.inspect.model")
+    assert sorted(m for m in loaded if m in inference or m.startswith(tuple(f"{i}." for i in inference))) == []
+    assert _training_or_torch(loaded) == []
+
+
 def test_the_labelled_data_reader_imports_nothing_from_training_and_no_pytorch():
     loaded = _modules_loaded_by_importing(["crackscope.labelled"])
     assert "crackscope.labelled" in loaded

@@ -9,8 +9,9 @@ Pages (server-rendered Flask templates in ``templates``, one CSS and one JS file
 * ``/item/<id>``: the frame with its heatmap stacked on top (opacity slider, toggle), region boxes, the score of
   each tile under the pointer, the model id and the calibration in force, the decisions so far, and buttons with
   keyboard shortcuts: ``o`` ok, ``d`` defect, ``a`` ambiguous (each saves and moves to the next item), ``n`` next,
-  ``p`` previous, ``h`` heatmap on or off; ``m`` (or its button) to drag a box round a region the model missed,
-  stored in pixels of the original frame and drawn over it with the other reviewers' marks.
+  ``p`` previous, ``h`` heatmap on or off; ``m`` (or its button) to drag a box round a defect (one the model
+  missed, or where it is), stored in pixels of the original frame and drawn over it with the other reviewers'
+  marks.
 * ``/stats``: reviewed counts, agreement with the model per verdict, and the escape and false-reject rates the
   decisions imply against the calibration's targets (:mod:`.stats`).
 
@@ -383,7 +384,7 @@ def _decide(result_id: str) -> Response:
 
 
 def _add_mark(result_id: str) -> Response:
-    """Store a box round a region the model missed (form fields x, y, w, h: pixels of the original frame)."""
+    """Store a box round a defect region (form fields x, y, w, h: pixels of the original frame)."""
     reviewer = _marking_reviewer()
     box = [_pixels(name) for name in ("x", "y", "w", "h")]
     _store().add_mark(result_id, reviewer, box)

@@ -30,10 +30,14 @@ otherwise ambiguous):
 * **around each region** the model reported, a tile centred on it (when no driving tile already covers it);
 * **the closest calls of a confirmed OK frame**: the :data:`OK_TILES` highest tiles of a frame nothing flagged,
   labelled ok when the reviewers say OK;
-* **marked regions**: every region a reviewer marked as missed on the item page is a crack tile centred on it
-  (tiles on a grid, when it is larger than one), whatever the item's label; driving and region tiles overlapping a
-  mark are left to the mark. A defect the model passed has no tile unless a reviewer marked where it is; the
-  summary counts such items (their frames are still in ``frames/crack``).
+* **marked regions**: every box a reviewer drew round a defect on the item page (one the model missed, or where
+  the defect is among its regions) is a crack tile centred on it (tiles on a grid, when it is larger than one),
+  whatever the item's label; driving and region tiles overlapping a mark are left to the mark. On a frame the
+  reviewers call defect and marked, the boxes say where the defects are, so the tiles outside every box are
+  labelled ok: the flagged ones (the model's false alarms on a defective frame) and, up to :data:`MAX_DRIVING` in
+  all, the highest of the others (kind ``unmarked``); unmarked, flagged tiles take the frame's label. A defect the
+  model passed has no tile unless a reviewer marked where it is; the summary counts such items (their frames are
+  still in ``frames/crack``).
 
 The image is the original file when it is still where it was inspected and unchanged (same sha256: the exact
 pixels the model saw), otherwise the frame saved in the results folder (``review/<name>.jpg``). An item with
@@ -260,7 +264,6 @@ def choose_tiles(
     if label is None:
         return tiles
     item_label = FOLDERS[label]
-    votes = True
     flag_at = calibration.ok_below if calibration is not None else 0.5
     inspected = sorted(record.tiles, key=lambda t: -t[4])
     driving = [t for t in inspected if t[4] >= flag_at][:MAX_DRIVING]
@@ -269,13 +272,20 @@ def choose_tiles(
         driving, kind = inspected[:OK_TILES], "closest"
     candidates = [(_placed(_scaled(t[:4], sx, sy), size, width, height), kind, float(t[4])) for t in driving]
     for region in record.regions:
-        box = _placed(_scaled(region["box"], sx, sy), size, width, height)
+        box = _placed(_scaled(region.box, sx, sy), size, width, height)
         if not any(_iou(box, c[0]) > 0.5 for c in candidates):
-            candidates.append((box, "region", float(region.get("score", 0.0))))
+            candidates.append((box, "region", region.score))
+    # Reviewers who call a frame defect and box its defects say where they are: the tiles outside every box are
+    # good surface, the flagged ones the model's false alarms on it, the others (the highest first) more of it.
+    outside = "ok" if label is Label.DEFECT and mark_boxes else item_label
+    if outside != item_label:
+        rest = [(_placed(_scaled(t[:4], sx, sy), size, width, height), float(t[4])) for t in inspected[len(driving) :]]
+        rest = [(box, p) for box, p in rest if not any(_overlaps(box, m) for m in mark_boxes)]
+        candidates += [(box, "unmarked", p) for box, p in rest[: max(0, MAX_DRIVING - len(driving))]]
     for box, kind_of, probability in candidates:
         if any(_overlaps(box, m) for m in mark_boxes) or box in [t.box for t in tiles]:
             continue
-        tiles.append(_Tile(box, kind_of, probability, item_label, votes))
+        tiles.append(_Tile(box, kind_of, probability, outside, outside == item_label))
     return tiles
 
 

@@ -8,9 +8,10 @@ itself, reads the ``results`` table and writes only its own tables, which leave 
   ``ambiguous``, with the time). A reviewer who changes their mind replaces their own row; several reviewers each
   keep theirs, and an item whose reviewers disagree counts as ambiguous (:func:`consensus`).
 * ``review_log``: every decision ever made, append-only, so a changed decision stays auditable.
-* ``review_marks``: boxes a reviewer drew round a region the model missed, in pixels of the original frame (they
-  become crack training tiles). Only the reviewer who drew a mark may remove it; a removed mark keeps its row,
-  flagged ``removed``, and ``review_mark_log`` keeps every mark drawn and removed, append-only, with the time.
+* ``review_marks``: boxes a reviewer drew round a defect (one the model missed, or where it is), in pixels of the
+  original frame (they become crack training tiles). Only the reviewer who drew a mark may remove it; a removed
+  mark keeps its row, flagged ``removed``, and ``review_mark_log`` keeps every mark drawn and removed,
+  append-only, with the time.
 
 Every query runs against the live database, so records a daemon adds appear on the next page load.
 
@@ -35,18 +36,27 @@ import os
 import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 
 from crackscope.inspect.card import Calibration, ModelCard
 from crackscope.inspect.decision import Verdict
-from crackscope.inspect.results import SCHEMA_VERSION, InspectionResult, utc_now
-from crackscope.inspect.sinks import DB_NAME, migrate_v1
+from crackscope.inspect.results import InspectionResult, utc_now
+from crackscope.inspect.schema import (
+    SCHEMA_VERSION,
+    Conditions,
+    RecordFilter,
+    SchemaError,
+    decode,
+    open_schema,
+    record_conditions,
+    review_ddl,
+    select_sql,
+)
+from crackscope.inspect.sinks import DB_NAME
 
-_JSON_COLUMNS = ("regions", "tiles", "timings")
-_RECORD_FIELDS = frozenset(f.name for f in fields(InspectionResult))
 # REVIEW by uncertainty (closest to 0.5 first: what labellers would split on), then DEFECT and OK by score.
 _QUEUE_ORDER = (
     "CASE r.verdict WHEN 'REVIEW' THEN 0 WHEN 'DEFECT' THEN 1 WHEN 'OK' THEN 2 ELSE 3 END, "
@@ -82,7 +92,8 @@ class Decision:
 
 @dataclass(frozen=True)
 class Mark:
-    """A region a reviewer says the model missed: ``box`` is ``(x, y, w, h)`` in pixels of the original frame."""
+    """A defect region a reviewer marked (one the model missed, or where it is among its regions): ``box`` is
+    ``(x, y, w, h)`` in pixels of the original frame."""
 
     id: int
     result_id: str
@@ -122,6 +133,15 @@ class QueueFilter:
         for value in (self.since, self.until):
             if value:
                 utc_bound(value)
+
+    def scope(self) -> RecordFilter:
+        """The records of the time, source and model filters (the scope the queue and the counts share)."""
+        return RecordFilter(
+            since=utc_bound(self.since) if self.since else "",
+            until=utc_bound(self.until) if self.until else "",
+            source=self.source,
+            model_id=self.model_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -222,46 +242,24 @@ class ReviewStore:
     # --- schema -------------------------------------------------------------------------------------------------
 
     def _check_schema(self) -> None:
+        """Refuse a database that is not a results store of this version; bring a version-1 store up to date."""
         try:
-            found = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            self._db.execute("SELECT id FROM results LIMIT 1").fetchall()
+            with self._db:
+                open_schema(self._db, create=False)
         except sqlite3.DatabaseError as error:
             self.close()
             raise ReviewError(f"{self.db_path}: not a crackscope results store ({error})") from error
-        if found is not None and int(found[0]) == 1:  # before REVIEW reasons were stored: add the column
-            with self._db:
-                migrate_v1(self._db)
-            found = (str(SCHEMA_VERSION),)
-        if found is None or int(found[0]) != SCHEMA_VERSION:
+        except SchemaError as error:
             self.close()
             raise ReviewError(
-                f"{self.db_path}: results schema version {found[0] if found else 'missing'}, this crackscope "
+                f"{self.db_path}: results schema version {error.found or 'missing'}, this crackscope "
                 f"reads {SCHEMA_VERSION}"
-            )
+            ) from None
 
     def _create_tables(self) -> None:
         with self._db:
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS review_decisions ("
-                " result_id TEXT NOT NULL, reviewer TEXT NOT NULL,"
-                " label TEXT NOT NULL CHECK (label IN ('ok', 'defect', 'ambiguous')), time TEXT NOT NULL,"
-                " PRIMARY KEY (result_id, reviewer))"
-            )
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS review_log ("
-                " result_id TEXT NOT NULL, reviewer TEXT NOT NULL, label TEXT NOT NULL, time TEXT NOT NULL)"
-            )
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS review_marks ("
-                " id INTEGER PRIMARY KEY, result_id TEXT NOT NULL, reviewer TEXT NOT NULL,"
-                " x INTEGER NOT NULL, y INTEGER NOT NULL, w INTEGER NOT NULL, h INTEGER NOT NULL, time TEXT NOT NULL,"
-                " removed INTEGER NOT NULL DEFAULT 0)"
-            )
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS review_mark_log ("
-                " mark_id INTEGER NOT NULL, result_id TEXT NOT NULL, reviewer TEXT NOT NULL,"
-                " action TEXT NOT NULL CHECK (action IN ('add', 'remove')), time TEXT NOT NULL)"
-            )
+            for statement in review_ddl():
+                self._db.execute(statement)
 
     # --- decisions ----------------------------------------------------------------------------------------------
 
@@ -306,11 +304,12 @@ class ReviewStore:
         )
         return [Decision(r[0], r[1], Label(r[2]), r[3]) for r in rows]
 
-    # --- marks of missed regions ---------------------------------------------------------------------------------
+    # --- marked defect regions ----------------------------------------------------------------------------------
 
     def add_mark(self, result_id: str, reviewer: str, box: Sequence[float]) -> Mark:
-        """Record that ``reviewer`` sees a region the model missed: ``box`` is ``(x, y, w, h)`` in pixels of the
-        original frame (``record.width`` x ``record.height``), clipped to it (:func:`clip_box`).
+        """Record that ``reviewer`` sees a defect here (one the model missed, or where it is): ``box`` is
+        ``(x, y, w, h)`` in pixels of the original frame (``record.width`` x ``record.height``), clipped to it
+        (:func:`clip_box`).
 
         The same box sent again by the same reviewer (a double click, a form sent twice) is stored once: their
         standing mark is returned.
@@ -376,9 +375,9 @@ class ReviewStore:
     # --- records ------------------------------------------------------------------------------------------------
 
     def record(self, result_id: str) -> InspectionResult | None:
-        cursor = self._db.execute("SELECT * FROM results WHERE id = ?", (result_id,))
-        row = cursor.fetchone()
-        return None if row is None else _record(cursor.description, row)
+        conditions = record_conditions(RecordFilter(ids=(result_id,)))
+        row = self._db.execute(select_sql(conditions), conditions.params).fetchone()
+        return None if row is None else decode(row)
 
     def records(self, ids: Iterable[str]) -> Iterator[InspectionResult]:
         """The records with these ids, in the order given (unknown ids are left out)."""
@@ -428,13 +427,13 @@ class ReviewStore:
 
     def queue(self, selection: QueueFilter, offset: int = 0, limit: int = 100) -> list[QueueRow]:
         """One page of the queue, in review order, with each record's current decisions."""
-        where, params = _where(selection)
+        where = _where(selection)
         query = (
             "SELECT r.id, r.source, r.time, r.verdict, r.score, r.model_id, COALESCE(json_array_length(r.regions), 0),"
-            f" r.image_path, r.overlay_path, r.error FROM results r WHERE {where} ORDER BY {_QUEUE_ORDER}"
+            f" r.image_path, r.overlay_path, r.error FROM results r WHERE {where.sql} ORDER BY {_QUEUE_ORDER}"
             " LIMIT ? OFFSET ?"
         )
-        rows = self._db.execute(query, (*params, limit, offset)).fetchall()
+        rows = self._db.execute(query, (*where.params, limit, offset)).fetchall()
         labels = self._labels([row[0] for row in rows])
         return [
             QueueRow(*row[:3], Verdict(row[3]), row[4], row[5], int(row[6]), *row[7:], tuple(labels.get(row[0], ())))
@@ -443,24 +442,23 @@ class ReviewStore:
 
     def queue_ids(self, selection: QueueFilter) -> list[str]:
         """Every id of the queue, in review order (for next / previous)."""
-        where, params = _where(selection)
-        return [
-            r[0] for r in self._db.execute(f"SELECT r.id FROM results r WHERE {where} ORDER BY {_QUEUE_ORDER}", params)
-        ]
+        where = _where(selection)
+        query = f"SELECT r.id FROM results r WHERE {where.sql} ORDER BY {_QUEUE_ORDER}"
+        return [r[0] for r in self._db.execute(query, where.params)]
 
     def queue_size(self, selection: QueueFilter) -> int:
-        where, params = _where(selection)
-        return int(self._db.execute(f"SELECT COUNT(*) FROM results r WHERE {where}", params).fetchone()[0])
+        where = _where(selection)
+        return int(self._db.execute(f"SELECT COUNT(*) FROM results r WHERE {where.sql}", where.params).fetchone()[0])
 
     def counts(self, selection: QueueFilter) -> dict[str, dict[str, int]]:
         """Records and reviewed records per verdict, within the selection's time, source and model filters."""
-        where, params = _where(replace(selection, verdict="all", status="any"))
+        where = _where(replace(selection, verdict="all", status="any"))
         query = (
             "SELECT r.verdict, COUNT(*),"
             " SUM(EXISTS (SELECT 1 FROM review_decisions d WHERE d.result_id = r.id))"
-            f" FROM results r WHERE {where} GROUP BY r.verdict"
+            f" FROM results r WHERE {where.sql} GROUP BY r.verdict"
         )
-        found = {row[0]: (int(row[1]), int(row[2] or 0)) for row in self._db.execute(query, params)}
+        found = {row[0]: (int(row[1]), int(row[2] or 0)) for row in self._db.execute(query, where.params)}
         return {v.value: dict(zip(("records", "reviewed"), found.get(v.value, (0, 0)), strict=True)) for v in Verdict}
 
     def _labels(self, ids: list[str]) -> dict[str, list[Label]]:
@@ -508,38 +506,27 @@ class ReviewStore:
         self.close()
 
 
-def _record(description: tuple, row: tuple) -> InspectionResult:
-    """An :class:`InspectionResult` from a ``results`` row (columns this crackscope does not know are left out)."""
-    values = {column[0]: value for column, value in zip(description, row, strict=True)}
-    values = {k: v for k, v in values.items() if k in _RECORD_FIELDS}
-    for name in _JSON_COLUMNS:
-        if name in values:
-            values[name] = json.loads(values[name]) if values[name] is not None else None
-    values["timings"] = values.get("timings") or {}
-    return InspectionResult.from_json(values)
-
-
 def _mark(row: tuple) -> Mark:
     """A :class:`Mark` from ``(id, result_id, reviewer, x, y, w, h, time)``."""
     return Mark(int(row[0]), row[1], row[2], (int(row[3]), int(row[4]), int(row[5]), int(row[6])), row[7])
 
 
-def _where(selection: QueueFilter) -> tuple[str, list[object]]:
-    """The SQL condition (on ``results r``) and its parameters for a queue filter."""
-    conditions, params = _scope(selection, "r")
+def _where(selection: QueueFilter) -> Conditions:
+    """The conditions (on ``results r``) of a queue filter, with their parameters."""
+    scope = selection.scope()
+    if selection.verdict not in ("queue", "all"):
+        scope = replace(scope, verdicts=(Verdict(selection.verdict),))
+    conditions = record_conditions(scope, "r")
     if selection.verdict == "queue":
         # The OK sample is drawn within the time, source and model filters, before the status filter, so
         # reviewing a sampled item does not pull another one in.
-        sample, sample_params = _scope(selection, "o")
-        sample = " AND ".join(["o.verdict = 'OK'", *sample])
-        conditions.append(
-            f"(r.verdict IN ('REVIEW', 'DEFECT') OR r.id IN (SELECT o.id FROM results o WHERE {sample}"
-            " ORDER BY o.id LIMIT ?))"
+        sample = record_conditions(replace(scope, verdicts=(Verdict.OK,)), "o")
+        conditions = conditions.also(
+            f"(r.verdict IN ('REVIEW', 'DEFECT') OR r.id IN (SELECT o.id FROM results o WHERE {sample.sql}"
+            " ORDER BY o.id LIMIT ?))",
+            *sample.params,
+            selection.ok_sample,
         )
-        params = [*params, *sample_params, selection.ok_sample]
-    elif selection.verdict != "all":
-        conditions.append("r.verdict = ?")
-        params.append(selection.verdict)
     reviewed = "EXISTS (SELECT 1 FROM review_decisions d WHERE d.result_id = r.id)"
     status = {
         "any": None,
@@ -547,25 +534,4 @@ def _where(selection: QueueFilter) -> tuple[str, list[object]]:
         "reviewed": reviewed,
         "disputed": "(SELECT COUNT(DISTINCT d.label) FROM review_decisions d WHERE d.result_id = r.id) > 1",
     }[selection.status]
-    if status:
-        conditions.append(status)
-    return " AND ".join(conditions) or "1", params
-
-
-def _scope(selection: QueueFilter, table: str) -> tuple[list[str], list[object]]:
-    """Conditions on ``table`` of the time, source and model filters (the scope the queue and the counts share)."""
-    conditions: list[str] = []
-    params: list[object] = []
-    if selection.since:
-        conditions.append(f"{table}.time >= ?")
-        params.append(utc_bound(selection.since))
-    if selection.until:
-        conditions.append(f"{table}.time < ?")
-        params.append(utc_bound(selection.until))
-    if selection.source:
-        conditions.append(f"instr({table}.source, ?) > 0")
-        params.append(selection.source)
-    if selection.model_id:
-        conditions.append(f"substr({table}.model_id, 1, ?) = ?")
-        params += [len(selection.model_id), selection.model_id]
-    return conditions, params
+    return conditions.also(status) if status else conditions

@@ -5,8 +5,9 @@ from __future__ import annotations
 import sqlite3
 
 from crackscope.inspect.decision import Verdict
-from crackscope.inspect.results import SCHEMA_VERSION, InspectionResult, new_id, utc_now
+from crackscope.inspect.results import InspectionResult, new_id, utc_now
 from crackscope.inspect.review.store import ReviewStore
+from crackscope.inspect.schema import SCHEMA_VERSION
 from crackscope.inspect.sinks import DB_NAME, ResultStore
 
 V1_COLUMNS = (

@@ -20,6 +20,7 @@ from crackscope.calibration.stats import clopper_pearson_upper
 from crackscope.cli import main
 from crackscope.inspect.card import Calibration, ModelCard
 from crackscope.inspect.decision import Verdict
+from crackscope.inspect.frames import Region
 from crackscope.inspect.overlay import colour_heatmap
 from crackscope.inspect.results import InspectionResult, new_id
 from crackscope.inspect.review.app import ReviewConfig, ReviewServer, check_config, is_loopback, transparent_heatmap
@@ -79,7 +80,7 @@ def _record(
         ):
             cv2.imwrite(str(folder / "review" / f"{stem}{suffix}"), image)
             paths[key] = f"review/{stem}{suffix}"
-    regions = ({"box": [20, 10, 20, 20], "score": score, "peak": 1.0, "verdict": verdict},) if verdict != "OK" else ()
+    regions = (Region((20, 10, 20, 20), score, 1.0, Verdict(verdict)),) if verdict != "OK" else ()
     return InspectionResult(
         id=new_id(),
         source=str(source),
@@ -928,7 +929,7 @@ def test_scores_near_one_or_zero_keep_the_digits_that_order_them():
 
 
 def test_a_record_keeps_the_frame_score_at_full_precision():
-    from crackscope.inspect.pipeline import FrameInspection
+    from crackscope.inspect.frames import FrameInspection
     from crackscope.inspect.results import result_from_inspection
 
     inspection = FrameInspection(Verdict.DEFECT, 1 - 3e-9, (), (), np.zeros((4, 4), np.float32), (4, 4), 1)
@@ -981,11 +982,11 @@ def test_a_reviewer_marks_a_missed_region_and_the_item_page_lists_and_draws_it(s
         [mark] = store.marks(item)
     assert (mark.reviewer, mark.box) == ("alice", (10, 6, 20, 12))
     page = _text(server, f"/item/{item}", headers={"Cookie": "crackscope_reviewer=alice"})[1]
-    assert f'class="mark mine" data-mark="{mark.id}"' in page and "missed · alice" in page
+    assert f'class="mark mine" data-mark="{mark.id}"' in page and "defect · alice" in page
     assert "left: 15.625%; top: 12.5%; width: 31.25%; height: 25.0%" in page  # over the 64 x 48 frame
     assert "<td>10, 6, 20, 12</td>" in page and f"/item/{item}/mark/{mark.id}/remove" in page
     page = _text(server, f"/item/{item}", headers={"Cookie": "crackscope_reviewer=bob"})[1]
-    assert "missed · alice" in page and f"/mark/{mark.id}/remove" not in page  # bob cannot remove it
+    assert "defect · alice" in page and f"/mark/{mark.id}/remove" not in page  # bob cannot remove it
 
 
 def test_a_mark_over_http_is_clipped_stored_once_and_redirects_only_on_this_site(server, results):

@@ -239,7 +239,7 @@ def test_a_reviewer_drags_a_box_round_a_missed_region_and_it_is_stored_in_frame_
         expected = (0.25 * record.width, 0.25 * record.height, 0.25 * record.width, 0.5 * record.height)
         assert mark.reviewer == "carol"
         assert all(abs(got - want) <= 2 for got, want in zip(mark.box, expected, strict=True)), (mark.box, expected)
-        assert "missed · carol" in carol.locator("#marks").inner_text()
+        assert "defect · carol" in carol.locator("#marks").inner_text()
         assert ", ".join(map(str, mark.box)) in carol.locator("#marks-list").inner_text()
 
         with carol.expect_navigation():

@@ -16,6 +16,7 @@ import pytest
 
 from crackscope.inspect.card import Calibration, ModelCard
 from crackscope.inspect.decision import Verdict
+from crackscope.inspect.frames import Region
 from crackscope.inspect.results import InspectionResult, new_id, utc_now
 from crackscope.inspect.review.export import MAX_DRIVING, choose_tiles, export_dataset
 from crackscope.inspect.review.store import Label, ReviewStore
@@ -26,6 +27,13 @@ MODEL = "c" * 64
 SIZE = 96
 CALIBRATION = Calibration(ok_below=0.3, defect_at_or_above=0.8, method="test band")
 GRID = [(x, y) for y in (0, 72, 144) for x in (0, 72, 144, 224)]  # 96 px tiles of 320 x 240 at 25% overlap
+# Tiles of a frame called defect and marked that are clear of every box: ok, up to 8 with the flagged ones, the
+# highest first (the rest all score 0.01, so in grid order).
+UNMARKED = {  # box (20, 20, 30, 30) touches (0, 0) only; two tiles are flagged
+    "found": [(72, 0), (144, 0), (224, 0), (0, 72), (72, 72), (144, 72)],
+    # box (250, 20, 40, 40) touches (224, 0) only; nothing flagged
+    "missed": [(0, 0), (72, 0), (144, 0), (0, 72), (72, 72), (144, 72), (224, 72), (0, 144)],
+}
 
 
 def _tiles(hot: dict[tuple[int, int], float]) -> tuple:
@@ -66,7 +74,7 @@ def line(tmp_path) -> tuple[Path, dict[str, str]]:
             1,
             "DEFECT",
             {(72, 72): 0.95, (144, 72): 0.5},
-            [{"box": [100, 90, 40, 30], "score": 0.95, "peak": 1.0, "verdict": "DEFECT"}],
+            [Region((100, 90, 40, 30), 0.95, 1.0, Verdict.DEFECT)],
         ),
         # OK, but a crack at (250, 20)-(290, 60): a reviewer says DEFECT and marks it
         "missed": _record(inputs, "missed", 2, "OK", {}),
@@ -74,6 +82,8 @@ def line(tmp_path) -> tuple[Path, dict[str, str]]:
         "missed_unmarked": _record(inputs, "missed_unmarked", 3, "OK", {}),
         # REVIEW; reviewers split
         "split": _record(inputs, "split", 4, "REVIEW", {(0, 144): 0.6}),
+        # DEFECT on a crack and on clean surface; the reviewer says DEFECT and boxes the crack only
+        "found": _record(inputs, "found", 5, "DEFECT", {(0, 0): 0.97, (224, 144): 0.9}),
     }
     with ResultStore(results) as store:
         store.add(records.values())
@@ -88,6 +98,8 @@ def line(tmp_path) -> tuple[Path, dict[str, str]]:
         review.decide(ids["missed_unmarked"], "bob", "defect")
         review.decide(ids["split"], "alice", "defect")
         review.decide(ids["split"], "bob", "ok")
+        review.decide(ids["found"], "carol", "defect")
+        review.add_mark(ids["found"], "carol", (20, 20, 30, 30))
     return results, ids
 
 
@@ -107,8 +119,11 @@ def test_tiles_are_cut_where_the_review_was_about_and_labelled_with_the_votes(li
         (ids["false_alarm"], "driving", "144 72 96 96", "ok"),  # in the band (0.5 >= 0.3)
         (ids["missed"], "mark", "222 0 96 96", "crack"),  # centred on the mark, moved inside the frame
         (ids["split"], "driving", "0 144 96 96", "ambiguous"),  # split votes: ambiguous, with the votes
+        (ids["found"], "mark", "0 0 96 96", "crack"),  # the boxed crack; the driving tile under it is left to it
+        (ids["found"], "driving", "224 144 96 96", "ok"),  # flagged outside every box of a marked defect frame
+        *((ids[name], "unmarked", f"{x} {y} 96 96", "ok") for name, tiles in UNMARKED.items() for x, y in tiles),
     }  # the region (100, 90, 40, 30) lies in the first driving tile: no tile of its own
-    assert summary.tiles == {"crack": 1, "ok": 2, "ambiguous": 1}
+    assert summary.tiles == {"crack": 2, "ok": 3 + 6 + 8, "ambiguous": 1}
     assert summary.unmarked_escapes == 1 and "mark the missed region" in summary.describe()
     for row in rows:  # each tile is the frame's pixels under its box
         x, y, w, h = map(int, row["box"].split())
@@ -130,9 +145,12 @@ def test_the_export_trains_beside_a_base_dataset_with_a_frames_tiles_kept_togeth
     results, _ = line
     export_dataset(results, tmp_path / "export")
     exported = load_samples(tmp_path / "export", DataConfig())
-    by_name = {s.path.name.split("-")[0]: s for s in exported.samples}
-    assert by_name["split"].clarity is Clarity.AMBIGUOUS and by_name["split"].target == 0.5  # 1 of 2 votes crack
-    assert by_name["missed"].target == 1.0 and by_name["false_alarm"].target == 0.0
+    targets: dict[str, set] = {}
+    for sample in exported.samples:
+        targets.setdefault(sample.path.name.split("-")[0], set()).add((sample.target, sample.clarity))
+    assert targets["split"] == {(0.5, Clarity.AMBIGUOUS)}  # 1 of 2 votes crack
+    assert targets["missed"] == {(1.0, Clarity.CLEAR), (0.0, Clarity.CLEAR)}  # the marked crack, the rest good
+    assert targets["false_alarm"] == {(0.0, Clarity.CLEAR)}
     assert len({s.group for s in exported.samples if s.path.name.startswith("false_alarm")}) == 1  # one frame
     base = tmp_path / "base"
     for name, value in (("crack", 200), ("ok", 40)):

@@ -1,4 +1,4 @@
-// crackscope review: keyboard shortcuts, heatmap controls, per-tile scores on hover, marks of missed regions, live
+// crackscope review: keyboard shortcuts, heatmap controls, per-tile scores on hover, marks of defect regions, live
 // queue. No dependencies.
 (function () {
   "use strict";
@@ -88,8 +88,8 @@
     viewer.addEventListener("mouseleave", function () { tip.hidden = true; outline.hidden = true; });
   }
 
-  // Mark mode: the reviewer drags a box round a region the model missed. The picture fills the viewer, whose
-  // aspect ratio is the frame's, so a point's share of the viewer is its share of the original frame
+  // Mark mode: the reviewer drags a box round a defect (one the model missed, or where it is). The picture fills
+  // the viewer, whose aspect ratio is the frame's, so a point's share of the viewer is its share of the original frame
   // (data-width x data-height), whatever size of copy the page shows.
   function markMode() {
     const viewer = document.getElementById("viewer");
@@ -111,7 +111,7 @@
       draft.hidden = true;
       viewer.classList.toggle("drawing", active);
       button.setAttribute("aria-pressed", String(active));
-      say(active ? "drag a box round the missed region (Esc cancels)" : idle);
+      say(active ? "drag a box round a defect, one box each (Esc cancels)" : idle);
     }
     function framePoint(event) {
       const rect = viewer.getBoundingClientRect();
