@@ -420,10 +420,18 @@ def _add_inspect(subparsers) -> None:
         "inspect",
         "Inspect image files, folders (recursively) and globs with an exported model: one record per input in "
         "OUT/results.sqlite and OUT/results.jsonl, overlays of flagged images, OUT/report.html. Running the same "
-        "command again resumes: inputs already recorded (same path and sha256) are skipped. Exit code 0 when the "
-        "run completed, 3 when --fail-on is given and an input reached that verdict, 2 for usage errors.",
+        "command again resumes: inputs already recorded (same path and sha256) are skipped. An input that cannot be "
+        "inspected gets an ERROR record with the reason and the run goes on; folder entries that are not inputs "
+        "(broken links, links to folders, the results folder) are listed. OUT is locked while the run writes it.",
         "crackscope inspect photos/ 'line3/*.png' --model model.int8.onnx --out runs/line3 --fail-on defect\n"
         "  crackscope inspect photos/ --model model.onnx --mode dense --out runs/line3-dense",
+    )
+    p.epilog = (
+        "exit codes:\n"
+        "  0    the run completed (inputs with ERROR records included, unless --fail-on error)\n"
+        "  2    usage errors, an unusable --out or one in use by another run (one line, nothing written)\n"
+        "  3    --fail-on is given and an input has one of its verdicts\n"
+        "  130  Ctrl-C (143: SIGTERM): the batch in flight was stored; the same command resumes\n\n" + p.epilog
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder (recursive) or glob pattern")
     p.add_argument("--model", required=True, help="ONNX model written by crackscope export")
@@ -436,7 +444,12 @@ def _add_inspect(subparsers) -> None:
         choices=["defect", "all", "none"],
         help="save image, overlay and heatmap of DEFECT and REVIEW inputs (defect, the default), all, or none",
     )
-    p.add_argument("--fail-on", choices=["defect", "review"], help="exit 3 when any input reaches this verdict")
+    p.add_argument(
+        "--fail-on",
+        metavar="VERDICTS",
+        help="exit 3 when any input has one of these verdicts: defect, review (REVIEW or DEFECT) or error (could not "
+        "be inspected), or several joined by commas (defect,error)",
+    )
     p.add_argument("--max-pixels", type=int, help="refuse larger images with an ERROR record (default 100 MP)")
     p.add_argument(
         "--workers", type=int, help="image decoding threads (default 2); see --session-workers for the model"
@@ -500,10 +513,17 @@ def _run_inspect(args: argparse.Namespace) -> int:
             "force_dense": args.force_dense,
         },
     }
-    summary = run_batch(resolve(BatchConfig, read_yaml(args.config) if args.config else None, flags))
+    config = resolve(BatchConfig, read_yaml(args.config) if args.config else None, flags)
+    try:
+        summary = run_batch(config)
+    except KeyboardInterrupt:  # Ctrl-C before the run could catch it (loading the model): nothing was written
+        print("crackscope inspect: interrupted before the run started", file=sys.stderr)
+        return 130
     print(summary.describe())
-    if summary.failed_gate:
-        print(f"crackscope inspect: an input reached {args.fail_on.upper()} (--fail-on {args.fail_on}): exit 3")
+    if summary.stopped_by is not None:
+        print(f"crackscope inspect: stopped by {summary.stopped_by.name}: exit {summary.exit_code}")
+    elif summary.failed_gate:
+        print(f"crackscope inspect: an input has a verdict of --fail-on {config.fail_on}: exit 3")
     return summary.exit_code
 
 
@@ -628,6 +648,12 @@ def _add_daemon(subparsers) -> None:
         "  crackscope daemon --source 0 --model model.onnx --mode dense --out line1\n"
         "  crackscope daemon --source inbox/ --model model.onnx --out line1 --config daemon.yaml",
     )
+    p.epilog = (
+        "exit codes:\n"
+        "  0  stopped by SIGTERM or Ctrl-C (the frames in flight are stored), or the end of a video file\n"
+        "  1  the source gave up after its reconnect.attempts\n"
+        "  2  usage errors, an unusable --out or one in use by another run (one line, nothing written)\n\n" + p.epilog
+    )
     p.add_argument("--source", help="camera index (0), video file, rtsp:// or http:// URL, or hot folder")
     p.add_argument("--model", help="ONNX model written by crackscope export")
     p.add_argument("--out", help="results folder: results.sqlite, results.jsonl, review/ (flagged frames)")
@@ -701,7 +727,11 @@ def _run_daemon(args: argparse.Namespace) -> int:
     config = daemon_config(read_yaml(args.config) if args.config else None, flags)
     if not args.verbose:
         logging.getLogger("crackscope").setLevel(logging.INFO)  # a daemon's log is its diary: start, port, drops
-    summary = run_daemon(config)
+    try:
+        summary = run_daemon(config)
+    except KeyboardInterrupt:  # Ctrl-C before the daemon could catch it (loading the model): nothing was written
+        print("crackscope daemon: interrupted before it started", file=sys.stderr)
+        return 130
     print(json.dumps(summary.describe()), flush=True)
     return exit_code(summary)
 
@@ -801,10 +831,13 @@ def _add_review(subparsers) -> None:
     export = _parser(
         actions,
         "export",
-        "Write the reviewed items of a results folder as a training dataset: crack/, ok/, ambiguous/ (reviewers who "
-        "disagree make an item ambiguous), votes.csv when several reviewers labelled an item, and "
-        "review-export.csv tracing each image to its record. Exporting again to the same folder replaces it.",
-        "crackscope review export --results runs/line3 --out datasets/line3-reviewed",
+        "Write what reviewers saw as a training dataset of tiles at the model's input size: the tiles that drove "
+        "each reviewed verdict, tiles around its regions and around regions marked as missed, in crack/, ok/, "
+        "ambiguous/ by the reviewers' votes (reviewers who disagree make a tile ambiguous, with votes.csv giving "
+        "the share), groups.csv keeping a frame's tiles together, the whole frames in frames/, and "
+        "review-export.csv tracing each file to its record. Exporting again to the same folder replaces it.",
+        "crackscope review export --results runs/line3 --out datasets/line3-reviewed\n"
+        "  crackscope train --data datasets/base --data datasets/line3-reviewed --out runs/line3-retrained",
     )
     export.prog = "crackscope review export"  # not the parent's two-line usage
     export.add_argument("--results", dest="export_results", metavar="DIR", required=True, help="results folder")

@@ -5,7 +5,9 @@ The loop is source -> trigger -> :func:`~crackscope.inspect.pipeline.inspect_fra
 frames already waiting), then the source is told the frame is done (a hot-folder file moves to ``processed/``).
 DEFECT and REVIEW frames are saved with heatmap and overlay under ``OUT/review/``. Frames of a video file and
 files of a hot folder whose ``(source, sha256)`` is already stored are skipped, so a restart does not inspect them
-twice.
+twice. A frame the pipeline cannot take gets its own ERROR record and the others of its batch are inspected one by
+one, so no input stops the line or spoils its neighbours. The results folder is locked for the run
+(:class:`~crackscope.inspect.runs.OutputLock`): a second daemon or batch run on it is refused with one line.
 
 SIGTERM and SIGINT finish the frames in flight, flush, and return; a video file source returns at its end. While it
 runs, ``/healthz`` and Prometheus ``/metrics`` are served on 127.0.0.1 when a metrics port is given.
@@ -23,11 +25,9 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import threading
 import time
-import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,8 +36,9 @@ from crackscope.config import ConfigError, from_dict, merge, write_yaml
 from crackscope.inspect.bench import choose_layout
 from crackscope.inspect.decision import describe_calibration, is_identity
 from crackscope.inspect.model import Layout, RuntimeModel, open_model
-from crackscope.inspect.pipeline import InspectConfig, describe_mode, inspect_frames
+from crackscope.inspect.pipeline import FrameInspection, InspectConfig, describe_mode, inspect_frames
 from crackscope.inspect.results import InspectionResult, error_result
+from crackscope.inspect.runs import OutputLock, check_output_folder, stop_on_signals
 from crackscope.inspect.sinks import ResultStore, SavePolicy, record_inspection, remove_partials
 from crackscope.inspect.sources import (
     Backoff,
@@ -156,14 +157,15 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
         What was done: frames by verdict, skipped frames by reason, the source's final status, recent latencies.
 
     Raises:
-        ModelLoadError, SourceError, ConfigError, StoreError: before anything is inspected.
+        ModelLoadError, SourceError, ConfigError, StoreError, OutputError (``out`` is not a folder or another run
+        holds its lock): before anything is inspected.
     """
     stop = stop or threading.Event()
-    out = Path(config.out)
-    spec = parse_source(config.source)  # a value that cannot be a source fails before the model is loaded
+    out = check_output_folder(config.out)  # like a value that cannot be a source: fails before the model is loaded
+    spec = parse_source(config.source)
     config = _settle_layout(config)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_stop_on_signals(stop))  # first: a SIGTERM during start-up is a clean stop too
+        stack.enter_context(stop_on_signals(stop))  # first: a SIGTERM during start-up is a clean stop too
         model = stack.enter_context(
             open_model(
                 config.model,
@@ -174,6 +176,7 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
                 intra_op_threads=config.threads,
             )
         )
+        stack.enter_context(OutputLock(out))  # before the store: a second writer is refused before it writes
         store = stack.enter_context(ResultStore(out))
         _prepare_output(config, out, store, model)
         done = _resume_keys(store, spec)
@@ -278,19 +281,14 @@ def _inspect(
     """One record per frame, in order; a frame that cannot be inspected gets an ERROR record, not an exception."""
     started = time.monotonic()
     images = [f.image for f in frames if f.image is not None]
-    failure = None
-    try:
-        inspections = iter(inspect_frames(model, images, config.inspect) if images else ())
-    except Exception as error:  # one bad frame must not stop the line; the records say what happened
-        log.exception("inspection of %d frame(s) failed", len(images))
-        inspections, failure = iter(()), f"inspection failed: {error}"
+    inspections = iter(_inspections(model, images, config.inspect))
     out = Path(config.out)
     records = []
     for frame in frames:
         timings = {"queue": started - frame.monotonic}
-        inspection = next(inspections, None) if frame.image is not None else None
-        if inspection is None:
-            reason = frame.error or failure or "not inspected"
+        inspection = next(inspections) if frame.image is not None else None
+        if not isinstance(inspection, FrameInspection):
+            reason = frame.error or inspection or "not inspected"
             records.append(error_result(frame.source, frame.sha256, model.model_id, reason, timings))
             continue
         records.append(
@@ -309,27 +307,18 @@ def _inspect(
     return records
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT set ``stop`` (the frames in flight are finished); only the main thread can install handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(number: int, _frame: types.FrameType | None) -> None:
-        name = signal.Signals(number).name
-        if stop.is_set():
-            log.info("%s again: already stopping", name)
-        else:
-            log.info("%s: finishing the frames in flight, then stopping", name)
-        stop.set()
-
-    previous = {number: signal.signal(number, handler) for number in (signal.SIGTERM, signal.SIGINT)}
+def _inspections(model: RuntimeModel, images: list, config: InspectConfig) -> list[FrameInspection | str]:
+    """The images inspected together; if that fails, one by one, so a bad frame costs only its own record (the
+    reason, as a string, in its place)."""
+    if not images:
+        return []
     try:
-        yield
-    finally:
-        for number, old in previous.items():
-            signal.signal(number, old)
+        return list(inspect_frames(model, images, config))
+    except Exception as error:  # one bad frame must not stop the line, nor spoil the others; its record says why
+        if len(images) == 1:
+            log.exception("inspection of a frame failed")
+            return [f"inspection failed: {error}"]
+    return [result for image in images for result in _inspections(model, [image], config)]
 
 
 def exit_code(summary: RunSummary) -> int:

@@ -1,7 +1,19 @@
 """Image files in and out, with errors that name the file.
 
-Everything that reads a picture from disk goes through :func:`read_image`, so an unreadable file is always
-reported the same way (and the runtime, which must not import PyTorch, can share it with training).
+Everything that reads a picture from disk goes through :func:`read_image` (training) or :func:`load_frame`
+(inspection), so an unreadable file is always reported the same way (and the runtime, which must not import PyTorch,
+can share it with training).
+
+:func:`load_frame` never lets an input stop a run: whatever it cannot use is an :class:`ImageReadError` with the
+reason, and pixel types the pipeline does not take are converted to 8 or 16 bits by a fixed rule:
+
+* ``uint8`` and ``uint16`` are kept as stored (the pipeline scales 16 bits by 1/257);
+* ``int8`` and ``int16``: negative values are clipped to 0, the rest read as ``uint8`` / ``uint16`` (a signed TIFF
+  almost always holds non-negative sensor counts);
+* floating point with every value in [0, 1]: times 255 (the usual convention for float images);
+* any other floating-point range, and 32/64-bit integers: stretched per image from its minimum to its maximum
+  (a flat image becomes black), since no scale is implied; scores of such files are comparable only to each other;
+* NaN or infinite pixels, booleans and more than 4 channels: an ERROR with the reason.
 
 Example:
     >>> from crackscope.inspect.images import read_image, fit_to_input
@@ -12,24 +24,33 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from crackscope.inspect.headers import read_header
+
+log = logging.getLogger(__name__)
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: a 16-bit 4-channel frame of that size is already 800 MB decoded
 
 
 class ImageReadError(ValueError):
-    """An image file that cannot be decoded; the message names the file and the reason."""
+    """An image file that cannot be decoded; the message names the file and the reason.
 
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+    ``incomplete`` is True when the file looks cut short (empty, no end marker, data past its end): a writer may
+    still be at work, so a hot folder tries it again before it records the ERROR.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str, *, incomplete: bool = False) -> None:
         self.path = Path(path)
         self.reason = reason
+        self.incomplete = incomplete
         super().__init__(f"{self.path}: {reason}")
 
 
@@ -64,7 +85,7 @@ def _file_bytes(path: Path) -> np.ndarray:
     except OSError as error:
         raise ImageReadError(path, f"cannot read file ({error.strerror or error})") from error
     if data.size == 0:
-        raise ImageReadError(path, "file is empty")
+        raise ImageReadError(path, "file is empty", incomplete=True)
     return data
 
 
@@ -87,7 +108,7 @@ def fit_to_input(image: np.ndarray, size: int) -> np.ndarray:
 class LoadedFrame:
     """A decoded input file with the hash of its bytes (the resume key of batch runs)."""
 
-    image: np.ndarray  # uint8 or uint16, [H, W] or [H, W, C] as stored (the pipeline converts)
+    image: np.ndarray  # uint8 or uint16, [H, W] or [H, W, C] (other pixel types converted, see the module docstring)
     sha256: str
     size_bytes: int
 
@@ -101,63 +122,83 @@ def load_frame(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
 
     Besides missing, empty and undecodable files, this refuses:
 
-    * a truncated JPEG or PNG: OpenCV decodes what is there and fills the rest with grey, with only a warning on
-      stderr; inspecting half a grey image would hide any crack in the missing half. A JPEG must end with its
-      end-of-image marker and a PNG with its ``IEND`` chunk;
-    * an image over ``max_pixels``, judged from the header before decoding where the format allows (JPEG, PNG),
-      so one huge file cannot exhaust the memory of a line PC.
+    * a truncated file (JPEG without its end-of-image marker, PNG without ``IEND``, TIFF, WebP or BMP whose data runs
+      past the end of the file): OpenCV decodes a cut JPEG or PNG with the rest grey and only a warning on stderr, and
+      half a grey image would hide any crack in the missing half. Bytes *after* a JPEG's or PNG's end are ignored;
+    * an image over ``max_pixels``, judged from the header before decoding (every format OpenCV reads, see
+      :mod:`.headers`), so one huge file cannot exhaust the memory of a line PC; a file with no header this
+      build can decode is refused before OpenCV is asked;
+    * pixels that cannot be converted to 8 or 16 bits by the rule in the module docstring.
 
     Raises:
-        ImageReadError: naming the file and the reason.
+        ImageReadError: naming the file and the reason (``incomplete`` set when the file looks cut short).
     """
     path = Path(path)
     data = _file_bytes(path)
     raw = data.tobytes()
-    _check_complete(path, raw)
-    size = header_size(raw)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise ImageReadError(path, f"image is {size[0]}x{size[1]} px, over the limit of {max_pixels:,} pixels")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    header = read_header(raw)
+    if header is None:
+        raise ImageReadError(path, "not a decodable image (not a format OpenCV reads)")
+    if header.incomplete:
+        raise ImageReadError(
+            path, f"truncated {header.format} ({header.incomplete}): the file is incomplete", incomplete=True
+        )
+    if header.size is None:
+        raise ImageReadError(path, f"corrupt {header.format} header: it gives no image size")
+    _check_pixels(path, *header.size, max_pixels)
+    if header.trailing and raw[-header.trailing :].strip(b"\x00\r\n "):
+        log.info("%s: %d byte(s) after the end of the %s image, ignored", path, header.trailing, header.format)
+    image = _decode(path, data)
+    _check_pixels(path, image.shape[1], image.shape[0], max_pixels)
+    return LoadedFrame(_inspectable(path, image), file_digest(raw), len(raw))
+
+
+def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageReadError(path, f"image is {width}x{height} px, over the limit of {max_pixels:,} pixels")
+
+
+def _decode(path: Path, data: np.ndarray) -> np.ndarray:
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as error:  # a decoder's own assertion (OpenCV's size cap, a broken codec stream)
+        reason = str(error).strip().splitlines()[-1]
+        raise ImageReadError(path, f"not a decodable image ({reason})") from error
+    except MemoryError as error:
+        raise ImageReadError(path, "not enough memory to decode the image") from error
     if image is None:
         raise ImageReadError(path, "not a decodable image (corrupt or unsupported format)")
-    if image.shape[0] * image.shape[1] > max_pixels:
-        raise ImageReadError(
-            path, f"image is {image.shape[1]}x{image.shape[0]} px, over the limit of {max_pixels:,} pixels"
-        )
-    return LoadedFrame(image, file_digest(raw), len(raw))
+    return image
 
 
-_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _check_complete(path: Path, raw: bytes) -> None:
-    if raw.startswith(_JPEG_START):
-        # Some writers pad after the marker (zeros, a newline); a cut file has no marker in its tail at all.
-        if _JPEG_END not in raw[-64:].rstrip(b"\x00\r\n "):
-            raise ImageReadError(path, "truncated JPEG (no end-of-image marker): the file is incomplete")
-    elif raw.startswith(_PNG_SIGNATURE) and b"IEND" not in raw[-16:]:
-        raise ImageReadError(path, "truncated PNG (no IEND chunk): the file is incomplete")
+def _inspectable(path: Path, image: np.ndarray) -> np.ndarray:
+    """``image`` as uint8 or uint16 by the rule in the module docstring, or an :class:`ImageReadError`."""
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if image.ndim not in (2, 3) or not 1 <= channels <= 4:
+        raise ImageReadError(path, f"image has {channels} channels; grey, colour and with alpha (1 to 4) are read")
+    kind = image.dtype.kind
+    if image.dtype in (np.uint8, np.uint16):
+        return image
+    if kind == "i" and image.dtype.itemsize <= 2:
+        unsigned = np.uint8 if image.dtype.itemsize == 1 else np.uint16
+        return np.clip(image, 0, None).astype(unsigned)
+    if kind not in "iuf":
+        raise ImageReadError(path, f"{image.dtype} pixels cannot be inspected")
+    if kind == "f" and not np.isfinite(image).all():
+        bad = int(np.count_nonzero(~np.isfinite(image)))
+        raise ImageReadError(path, f"{bad:,} {image.dtype} pixel(s) are NaN or infinite")
+    low, high = float(image.min()), float(image.max())
+    if kind == "f" and low >= 0.0 and high <= 1.0:
+        log.info("%s: %s pixels in [0, 1], scaled by 255", path, image.dtype)
+        return (image * 255.0 + 0.5).astype(np.uint8)
+    log.info("%s: %s pixels from %g to %g, stretched to 0..255", path, image.dtype, low, high)
+    if high == low:
+        return np.zeros(image.shape, np.uint8)
+    scaled = (image.astype(np.float64) - low) * (255.0 / (high - low)) + 0.5
+    return scaled.astype(np.uint8)
 
 
 def header_size(raw: bytes) -> tuple[int, int] | None:
-    """``(width, height)`` from a PNG or JPEG header without decoding, or None for other formats."""
-    if raw.startswith(_PNG_SIGNATURE) and len(raw) >= 24:
-        width, height = struct.unpack(">II", raw[16:24])
-        return width, height
-    if not raw.startswith(_JPEG_START):
-        return None
-    offset = 2
-    while offset + 9 < len(raw):
-        if raw[offset] != 0xFF:
-            return None
-        marker = raw[offset + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
-            offset += 2
-            continue
-        length = struct.unpack(">H", raw[offset + 2 : offset + 4])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame: the image size
-            height, width = struct.unpack(">HH", raw[offset + 5 : offset + 9])
-            return width, height
-        offset += 2 + length
-    return None
+    """``(width, height)`` from an image file's header without decoding (see :mod:`.headers`), or None."""
+    header = read_header(raw)
+    return header.size if header is not None else None

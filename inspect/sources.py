@@ -7,11 +7,16 @@ an index, capture times and the sha256 that, with the source string, is the resu
   thread keeps reading: with the ``latest`` policy (live streams) a frame that has not been taken when the next one
   arrives is dropped and counted, so the line is always judged on a fresh picture; with ``every`` (triggered
   cameras, video files) the reader waits for the inspector, so every frame gets a record. A camera that is absent
-  at start or drops out is reopened with exponential backoff; the attempts are counted.
+  at start or drops out is reopened with exponential backoff; the attempts are counted. A video file that stops
+  short of the frame count in its header may end inside its last frame, which FFmpeg decodes half grey without an
+  error: that frame becomes an ERROR frame (not inspected) unless the reopened file turns out to go on.
 * :class:`HotFolderSource` watches a folder: an image is read once its size and modification time have stayed the
   same for ``settle_s`` (and names that writers use while writing, ``.x.jpg``, ``x.jpg.part``, are never
-  candidates), then moved to ``processed/`` (or left in place) once its record is stored. Files whose
-  ``(path, sha256)`` is already in the store are not inspected again, so a restarted daemon resumes.
+  candidates), then moved to ``processed/`` (or left in place) once its record is stored. A file that looks cut
+  short (empty, truncated) is read again while it changes and gets its ERROR frame only once it has stayed the same
+  for ``incomplete_s``, so a writer that pauses mid-file does not lose the finished file. Files whose
+  ``(path, sha256)`` is already in the store are not inspected again, so a restarted daemon resumes. Entries with
+  an image's name that are not files (a folder, a broken link) are logged once.
 
 Example:
     >>> import threading
@@ -25,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -149,6 +155,8 @@ class HotFolderConfig:
 
     Attributes:
         settle_s: a file is read once its size and modification time have not changed for this long.
+        incomplete_s: a file that reads as cut short (empty, truncated) is read again while it changes; it gets its
+            ERROR frame once it has not changed for this long (a writer may pause mid-file).
         poll_s: how often the folder is listed.
         after: ``move`` inspected files to ``processed`` (the default), or ``keep`` them in place.
         processed: folder for inspected files; a relative name is inside the hot folder.
@@ -156,14 +164,17 @@ class HotFolderConfig:
     """
 
     settle_s: float = 1.0
+    incomplete_s: float = 10.0
     poll_s: float = 0.5
     after: Literal["move", "keep"] = "move"
     processed: str = "processed"
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
-        if self.settle_s < 0 or self.poll_s <= 0 or self.max_pixels < 1:
-            raise ValueError(f"hot folder needs settle_s >= 0, poll_s > 0 and max_pixels >= 1, got {self}")
+        if self.settle_s < 0 or self.incomplete_s < 0 or self.poll_s <= 0 or self.max_pixels < 1:
+            raise ValueError(
+                f"hot folder needs settle_s >= 0, incomplete_s >= 0, poll_s > 0 and max_pixels >= 1, got {self}"
+            )
 
 
 @dataclass(frozen=True)
@@ -299,6 +310,12 @@ class CaptureSource:
     A video file ends when it has been read to the end. A file that stops short of the frame count in its header
     (cut, or still being written) is reopened like a dropped camera and read on from where it stopped; when the
     reopened file has no more frames the source ends, with a warning naming how far it got.
+
+    The newest frame of a video file is held back until the next one has been read: a file cut inside a frame ends
+    with a half-decoded picture that OpenCV returns as a good frame. When the file stops short of its header's
+    frame count, that last frame is read again after the reopen (whole, if the writer has finished it); if nothing
+    follows it, it is delivered as an ERROR frame. A file whose header gives no frame count cannot be judged so: its
+    last frame is delivered as read.
     """
 
     def __init__(
@@ -333,6 +350,7 @@ class CaptureSource:
         self._reconnects = 0
         self._last_time: float | None = None
         self._last_error: str | None = None
+        self._suspect: Frame | None = None  # a video's last frame before it stopped short: perhaps cut mid-frame
 
     # --- lifetime -------------------------------------------------------------------------------------------------
 
@@ -413,7 +431,7 @@ class CaptureSource:
                 continue
             try:
                 advertised = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-                got = self._read_frames(capture)
+                got = self._read_frames(capture, advertised)
             finally:
                 capture.release()
             if self._closing.is_set():
@@ -441,8 +459,8 @@ class CaptureSource:
         self._set_state(SourceState.OPEN)
         return capture
 
-    def _read_frames(self, capture: cv2.VideoCapture) -> int:
-        """Read until the source fails or the source is closed; returns how many new frames were read."""
+    def _read_frames(self, capture: cv2.VideoCapture, advertised: int) -> int:
+        """Read until the source fails or the source is closed; returns how many new frames were delivered."""
         if self.spec.kind == "video":
             # Reopened file: skip what was already read, so frame indices (and resume keys) stay positions.
             for _ in range(self._read):
@@ -450,7 +468,7 @@ class CaptureSource:
                     return 0
         fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0) if self.realtime else 0.0
         start = time.monotonic() - self._read / fps if fps > 0 else 0.0
-        got = 0
+        got, held = 0, None
         while not self._closing.is_set():
             if fps > 0 and self._closing.wait(max(0.0, start + self._read / fps - time.monotonic())):
                 break  # replaying in real time: the next frame is not due yet
@@ -462,11 +480,33 @@ class CaptureSource:
             with self._cond:
                 self._read += 1
                 self._last_time = now
-            self._publish(frame)
-            got += 1
+            if self.spec.kind != "video":
+                self._publish(frame)
+                got += 1
+                continue
+            if held is not None:
+                self._publish(held)
+                got += 1
+            held = frame
+        if held is not None and not self._closing.is_set():
+            got += self._last_frame(held, advertised)
         return got
 
+    def _last_frame(self, frame: Frame, advertised: int) -> int:
+        """Deliver a video file's last frame read if the file ended where its header says, else keep it as the
+        suspect, to be read again after the reopen; returns 1 for progress, 0 for the same suspect read again."""
+        if advertised <= 0 or self._read >= advertised:
+            self._publish(frame)
+            return 1
+        again = self._suspect is not None and self._suspect.index == frame.index
+        with self._cond:
+            self._read -= 1  # the reopened file reads this frame again: whole if the writer has finished it
+        self._suspect = frame
+        return 0 if again else 1
+
     def _publish(self, frame: Frame) -> None:
+        if self._suspect is not None and frame.index == self._suspect.index:
+            self._suspect = None  # read again, and the file went on after it: the whole frame
         with self._cond:
             if self.policy is Policy.LATEST:
                 while self._queue:
@@ -489,12 +529,27 @@ class CaptureSource:
             log.info("%s: end of video after %d frames", self.name, self._read)
             return True
         if got == 0:  # reopened, and nothing after the frames already read: the file was cut short for good
+            self._deliver_suspect(advertised)
             self._set_state(SourceState.ENDED, f"file ends after frame {self._read} of {advertised} (cut short)")
             log.warning(
                 "%s: video ends after %d of the %d frames in its header (cut short)", self.name, self._read, advertised
             )
             return True
         return False
+
+    def _deliver_suspect(self, advertised: int) -> None:
+        """The last frame before the cut, as an ERROR frame: it may be half decoded, so it is not inspected."""
+        suspect, self._suspect = self._suspect, None
+        if suspect is None:
+            return
+        reason = (
+            f"last frame before the video stops short of the {advertised} frames in its header: "
+            "it may be cut mid-frame (half decoded), so it is not inspected"
+        )
+        log.warning("%s: %s", suspect.source, reason)
+        with self._cond:
+            self._read += 1
+        self._publish(dataclasses.replace(suspect, image=None, error=reason))
 
     def _wait_to_retry(self, failures: int, reason: str) -> bool:
         """Log, wait the backoff delay and count the coming attempt; False when giving up or closing."""
@@ -537,6 +592,14 @@ class _Seen:
     size: int
     mtime_ns: int
     since: float  # monotonic time this (size, mtime) was first seen
+    incomplete: bool = False  # read at this (size, mtime) and found cut short: wait incomplete_s, not settle_s
+
+
+def _not_a_file(path: Path) -> str:
+    """Why an entry with an image's name cannot be read as a file."""
+    if path.is_symlink() and not path.exists():
+        return "a broken symbolic link (its target is missing, or a loop)"
+    return "a folder with an image's name" if path.is_dir() else "not a regular file (a pipe, socket or device)"
 
 
 class HotFolderSource:
@@ -565,6 +628,7 @@ class HotFolderSource:
         self._done = done
         self._seen: dict[Path, _Seen] = {}
         self._handled: dict[Path, tuple[int, int]] = {}  # yielded or resumed; (size, mtime_ns) when it was
+        self._ignored: set[Path] = set()  # entries with an image's name that are not files, logged once
         self._lock = threading.Lock()
         self._state = SourceState.CONNECTING
         self._read = 0
@@ -605,6 +669,7 @@ class HotFolderSource:
                 continue
             try:
                 if not entry.is_file():
+                    self._ignore(path)
                     continue
                 stat = entry.stat()
             except OSError:
@@ -616,13 +681,19 @@ class HotFolderSource:
             if seen is None or (seen.size, seen.mtime_ns) != (stat.st_size, stat.st_mtime_ns):
                 self._seen[path] = _Seen(stat.st_size, stat.st_mtime_ns, now)  # new, or still being written
                 continue
-            if stat.st_size > 0 and now - seen.since >= self.config.settle_s:
+            if now - seen.since >= (self.config.incomplete_s if seen.incomplete else self.config.settle_s):
                 ready.append((stat.st_mtime_ns, path.name, path))
         for gone in set(self._seen) - present:
             del self._seen[gone]
         for gone in set(self._handled) - present:
             del self._handled[gone]
+        self._ignored &= {Path(entry.path) for entry in entries}
         return [path for _, _, path in sorted(ready)]
+
+    def _ignore(self, path: Path) -> None:
+        if path not in self._ignored:
+            self._ignored.add(path)
+            log.warning("%s: not inspected: %s", path, _not_a_file(path))
 
     def load(self, path: Path) -> Frame | None:
         """Read a ready file into a frame (ERROR frame if it cannot be decoded); None if an earlier run did it."""
@@ -647,6 +718,10 @@ class HotFolderSource:
             image, sha256 = loaded.image, loaded.sha256
         except ImageReadError as failure:
             if self._changed_since(path, stat):  # a writer that paused longer than settle_s: not finished yet
+                return None
+            if failure.incomplete and seen is not None and time.monotonic() - seen.since < self.config.incomplete_s:
+                log.debug("%s: %s; read again until unchanged for incomplete_s", path, failure.reason)
+                self._seen[path] = _Seen(seen.size, seen.mtime_ns, seen.since, incomplete=True)
                 return None
             error = failure.reason
         now = time.time()

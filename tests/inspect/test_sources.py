@@ -259,7 +259,7 @@ def test_an_undecodable_file_becomes_an_error_frame_not_an_exception(tmp_path):
 def test_a_cut_jpeg_that_stopped_growing_gets_an_error_frame_that_says_it_is_truncated(tmp_path):
     data = _jpeg_bytes(3)
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
-    source = HotFolderSource(tmp_path, HotFolderConfig(settle_s=0.0, after="keep"))
+    source = HotFolderSource(tmp_path, HotFolderConfig(settle_s=0.0, incomplete_s=0.0, after="keep"))
     source.poll()
     [path] = source.poll()
     frame = source.load(path)
