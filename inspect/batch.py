@@ -15,18 +15,28 @@ and return; the exit code is then 128 + the signal's number (130 for Ctrl-C), an
 A run can be repeated or resumed after a crash or ``kill -9``: inputs whose (path, sha256) is already in
 ``results.sqlite`` are skipped, so nothing is inspected twice and nothing is lost (see :mod:`.sinks`).
 
+``--out`` may also be a PostgreSQL URL, a plant store that many batch workers and daemons write at once, with
+``--artefacts DIR`` for the saved images and ``--line`` naming the line (:func:`~crackscope.inspect.runs.check_output`).
+Resuming works the same there. ``--shard I/N`` splits a large input list over N machines: each inspects the inputs
+whose path hashes to its share (:class:`Shard`), so the N runs together inspect every input exactly once. The
+machines must see the inputs at the same paths (a path is also the resume key); a shard that gets no input completes
+with nothing inspected.
+
 Given neither ``session_workers`` nor ``threads``, the model runs the session layout that ``crackscope bench`` saved
 beside it for this machine, when that result is for this very model file (one line on stderr says so, or says why
 the saved result was not used); see :func:`~crackscope.inspect.bench.choose_layout`.
 
 Example:
     $ crackscope inspect photos/ --model model.int8.onnx --out runs/line3 --fail-on defect
+    $ crackscope inspect /mnt/batch/ --model model.onnx --out postgresql://qa@db/plant --artefacts /data/artefacts \
+        --line 3 --shard 0/4
 """
 
 from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import logging
 import os
 import signal
@@ -57,7 +67,8 @@ from crackscope.inspect.model import Layout, RuntimeModel, open_model
 from crackscope.inspect.pipeline import FrameInspection, InspectConfig, describe_mode, inspect_frames
 from crackscope.inspect.report import write_report
 from crackscope.inspect.results import InspectionResult, error_result
-from crackscope.inspect.runs import OutputLock, check_output_folder, stop_on_signals
+from crackscope.inspect.runs import Output, OutputLock, check_label, check_output, stop_on_signals
+from crackscope.inspect.schema import RecordFilter
 from crackscope.inspect.sinks import REVIEW_DIR, ResultStore, SavePolicy, record_inspection, remove_partials
 from crackscope.inspect.tiling import stride_for
 
@@ -70,6 +81,44 @@ SKIPPED_LISTED = 10  # skipped entries named in the summary (the log names them 
 
 class InputError(ValueError):
     """An input argument that names nothing to inspect."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Share ``index`` of ``count`` (``--shard I/N``, ``0 <= I < N``): the inputs whose path hashes to ``index``.
+
+    The hash is the first 8 bytes of the path's SHA-256, modulo ``count``: the same on every machine and Python
+    (not :func:`hash`, which is salted per process), so N runs given the same inputs split them into N disjoint
+    shares that together hold every input, about equally large.
+
+    Example:
+        >>> Shard.parse("1/4")
+        Shard(index=1, count=4)
+        >>> [Shard(i, 3).holds("/data/a.png") for i in range(3)].count(True)
+        1
+    """
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"--shard I/N needs 0 <= I < N, got {self.index}/{self.count}")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``I/N`` as a Shard; a ValueError of one line for anything else."""
+        index, slash, count = str(text).strip().partition("/")
+        if not (slash and index.isdigit() and count.isdigit()):
+            raise ValueError(f"--shard takes I/N (this machine's share I of N, 0 <= I < N), got {text!r}")
+        return cls(int(index), int(count))
+
+    def holds(self, path: str | os.PathLike) -> bool:
+        digest = hashlib.sha256(os.fsencode(path)).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index
+
+    def describe(self) -> str:
+        return f"shard {self.index}/{self.count}"
 
 
 @dataclass(frozen=True)
@@ -92,9 +141,16 @@ class BatchConfig:
     progress: bool = True
     report: bool = True
     inspect: InspectConfig = field(default_factory=InspectConfig)
+    artefacts: str | None = None  # with a PostgreSQL --out: the folder for saved images, this config and the report
+    line: str | None = None  # the production line the records come from (required with a PostgreSQL --out)
+    station: str | None = None  # the station (camera, machine); with a PostgreSQL --out, the host name by default
+    shard: str | None = None  # "I/N": inspect only share I of N of the inputs (Shard)
 
     def __post_init__(self) -> None:
         SavePolicy(self.save_overlays)  # raises with the allowed values
+        check_label("line", self.line)
+        check_label("station", self.station)
+        self.shard_spec  # noqa: B018  (parses "I/N", raising one line for anything else)
         if self.fail_on is not None and not set(self.fail_on.split(",")) <= set(FAIL_ON):
             raise ValueError(f"fail_on must be {', '.join(FAIL_ON)} or several joined by commas, got {self.fail_on!r}")
         if self.decode_workers < 1 or self.prefetch < 1 or self.max_pixels < 1:
@@ -106,6 +162,11 @@ class BatchConfig:
         """The verdicts that fail the run (``fail_on``)."""
         names = self.fail_on.split(",") if self.fail_on else []
         return frozenset(verdict for name in names for verdict in FAIL_ON[name])
+
+    @property
+    def shard_spec(self) -> Shard | None:
+        """``shard`` parsed (None: every input)."""
+        return Shard.parse(self.shard) if self.shard else None
 
     @property
     def layout(self) -> Layout:
@@ -143,6 +204,8 @@ class BatchSummary:
     failed_gate: bool
     skipped_entries: tuple[SkippedEntry, ...] = ()  # folder entries and pattern matches that are not inputs
     stopped_by: signal.Signals | None = None  # the signal that ended the run after the batch in flight
+    store: str = ""  # a plant store's URL (password left out), with the line and station; empty: out's SQLite
+    shard: str = ""  # which share of the inputs this run took, and how many that was
 
     @property
     def exit_code(self) -> int:
@@ -158,8 +221,10 @@ class BatchSummary:
             f"inspected {self.inspected} input(s) in {self.seconds:.1f}s ({rate:.1f}/s), "
             f"{self.skipped} already recorded",
             f"results: {counts}",
-            f"store:   {self.out / 'results.sqlite'} and results.jsonl",
+            f"store:   {self.store or str(self.out / 'results.sqlite') + ' and results.jsonl'}",
         ]
+        if self.shard:
+            lines.insert(1, self.shard)
         if self.report:
             lines.append(f"report:  {self.report}")
         if self.skipped_entries:
@@ -292,27 +357,68 @@ def run_batch(config: BatchConfig, *, stop: threading.Event | None = None) -> Ba
         InputError, OutputError, ModelLoadError, StoreError: before anything is inspected.
     """
     stop = stop or threading.Event()
-    out = check_output_folder(config.out)
-    found = find_inputs(config.inputs, exclude=out)
+    output = check_output(config.out, config.artefacts, line=config.line, station=config.station)
+    found = find_inputs(config.inputs, exclude=output.folder)
     for entry in found.skipped:
         log.warning("%s: not inspected: %s", entry.path, entry.reason)
     if not found.files:
         raise InputError(f"nothing to inspect in {', '.join(config.inputs)} (no image files found)")
+    files, shard_note = _shard(found.files, config.shard_spec)
     started = time.perf_counter()
     config = _settle_layout(config)
     with stop_on_signals(stop, "the batch in flight") as received, _open(config) as model:
-        _announce(model, len(found.files), config.inspect)
-        with OutputLock(out), ResultStore(out) as store:
+        _announce(model, len(files), config.inspect)
+        with OutputLock(output.folder, shared=output.shared), _store(output) as store:
             store.claim(model.model_id, str(model.path), model.card)
-            remove_partials(out)
-            write_yaml(config, out / "inspect-config.yaml")  # the resolved config, to repeat the run exactly
-            inspected, skipped = _inspect_all(model, found.files, store, config, stop)
-            counts = store.counts()
-            report = write_report(store, out) if config.report else None
+            remove_partials(output.folder, output.stale_partial_s)
+            # the resolved config, to repeat the run exactly (a store's password is not written down)
+            write_yaml(replace(config, out=output.name if output.shared else config.out), output.file(_CONFIG_NAME))
+            inspected, skipped = _inspect_all(model, files, store, output.folder, config, stop)
+            scope = RecordFilter(line=output.line or "", station=output.station or "") if output.shared else None
+            counts = store.counts(scope)
+            report = _report(store, output, model, scope) if config.report else None
     failed = any(counts[v.value] for v in config.gate)
     seconds = time.perf_counter() - started
     stopped_by = received[0] if received else None
-    return BatchSummary(out, counts, inspected, skipped, seconds, report, failed, found.skipped, stopped_by)
+    store_name = f"{output.name} (line {output.line}, station {output.station})" if output.shared else ""
+    return BatchSummary(
+        output.folder,
+        counts,
+        inspected,
+        skipped,
+        seconds,
+        report,
+        failed,
+        found.skipped,
+        stopped_by,
+        store=store_name,
+        shard=shard_note,
+    )
+
+
+_CONFIG_NAME = "inspect-config.yaml"
+
+
+def _shard(files: tuple[Path, ...], shard: Shard | None) -> tuple[tuple[Path, ...], str]:
+    """The inputs of this run's share (all without a shard), and a line saying how many that is."""
+    if shard is None:
+        return files, ""
+    mine = tuple(path for path in files if shard.holds(path))
+    note = f"{shard.describe()}: {len(mine)} of {len(files)} input(s)"
+    print(note, file=sys.stderr)
+    return mine, note
+
+
+def _store(output: Output) -> ResultStore:
+    return ResultStore(output.store, line=output.line, station=output.station)
+
+
+def _report(store: ResultStore, output: Output, model: RuntimeModel, scope: RecordFilter | None) -> Path:
+    """``report.html`` of the results folder; of a plant store, the records of this line and station."""
+    if not output.shared:
+        return write_report(store, output.folder)
+    meta = {"model_id": model.model_id, "model_path": str(model.path), "card": model.card.to_metadata()}
+    return write_report(store, output.folder, path=output.file("report.html"), selection=scope, meta=meta)
 
 
 def _settle_layout(config: BatchConfig) -> BatchConfig:
@@ -404,9 +510,14 @@ def _loaded_in_order(files: Sequence[Path], done: set, config: BatchConfig) -> I
 
 
 def _inspect_all(
-    model: RuntimeModel, files: Sequence[Path], store: ResultStore, config: BatchConfig, stop: threading.Event
+    model: RuntimeModel,
+    files: Sequence[Path],
+    store: ResultStore,
+    folder: Path,
+    config: BatchConfig,
+    stop: threading.Event,
 ) -> tuple[int, int]:
-    done = store.done_keys()
+    done = store.done_keys(sources=[str(path) for path in files])  # only this run's: a plant store holds millions
     policy = SavePolicy(config.save_overlays)
     verdicts: Counter[str] = Counter()
     inspected = skipped = 0
@@ -416,7 +527,7 @@ def _inspect_all(
             if stop.is_set():
                 break
             skipped += n_skipped
-            records = _inspect_batch(model, batch, store.folder, policy, config.inspect)
+            records = _inspect_batch(model, batch, folder, policy, config.inspect)
             store.add(records)
             inspected += len(records)
             verdicts.update(r.verdict.value for r in records)

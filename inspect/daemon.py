@@ -9,6 +9,11 @@ twice. A frame the pipeline cannot take gets its own ERROR record and the others
 one, so no input stops the line or spoils its neighbours. The results folder is locked for the run
 (:class:`~crackscope.inspect.runs.OutputLock`): a second daemon or batch run on it is refused with one line.
 
+``out`` may also be the URL of a plant's PostgreSQL store that many daemons and batch workers write at once
+(:func:`~crackscope.inspect.runs.check_output`): saved images then go to ``artefacts``, records are tagged with
+``line`` and ``station`` (the host name unless given), nothing is locked, and a restarted server is reconnected to
+(the batch in flight is stored once).
+
 SIGTERM and SIGINT finish the frames in flight, flush, and return; a video file source returns at its end. While it
 runs, ``/healthz`` and Prometheus ``/metrics`` are served on 127.0.0.1 when a metrics port is given.
 
@@ -34,11 +39,12 @@ from typing import Any, Literal
 
 from crackscope.config import ConfigError, from_dict, merge, write_yaml
 from crackscope.inspect.bench import choose_layout
+from crackscope.inspect.database import is_database_url
 from crackscope.inspect.decision import describe_calibration, is_identity
 from crackscope.inspect.model import Layout, RuntimeModel, open_model
 from crackscope.inspect.pipeline import FrameInspection, InspectConfig, describe_mode, inspect_frames
 from crackscope.inspect.results import InspectionResult, error_result
-from crackscope.inspect.runs import OutputLock, check_output_folder, stop_on_signals
+from crackscope.inspect.runs import Output, OutputLock, check_label, check_output, stop_on_signals
 from crackscope.inspect.sinks import ResultStore, SavePolicy, record_inspection, remove_partials
 from crackscope.inspect.sources import (
     Backoff,
@@ -68,7 +74,10 @@ class DaemonConfig:
     Attributes:
         source: camera index, video file, RTSP/HTTP URL, or hot folder.
         model: the ONNX model written by ``crackscope export``.
-        out: results folder (the same store as batch runs).
+        out: results folder (the same store as batch runs), or the ``postgresql://`` URL of a plant store.
+        artefacts: with a PostgreSQL ``out``: the local folder for saved images and this config (required there).
+        line, station: what the records are tagged with: the production line (required with a PostgreSQL ``out``)
+            and the station, camera or machine (with a PostgreSQL ``out``, the host name unless given).
         policy: ``latest`` (drop stale frames) or ``every``; unset: ``every`` for files, ``latest`` for live sources.
         queue_size: frames the reader may read ahead of the inspector (``every``).
         realtime: video files only: deliver frames at the file's frame rate, as a camera would (replays, benchmarks).
@@ -95,6 +104,9 @@ class DaemonConfig:
     source: str | int | None = None
     model: str | None = None
     out: str | None = None
+    artefacts: str | None = None
+    line: str | None = None
+    station: str | None = None
     policy: Literal["latest", "every"] | None = None
     queue_size: int = 8
     realtime: bool = False
@@ -124,6 +136,13 @@ class DaemonConfig:
         if self.trigger.mode != "none" and parse_source(self.source).kind == "folder":
             raise ConfigError("trigger applies to cameras and videos; a hot folder inspects every file")
         Layout(1 if self.session_workers is None else self.session_workers, self.threads)  # raises, naming the key
+        check_label("line", self.line)
+        check_label("station", self.station)
+
+    @property
+    def folder(self) -> Path:
+        """Where saved images go: ``out``, or ``artefacts`` with a PostgreSQL ``out``."""
+        return Path(self.artefacts) if is_database_url(self.out) else Path(self.out)
 
     def source_options(self) -> SourceOptions:
         return SourceOptions(
@@ -161,7 +180,8 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
         holds its lock): before anything is inspected.
     """
     stop = stop or threading.Event()
-    out = check_output_folder(config.out)  # like a value that cannot be a source: fails before the model is loaded
+    # like a value that cannot be a source: fails before the model is loaded
+    output = check_output(config.out, config.artefacts, line=config.line, station=config.station)
     spec = parse_source(config.source)
     config = _settle_layout(config)
     with contextlib.ExitStack() as stack:
@@ -176,9 +196,10 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
                 intra_op_threads=config.threads,
             )
         )
-        stack.enter_context(OutputLock(out))  # before the store: a second writer is refused before it writes
-        store = stack.enter_context(ResultStore(out))
-        _prepare_output(config, out, store, model)
+        # before the store: a second writer is refused before it writes (a plant store takes many: no lock)
+        stack.enter_context(OutputLock(output.folder, shared=output.shared))
+        store = stack.enter_context(ResultStore(output.store, line=output.line, station=output.station))
+        _prepare_output(config, output, store, model)
         done = _resume_keys(store, spec)
         source = stack.enter_context(
             open_source(config.source, config.source_options(), done if done is not None else ())
@@ -190,7 +211,7 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
             "inspecting %s with %s into %s on %s as %s",
             source.name,
             model.path,
-            out,
+            output.name,
             model.providers[0],
             model.layout.describe(),
         )
@@ -210,12 +231,13 @@ def _settle_layout(config: DaemonConfig) -> DaemonConfig:
     return dataclasses.replace(config, session_workers=layout.workers, threads=layout.threads)
 
 
-def _prepare_output(config: DaemonConfig, out: Path, store: ResultStore, model: RuntimeModel) -> None:
+def _prepare_output(config: DaemonConfig, output: Output, store: ResultStore, model: RuntimeModel) -> None:
     store.claim(model.model_id, str(model.path), model.card)
-    remove_partials(out)
-    # The saved config must not carry a stream's password: results folders get copied around.
+    remove_partials(output.folder, output.stale_partial_s)
+    # The saved config must not carry a stream's or the store's password: results folders get copied around.
     source = redact_url(config.source) if isinstance(config.source, str) else config.source
-    write_yaml(dataclasses.replace(config, source=source), out / CONFIG_NAME)
+    out = output.name if output.shared else config.out
+    write_yaml(dataclasses.replace(config, source=source, out=out), output.file(CONFIG_NAME))
     calibration = model.card.calibration
     # Once at start, either way: the line crew must know which thresholds decide (or that none were fitted).
     (log.warning if is_identity(calibration) else log.info)("%s is %s", model.path, describe_calibration(calibration))
@@ -235,7 +257,7 @@ def _resume_keys(store: ResultStore, spec: SourceSpec) -> set[tuple[str, str]] |
         prefix = spec.name.rstrip(os.sep) + os.sep
     else:
         return None
-    return {key for key in store.done_keys() if key[0].startswith(prefix)}
+    return store.done_keys(prefix=prefix)
 
 
 def _inspect_loop(
@@ -282,7 +304,7 @@ def _inspect(
     started = time.monotonic()
     images = [f.image for f in frames if f.image is not None]
     inspections = iter(_inspections(model, images, config.inspect))
-    out = Path(config.out)
+    out = config.folder
     records = []
     for frame in frames:
         timings = {"queue": started - frame.monotonic}

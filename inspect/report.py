@@ -19,6 +19,7 @@ from pathlib import Path
 from crackscope.inspect.card import ModelCard
 from crackscope.inspect.decision import Verdict, readable_probability
 from crackscope.inspect.results import InspectionResult, utc_now
+from crackscope.inspect.schema import RecordFilter
 from crackscope.inspect.sinks import ResultStore
 
 GALLERY_LIMIT = 500  # overlays shown; the store holds them all
@@ -36,11 +37,20 @@ table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;paddin
 """
 
 
-def write_report(store: ResultStore, out: Path) -> Path:
-    """Write ``out/report.html`` from the store (atomically) and return its path."""
-    records = list(store.records())
-    page = _page(records, store.counts(), store.meta(), out)
-    path = out / "report.html"
+def write_report(
+    store: ResultStore,
+    out: Path,
+    *,
+    path: Path | None = None,
+    selection: RecordFilter | None = None,
+    meta: dict | None = None,
+) -> Path:
+    """Write ``out/report.html`` (or ``path``) from the store's records (those ``selection`` picks: in a plant store,
+    one line's and station's), atomically, and return its path. Image links are relative to ``out``. ``meta`` (model
+    id, path and card) stands in for the store's, which in a plant store names no one model."""
+    records = list(store.records(selection))
+    page = _page(records, store.counts(selection), meta if meta is not None else store.meta(), out)
+    path = path or out / "report.html"
     partial = path.with_name(path.name + ".partial")
     partial.write_text(page, encoding="utf-8")
     os.replace(partial, path)

@@ -50,6 +50,9 @@ class InspectionResult:
         reason: why the frame is REVIEW, in words (:func:`~crackscope.inspect.decision.review_reason`: in the
             ambiguity band, tiles disagree, or tiles add up); None for other verdicts and for records written before
             schema version 2.
+        line, station: the production line and the station (camera, machine) that wrote the record, as its run
+            was told (``--line``, ``--station``); None when not told, and for records written before schema
+            version 3. A plant store holds the records of many lines; the review filters by line.
     """
 
     id: str
@@ -70,6 +73,8 @@ class InspectionResult:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     reason: str | None = None
+    line: str | None = None
+    station: str | None = None
 
     def to_json(self) -> dict:
         data = asdict(self)

@@ -9,11 +9,28 @@
   a clean exit.
 * :func:`stop_on_signals` turns SIGTERM and SIGINT into a stop event, so what is in flight is finished and committed
   instead of being cut short by ``KeyboardInterrupt``.
+* :func:`check_output` reads ``--out``, ``--artefacts``, ``--line`` and ``--station`` as an :class:`Output`: a
+  results folder (SQLite + JSONL, its saved images in its ``review/``), or a PostgreSQL URL (a plant store) with a
+  local folder for the saved images, the resolved config and the report (``--artefacts DIR``) and the line the
+  records come from (``--line``), both required there; the station is the host name unless given.
+
+A plant store is written by many batch workers and daemons at once: the database keeps each input's record once
+(unique key, one transaction per batch), so nothing is locked there. Their ``--artefacts`` folder may be shared
+too (a network folder the review also reads): saved images have names unique to their input and are written under
+a temporary name, then renamed; what each writer writes once per run is named with its line and station
+(``inspect-config.<line>-<station>.yaml``, ``report.<line>-<station>.html``; the host name stands in for a station not
+given); and a ``*.partial`` file is taken for the leftover of a killed writer only once it is an hour old. So
+:class:`OutputLock` takes no lock on an artefacts folder (``shared``): it only creates it.
 
 Example:
     >>> check_output_folder("runs/line3")                     # doctest: +SKIP
     >>> with OutputLock("runs/line3"):                        # doctest: +SKIP
     ...     ...                                               # only this process writes runs/line3 now
+    >>> output = check_output("postgresql://qa@db/plant", "/data/artefacts", line="3", station="cam1")
+    >>> output.shared, output.file("report.html").name
+    (True, 'report.3-cam1.html')
+    >>> check_output("runs/line3", line="3", station=None).store   # doctest: +SKIP
+    'runs/line3'
 """
 
 from __future__ import annotations
@@ -22,37 +39,141 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import signal
 import socket
 import threading
 import time
 import types
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+from crackscope.inspect.database import is_database_url, redact
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "crackscope.lock"
+MAX_LABEL = 64  # characters of a line or station name
+STALE_PARTIAL_S = 3600.0  # a .partial file in a shared folder this old is a killed writer's leftover
 
 
 class OutputError(ValueError):
     """A results folder that cannot be used: not a folder, cannot be created, or in use by another run."""
 
 
-def check_output_folder(out: str | os.PathLike) -> Path:
+def check_output_folder(out: str | os.PathLike, *, flag: str = "--out", locked: bool = True) -> Path:
     """``out`` as a Path, or an :class:`OutputError` if it, or the nearest existing folder above it, is not a folder,
-    or if another run holds its lock (checked early, so the refusal comes before a model is loaded)."""
+    or if another run holds its lock (checked early, so the refusal comes before a model is loaded; not for a folder
+    many writers share, ``locked=False``). ``flag`` names the option in the message."""
     out = Path(out)
     for folder in (out, *out.parents):
         if not (folder.exists() or folder.is_symlink()):
             continue
         if folder.is_dir():
-            _check_not_in_use(out)
+            if locked:
+                _check_not_in_use(out)
             return out
         if folder == out:
-            raise OutputError(f"--out {out} exists and is not a folder")
-        raise OutputError(f"--out {out}: {folder} is a file, so no folder can be made under it")
+            raise OutputError(f"{flag} {out} exists and is not a folder")
+        raise OutputError(f"{flag} {out}: {folder} is a file, so no folder can be made under it")
     return out
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where a run writes.
+
+    Attributes:
+        store: the results store: a results folder, or a PostgreSQL URL.
+        folder: where saved images, the resolved config and the report go: the results folder itself, or the
+            ``--artefacts`` folder of a PostgreSQL store (record paths are relative to it).
+        shared: whether many writers share the store and the folder (a PostgreSQL store): no lock, files named
+            with :attr:`tag`.
+        line, station: what the run's records are tagged with (None: not told).
+    """
+
+    store: str
+    folder: Path
+    shared: bool = False
+    line: str | None = None
+    station: str | None = None
+
+    @property
+    def tag(self) -> str:
+        """``<line>-<station>``, file-name safe: what a shared folder's per-writer files carry."""
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{self.line or 'any'}-{self.station or 'any'}")[:100]
+
+    @property
+    def name(self) -> str:
+        """The store for messages: the folder, or the URL without its password."""
+        return redact(self.store) if self.shared else str(self.folder)
+
+    def file(self, name: str) -> Path:
+        """Where the run's file ``name`` (``report.html``, ``daemon.yaml``) goes: in a shared folder with the tag
+        before its suffix, so writers that share the folder do not overwrite each other's."""
+        if not self.shared:
+            return self.folder / name
+        stem, dot, suffix = name.rpartition(".")
+        return self.folder / (f"{stem}.{self.tag}.{suffix}" if dot else f"{name}.{self.tag}")
+
+    @property
+    def stale_partial_s(self) -> float:
+        """Age from which a ``*.partial`` file is a killed writer's leftover (any age in a folder locked to us)."""
+        return STALE_PARTIAL_S if self.shared else 0.0
+
+
+def check_output(
+    out: str | os.PathLike,
+    artefacts: str | os.PathLike | None = None,
+    *,
+    line: str | None = None,
+    station: str | None = None,
+) -> Output:
+    """``--out``, ``--artefacts``, ``--line`` and ``--station`` read and checked (see the module docstring), before a
+    model is loaded.
+
+    Raises:
+        OutputError: an unusable folder, one in use by another run, a PostgreSQL ``--out`` without ``--artefacts``
+            or ``--line``, a results folder with ``--artefacts``, a line or station name that is not 1 to 64
+            printable characters.
+    """
+    try:
+        line, station = check_label("--line", line), check_label("--station", station)
+    except ValueError as error:
+        raise OutputError(str(error)) from None
+    if is_database_url(out):
+        name = redact(str(out))
+        if not artefacts:
+            raise OutputError(
+                f"--out {name} is a PostgreSQL store: give --artefacts DIR, the local folder for the saved images, the "
+                "resolved config and the report"
+            )
+        if line is None:
+            raise OutputError(
+                f"--out {name} is a PostgreSQL store of many lines: give --line NAME, the line these records come from"
+            )
+        folder = check_output_folder(artefacts, flag="--artefacts", locked=False)
+        return Output(str(out), folder, shared=True, line=line, station=station or socket.gethostname())
+    if artefacts:
+        raise OutputError(
+            f"--artefacts is for a PostgreSQL --out; the results folder {out} keeps its saved images in its review/"
+        )
+    return Output(str(out), check_output_folder(out), line=line, station=station)
+
+
+def check_label(name: str, value: str | None) -> str | None:
+    """A line or station name as stored: None when not given, else trimmed, 1 to 64 printable characters.
+
+    Raises:
+        ValueError: naming ``name`` and the rule.
+    """
+    if value is None or value == "":
+        return None
+    cleaned = " ".join(str(value).split())
+    if not cleaned or len(cleaned) > MAX_LABEL or not cleaned.isprintable():
+        raise ValueError(f"{name} must be 1 to {MAX_LABEL} printable characters, got {value!r}")
+    return cleaned
 
 
 def _check_not_in_use(folder: Path) -> None:
@@ -78,20 +199,27 @@ def _in_use(folder: Path, holder: str) -> str:
 
 
 class OutputLock:
-    """The results folder, created and locked against a second writer for as long as the ``with`` block runs."""
+    """The results folder, created and locked against a second writer for as long as the ``with`` block runs.
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    A ``shared`` folder (the ``--artefacts`` folder of a PostgreSQL store, which many writers may share) is only
+    created, not locked: see the module docstring.
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, shared: bool = False) -> None:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
+        self.shared = shared
         self._fd: int | None = None
 
     def __enter__(self) -> OutputLock:
-        check_output_folder(self.folder)
+        flag = "--artefacts" if self.shared else "--out"
+        check_output_folder(self.folder, flag=flag, locked=not self.shared)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise OutputError(f"--out {self.folder}: cannot create the folder ({error.strerror or error})") from error
-        self._fd = self._acquire()
+            raise OutputError(f"{flag} {self.folder}: cannot create the folder ({error.strerror or error})") from error
+        if not self.shared:
+            self._fd = self._acquire()
         return self
 
     def __exit__(self, *exc_info: object) -> None:

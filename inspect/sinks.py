@@ -1,4 +1,4 @@
-"""Where results go: the results store (SQLite + JSONL) and the saved images of flagged frames.
+"""Where results go: the results store (SQLite + JSONL, or a plant's PostgreSQL) and the saved images of flagged frames.
 
 A results folder holds:
 
@@ -11,10 +11,20 @@ A results folder holds:
 * ``review/``: for saved items, the frame (``<name>.jpg``), its overlay (``<name>.overlay.jpg``) and colour
   heatmap (``<name>.heatmap.png``), written atomically (temporary name, then rename).
 
+A plant store is a PostgreSQL database named by its URL instead of a folder (:mod:`.database`): the same tables,
+the same resume rule and the same one transaction per batch, with many batch workers and daemons writing at once
+(the unique key on source + sha256 and ``ON CONFLICT DO NOTHING`` keep each input's record once, whoever writes it).
+It has no JSONL (the database is the stream), each writer tags its records with its line and station, and the
+saved images go to a local folder of the writer's (``--artefacts``), their paths in the records relative to it.
+A writer that loses its connection (the server restarts) connects again and repeats the batch, which stores only
+what the server had not committed.
+
 Example:
     >>> with ResultStore("out") as store:                      # doctest: +SKIP
     ...     store.add([record])
     ...     store.done_keys()
+    >>> with ResultStore("postgresql://qa@db/plant", line="3", station="cam1") as store:   # doctest: +SKIP
+    ...     store.add([record])                                # stored with line "3", station "cam1"
 """
 
 from __future__ import annotations
@@ -22,10 +32,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 
@@ -33,6 +43,7 @@ import cv2
 import numpy as np
 
 from crackscope.inspect.card import ModelCard
+from crackscope.inspect.database import DatabaseError, connect, first_line, is_database_url, redact
 from crackscope.inspect.decision import Verdict
 from crackscope.inspect.frames import FrameInspection
 from crackscope.inspect.overlay import colour_heatmap, render_overlay
@@ -51,44 +62,74 @@ from crackscope.inspect.schema import (
 from crackscope.inspect.tiling import to_bgr8
 
 DB_NAME, JSONL_NAME, REVIEW_DIR = "results.sqlite", "results.jsonl", "review"
+KEYS_PER_QUERY = 500  # sources asked for in one statement (SQLite allows 32766 parameters, PostgreSQL 65535)
 
 
 class StoreError(RuntimeError):
-    """A results folder that cannot be used (foreign or newer schema, unwritable)."""
+    """A results store that cannot be used (foreign or newer schema, unwritable, unreachable)."""
 
 
 class ResultStore:
-    """The results of one folder: SQLite (source of truth) and JSONL, kept in step (a context manager)."""
+    """The results of one folder (SQLite, the source of truth, and JSONL, kept in step) or of a plant's PostgreSQL
+    database (``target`` is then its URL), a context manager.
 
-    def __init__(self, folder: str | os.PathLike, *, check_same_thread: bool = True) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.db_path = self.folder / DB_NAME
-        self.jsonl_path = self.folder / JSONL_NAME
-        self._db = sqlite3.connect(self.db_path, timeout=30, check_same_thread=check_same_thread)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+    Records are stored tagged with ``line`` and ``station`` (those a record carries itself win).
+    """
+
+    def __init__(
+        self,
+        target: str | os.PathLike,
+        *,
+        line: str | None = None,
+        station: str | None = None,
+        check_same_thread: bool = True,
+    ) -> None:
+        self.line, self.station = line or None, station or None
+        self.shared = is_database_url(target)  # many writers at once: a plant store
+        self.folder: Path | None = None if self.shared else Path(target)
+        self.db_path: Path | None = None
+        self.jsonl_path: Path | None = None
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.db_path, self.jsonl_path = self.folder / DB_NAME, self.folder / JSONL_NAME
+        self.name = str(self.db_path) if self.db_path else redact(str(target))
+        try:
+            self._db = connect(self.db_path or str(target), check_same_thread=check_same_thread)
+        except DatabaseError as error:
+            raise StoreError(str(error)) from None
+        if not self._db.is_postgresql:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
         self._create_schema()
-        self._sync_jsonl()
+        if self.jsonl_path is not None:
+            self._sync_jsonl()
 
     # --- schema ---------------------------------------------------------------------------------------------------
 
     def _create_schema(self) -> None:
         try:
-            with self._db:
-                open_schema(self._db, create=True)
+            with self._db.transaction():
+                open_schema(self._db, create=True, dialect=self._db.dialect)
         except SchemaError as error:
+            self.close()
+            advice = "use another database" if self.shared else "use a new --out folder"
             raise StoreError(
-                f"{self.db_path}: results schema version {error.found}, this crackscope writes {SCHEMA_VERSION}; "
-                "use a new --out folder"
+                f"{self.name}: results schema version {error.found}, this crackscope writes {SCHEMA_VERSION}; {advice}"
             ) from None
+        except self._db.errors as error:
+            self.close()
+            raise StoreError(f"{self.name}: not usable as a results store ({first_line(error)})") from None
 
     def set_meta(self, **values: object) -> None:
         """Store run information (model id, calibration in force, ...) as JSON under ``meta``."""
-        with self._db:
+        self._put_meta(values)
+
+    def _put_meta(self, values: dict[str, object]) -> None:
+        rows = [(key, json.dumps(value, sort_keys=True)) for key, value in values.items()]
+        with self._db.transaction():
             self._db.executemany(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                [(key, json.dumps(value, sort_keys=True)) for key, value in values.items()],
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                rows,
             )
 
     def claim(self, model_id: str, model_path: str, card: ModelCard) -> None:
@@ -96,7 +137,14 @@ class ResultStore:
 
         Batch runs and the daemon both call this before their first record, so resuming a run, or pointing a daemon
         at an old folder, with a different model stops with a clear error instead of mixing two models' decisions.
+        A plant store holds the records of many lines, whose models differ and change over the years: there each
+        model's card is kept (``card:<model id>``, which the review reads for the calibration in force) and none
+        is refused; every record says which model decided it.
         """
+        cards = {f"card:{model_id}": card.to_metadata()}
+        if self.shared:
+            self._put_meta(cards)
+            return
         meta = self.meta()
         earlier = meta.get("model_id")
         if earlier and earlier != model_id:
@@ -104,7 +152,7 @@ class ResultStore:
                 f"{self.folder} holds results of another model ({str(earlier)[:12]}..., {meta.get('model_path')}); "
                 f"{model_path} is {model_id[:12]}...: use a new output folder, or the same model to resume"
             )
-        self.set_meta(model_id=model_id, model_path=model_path, card=card.to_metadata())
+        self._put_meta({"model_id": model_id, "model_path": model_path, "card": card.to_metadata(), **cards})
 
     def meta(self) -> dict[str, object]:
         rows = self._db.execute("SELECT key, value FROM meta WHERE key != 'schema_version'").fetchall()
@@ -117,20 +165,27 @@ class ResultStore:
 
         A record whose (source, sha256) is already stored is ignored, so a resumed run cannot duplicate one.
         """
-        records = list(records)
+        records = [self._tagged(record) for record in records]
         if not records:
             return 0
-        new = []
-        with self._db:
-            for record in records:
-                cursor = self._db.execute(insert_sql(), encode(record))
-                if cursor.rowcount:
-                    new.append(record)
+
+        def insert(db) -> list[InspectionResult]:  # run again in full after a lost connection: safe to repeat
+            return [record for record in records if db.execute(insert_sql(), encode(record)).rowcount]
+
+        new = self._db.transact(insert)
         self._append_jsonl(new)
         return len(new)
 
+    def _tagged(self, record: InspectionResult) -> InspectionResult:
+        """``record`` with this store's line and station where it has none of its own."""
+        line = record.line if record.line is not None else self.line
+        station = record.station if record.station is not None else self.station
+        if (line, station) == (record.line, record.station):
+            return record
+        return replace(record, line=line, station=station)
+
     def _append_jsonl(self, records: list[InspectionResult]) -> None:
-        if not records:
+        if not records or self.jsonl_path is None:
             return
         with self.jsonl_path.open("a", encoding="utf-8") as handle:
             handle.write("".join(record.dumps() + "\n" for record in records))
@@ -159,21 +214,44 @@ class ResultStore:
 
     # --- reading --------------------------------------------------------------------------------------------------
 
-    def done_keys(self) -> set[tuple[str, str]]:
-        """``(source, sha256)`` of every stored record (the resume rule)."""
-        return set(self._db.execute("SELECT source, sha256 FROM results").fetchall())
+    def done_keys(self, sources: Iterable[str] | None = None, prefix: str = "") -> set[tuple[str, str]]:
+        """``(source, sha256)`` of the stored records (the resume rule): of every record, of those whose source is
+        one of ``sources``, or of those whose source starts with ``prefix`` (a plant store holds millions: a run asks
+        only for its own)."""
+        query = "SELECT source, sha256 FROM results"
+        if sources is not None:
+            names, keys = list(dict.fromkeys(sources)), set()
+            for start in range(0, len(names), KEYS_PER_QUERY):
+                chunk = names[start : start + KEYS_PER_QUERY]
+                marks = ", ".join("?" for _ in chunk)
+                keys.update(tuple(row) for row in self._db.execute(f"{query} WHERE source IN ({marks})", chunk))
+            return keys
+        if prefix:
+            rows = self._db.execute(f"{query} WHERE substr(source, 1, ?) = ?", (len(prefix), prefix))
+        else:
+            rows = self._db.execute(query)
+        return {tuple(row) for row in rows}
 
     def records(self, selection: RecordFilter | None = None) -> Iterator[InspectionResult]:
         """The stored records (those ``selection`` picks, when given), in the order they were stored."""
-        conditions = record_conditions(selection or RecordFilter())
-        for row in self._db.execute(f"{select_sql(conditions)} ORDER BY rowid", conditions.params):
+        conditions = record_conditions(selection or RecordFilter(), dialect=self._db.dialect)
+        query = f"{select_sql(conditions)} ORDER BY {self._db.dialect.row_order}"
+        for row in self._db.execute(query, conditions.params):
             yield decode(row)
 
-    def counts(self) -> dict[str, int]:
-        found = Counter(dict(self._db.execute("SELECT verdict, COUNT(*) FROM results GROUP BY verdict").fetchall()))
+    def counts(self, selection: RecordFilter | None = None) -> dict[str, int]:
+        """Records per verdict (those ``selection`` picks, when given)."""
+        conditions = record_conditions(selection or RecordFilter(), dialect=self._db.dialect)
+        query = f"SELECT verdict, COUNT(*) FROM results WHERE {conditions.sql} GROUP BY verdict"
+        found = Counter(dict(tuple(row) for row in self._db.execute(query, conditions.params).fetchall()))
         return {v.value: int(found.get(v.value, 0)) for v in Verdict}
 
     def integrity(self) -> str:
+        """SQLite's ``integrity_check`` (``ok`` when sound); a PostgreSQL server checks its own pages, so there this
+        is ``ok`` once the server answers."""
+        if self._db.is_postgresql:
+            self._db.execute("SELECT 1").fetchone()
+            return "ok"
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
     # --- lifetime -------------------------------------------------------------------------------------------------
@@ -246,10 +324,16 @@ def _write_image_atomically(path: Path, image: np.ndarray) -> None:
         partial.unlink(missing_ok=True)
 
 
-def remove_partials(folder: Path) -> None:
-    """Delete ``*.partial`` files a killed run left behind."""
+def remove_partials(folder: Path, older_than_s: float = 0.0) -> None:
+    """Delete ``*.partial`` files a killed run left behind (only those older than ``older_than_s``: in a folder that
+    other writers share, theirs may be in the middle of being written)."""
+    cutoff = time.time() - older_than_s
     for partial in folder.glob("**/*.partial"):
-        partial.unlink(missing_ok=True)
+        try:
+            if older_than_s <= 0 or partial.stat().st_mtime < cutoff:
+                partial.unlink(missing_ok=True)
+        except OSError:
+            continue  # renamed or removed by its writer meanwhile
 
 
 def record_inspection(

@@ -15,6 +15,12 @@ itself, reads the ``results`` table and writes only its own tables, which leave 
 
 Every query runs against the live database, so records a daemon adds appear on the next page load.
 
+The store is a results folder's ``results.sqlite`` or a plant's PostgreSQL database, named by its URL
+(``postgresql://qa@db.plant/crackscope``, see :mod:`crackscope.inspect.database`): the same tables and the same
+queries, the SQL that differs between the two taken from the connection's
+:class:`~crackscope.inspect.schema.Dialect`. A plant store holds the records of many lines: the queue filters by
+line (:attr:`QueueFilter.line`).
+
 The review queue puts what a person must look at first: REVIEW items, then DEFECT items by score (highest first),
 then a sample of OK items: the records with the lowest ids. Ids are random (uuid4), so the sample is uniform, not
 the most or least suspicious OK items, and a sampled item stays in it until enough new records with lower ids
@@ -23,6 +29,8 @@ arrive. Reviewing that sample is what lets the stats page estimate the escape ra
 Example:
     >>> with ReviewStore("runs/line3") as store:                     # doctest: +SKIP
     ...     row = store.queue(QueueFilter())[0]
+    >>> with ReviewStore("postgresql://qa@db.plant/crackscope") as store:   # doctest: +SKIP
+    ...     row = store.queue(QueueFilter(line="3"))[0]
     ...     store.decide(row.id, "alice", Label.DEFECT)
     ...     store.decisions(row.id)
     ...     store.add_mark(row.id, "alice", (120, 40, 64, 32))   # x, y, w, h of the original frame
@@ -33,7 +41,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -42,11 +49,13 @@ from enum import Enum
 from pathlib import Path
 
 from crackscope.inspect.card import Calibration, ModelCard
+from crackscope.inspect.database import DatabaseError, connect, first_line, is_database_url, redact
 from crackscope.inspect.decision import Verdict
 from crackscope.inspect.results import InspectionResult, utc_now
 from crackscope.inspect.schema import (
     SCHEMA_VERSION,
     Conditions,
+    Dialect,
     RecordFilter,
     SchemaError,
     decode,
@@ -57,11 +66,16 @@ from crackscope.inspect.schema import (
 )
 from crackscope.inspect.sinks import DB_NAME
 
-# REVIEW by uncertainty (closest to 0.5 first: what labellers would split on), then DEFECT and OK by score.
-_QUEUE_ORDER = (
-    "CASE r.verdict WHEN 'REVIEW' THEN 0 WHEN 'DEFECT' THEN 1 WHEN 'OK' THEN 2 ELSE 3 END, "
-    "CASE r.verdict WHEN 'REVIEW' THEN ABS(r.score - 0.5) ELSE -r.score END, r.rowid"
-)
+
+def _queue_order(dialect: Dialect) -> str:
+    """REVIEW by uncertainty (closest to 0.5 first: what labellers would split on), then DEFECT and OK by score, ties
+    in the order stored."""
+    return (
+        "CASE r.verdict WHEN 'REVIEW' THEN 0 WHEN 'DEFECT' THEN 1 WHEN 'OK' THEN 2 ELSE 3 END, "
+        f"CASE r.verdict WHEN 'REVIEW' THEN ABS(r.score - 0.5) ELSE -r.score END, r.{dialect.row_order}"
+    )
+
+
 VERDICT_CHOICES = ("queue", "REVIEW", "DEFECT", "OK", "ERROR", "all")
 STATUS_CHOICES = ("any", "unreviewed", "reviewed", "disputed")
 MAX_REVIEWER_LENGTH = 60
@@ -113,6 +127,7 @@ class QueueFilter:
         model_id: the model's sha256, or its first characters.
         status: ``any``, ``unreviewed`` (nobody decided yet), ``reviewed``, ``disputed`` (reviewers disagree).
         ok_sample: how many OK records the ``queue`` view samples.
+        line: the line that wrote the records (a plant store holds many); empty: every line.
     """
 
     verdict: str = "queue"
@@ -122,6 +137,7 @@ class QueueFilter:
     model_id: str = ""
     status: str = "any"
     ok_sample: int = 50
+    line: str = ""
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICT_CHOICES:
@@ -135,12 +151,13 @@ class QueueFilter:
                 utc_bound(value)
 
     def scope(self) -> RecordFilter:
-        """The records of the time, source and model filters (the scope the queue and the counts share)."""
+        """The records of the time, source, model and line filters (the scope the queue and the counts share)."""
         return RecordFilter(
             since=utc_bound(self.since) if self.since else "",
             until=utc_bound(self.until) if self.until else "",
             source=self.source,
             model_id=self.model_id,
+            line=self.line,
         )
 
 
@@ -159,6 +176,7 @@ class QueueRow:
     overlay_path: str | None
     error: str | None
     labels: tuple[Label, ...] = ()  # the reviewers' current decisions
+    line: str | None = None
 
     @property
     def thumbnail(self) -> str | None:
@@ -222,19 +240,26 @@ def clean_reviewer(name: str) -> str:
 
 
 class ReviewStore:
-    """A results folder opened for review: records read live, decisions written beside them (a context manager)."""
+    """A results folder or plant database opened for review: records read live, decisions written beside them (a
+    context manager)."""
 
-    def __init__(self, folder: str | os.PathLike, *, create: bool = True) -> None:
-        self.folder = Path(folder)
-        self.db_path = self.folder / DB_NAME
-        if not self.db_path.is_file():
+    def __init__(self, results: str | os.PathLike, *, create: bool = True) -> None:
+        self.shared = is_database_url(results)
+        self.folder: Path | None = None if self.shared else Path(results)
+        self.db_path: Path | None = None if self.folder is None else self.folder / DB_NAME
+        self.name = redact(str(results)) if self.db_path is None else str(self.db_path)
+        if self.db_path is not None and not self.db_path.is_file():
             raise ReviewError(
                 f"{self.folder}: no {DB_NAME} here; --results takes the --out folder of 'crackscope inspect' "
-                "or 'crackscope daemon'"
+                "or 'crackscope daemon', or the postgresql:// URL of a plant store"
             )
         # No check_same_thread: the web app opens one store per request, but the server may close it on another
         # thread than the one that opened it.
-        self._db = sqlite3.connect(self.db_path, timeout=30, check_same_thread=False)
+        try:
+            self._db = connect(self.db_path or str(results), check_same_thread=False)
+        except DatabaseError as error:
+            raise ReviewError(str(error)) from None
+        self._dialect = self._db.dialect
         self._check_schema()
         if create:  # the web app creates the decision tables once at start, not on every page load
             self._create_tables()
@@ -244,21 +269,23 @@ class ReviewStore:
     def _check_schema(self) -> None:
         """Refuse a database that is not a results store of this version; bring a version-1 store up to date."""
         try:
-            with self._db:
-                open_schema(self._db, create=False)
-        except sqlite3.DatabaseError as error:
+            with self._db.transaction():
+                open_schema(self._db, create=False, dialect=self._dialect)
+        except self._db.errors as error:
             self.close()
-            raise ReviewError(f"{self.db_path}: not a crackscope results store ({error})") from error
+            raise ReviewError(f"{self.name}: not a crackscope results store ({first_line(error)})") from error
         except SchemaError as error:
             self.close()
             raise ReviewError(
-                f"{self.db_path}: results schema version {error.found or 'missing'}, this crackscope "
-                f"reads {SCHEMA_VERSION}"
+                f"{self.name}: results schema version {error.found or 'missing'}, "
+                f"this crackscope reads {SCHEMA_VERSION}"
             ) from None
 
     def _create_tables(self) -> None:
-        with self._db:
-            for statement in review_ddl():
+        with self._db.transaction():
+            if self._dialect.schema_lock:
+                self._db.execute(self._dialect.schema_lock)
+            for statement in review_ddl(self._dialect):
                 self._db.execute(statement)
 
     # --- decisions ----------------------------------------------------------------------------------------------
@@ -278,9 +305,13 @@ class ReviewStore:
             return standing
         decision = Decision(result_id, reviewer, label, utc_now())
         row = (decision.result_id, decision.reviewer, decision.label.value, decision.time)
-        with self._db:
-            self._db.execute("INSERT OR REPLACE INTO review_decisions VALUES (?, ?, ?, ?)", row)
-            self._db.execute("INSERT INTO review_log VALUES (?, ?, ?, ?)", row)
+        with self._db.transaction():
+            self._db.execute(
+                "INSERT INTO review_decisions (result_id, reviewer, label, time) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (result_id, reviewer) DO UPDATE SET label = excluded.label, time = excluded.time",
+                row,
+            )
+            self._db.execute("INSERT INTO review_log (result_id, reviewer, label, time) VALUES (?, ?, ?, ?)", row)
         return decision
 
     def decisions(self, result_id: str) -> list[Decision]:
@@ -299,9 +330,8 @@ class ReviewStore:
 
     def history(self, result_id: str) -> list[Decision]:
         """Every decision ever made on a record, oldest first (changed ones included)."""
-        rows = self._db.execute(
-            "SELECT result_id, reviewer, label, time FROM review_log WHERE result_id = ? ORDER BY rowid", (result_id,)
-        )
+        query = "SELECT result_id, reviewer, label, time FROM review_log WHERE result_id = ?"
+        rows = self._db.execute(f"{query} ORDER BY {self._dialect.row_order}", (result_id,))
         return [Decision(r[0], r[1], Label(r[2]), r[3]) for r in rows]
 
     # --- marked defect regions ----------------------------------------------------------------------------------
@@ -323,12 +353,14 @@ class ReviewStore:
         if standing is not None:
             return standing
         time = utc_now()
-        with self._db:
-            cursor = self._db.execute(
-                "INSERT INTO review_marks (result_id, reviewer, x, y, w, h, time) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (result_id, reviewer, *clipped, time),
-            )
-            mark = Mark(int(cursor.lastrowid), result_id, reviewer, clipped, time)
+        insert = "INSERT INTO review_marks (result_id, reviewer, x, y, w, h, time) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        values = (result_id, reviewer, *clipped, time)
+        with self._db.transaction():
+            if self._db.is_postgresql:  # psycopg has no lastrowid
+                mark_id = self._db.execute(insert + " RETURNING id", values).fetchone()[0]
+            else:
+                mark_id = self._db.execute(insert, values).lastrowid
+            mark = Mark(int(mark_id), result_id, reviewer, clipped, time)
             self._db.execute(
                 "INSERT INTO review_mark_log VALUES (?, ?, ?, 'add', ?)", (mark.id, result_id, reviewer, time)
             )
@@ -338,7 +370,7 @@ class ReviewStore:
         """The marks standing on a record (removed ones left out), oldest first."""
         rows = self._db.execute(
             "SELECT id, result_id, reviewer, x, y, w, h, time FROM review_marks"
-            " WHERE result_id = ? AND NOT removed ORDER BY id",
+            " WHERE result_id = ? AND removed = 0 ORDER BY id",
             (result_id,),
         )
         return [_mark(row) for row in rows]
@@ -347,7 +379,7 @@ class ReviewStore:
         """Every standing mark, by record id."""
         found: dict[str, list[Mark]] = defaultdict(list)
         rows = self._db.execute(
-            "SELECT id, result_id, reviewer, x, y, w, h, time FROM review_marks WHERE NOT removed ORDER BY id"
+            "SELECT id, result_id, reviewer, x, y, w, h, time FROM review_marks WHERE removed = 0 ORDER BY id"
         )
         for row in rows:
             found[row[1]].append(_mark(row))
@@ -366,7 +398,7 @@ class ReviewStore:
             raise ReviewError(f"mark {mark_id} was drawn by {drawn_by}: only they can remove it")
         if removed:
             return
-        with self._db:
+        with self._db.transaction():
             self._db.execute("UPDATE review_marks SET removed = 1 WHERE id = ?", (mark_id,))
             self._db.execute(
                 "INSERT INTO review_mark_log VALUES (?, ?, ?, 'remove', ?)", (mark_id, result_id, reviewer, utc_now())
@@ -375,7 +407,7 @@ class ReviewStore:
     # --- records ------------------------------------------------------------------------------------------------
 
     def record(self, result_id: str) -> InspectionResult | None:
-        conditions = record_conditions(RecordFilter(ids=(result_id,)))
+        conditions = record_conditions(RecordFilter(ids=(result_id,)), dialect=self._dialect)
         row = self._db.execute(select_sql(conditions), conditions.params).fetchone()
         return None if row is None else decode(row)
 
@@ -392,10 +424,16 @@ class ReviewStore:
 
     def last_rowid(self) -> int:
         """Grows when a record is added: the page polls it to offer a reload."""
-        return int(self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM results").fetchone()[0])
+        query = f"SELECT COALESCE(MAX({self._dialect.row_order}), 0) FROM results"
+        return int(self._db.execute(query).fetchone()[0])
 
     def model_ids(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT DISTINCT model_id FROM results ORDER BY model_id")]
+
+    def lines(self) -> list[str]:
+        """The lines that wrote records here (records of no line left out), for the queue's line filter."""
+        query = "SELECT DISTINCT line FROM results WHERE line IS NOT NULL ORDER BY line"
+        return [r[0] for r in self._db.execute(query)]
 
     def meta(self) -> dict[str, object]:
         rows = self._db.execute("SELECT key, value FROM meta WHERE key != 'schema_version'").fetchall()
@@ -410,15 +448,17 @@ class ReviewStore:
     def calibration_for(self, model_id: str) -> Calibration | None:
         """The calibration in force for records of ``model_id``, when the store says which it is.
 
-        The store's ``meta`` holds the card of the one model that decides in this folder (batch runs and the daemon
-        refuse a folder of another model), so this is None only for a store written without one.
+        The store's ``meta`` holds the card of each model that wrote records (``card:<model id>``; in a results folder
+        written before that, ``card`` of the one model that decides there: batch runs and the daemon refuse a folder
+        of another model), so this is None only for a store written without one.
         """
         meta = self.meta()
-        if meta.get("model_id") != model_id:
-            return None
+        card = meta.get(f"card:{model_id}")
+        if card is None and meta.get("model_id") == model_id:
+            card = meta.get("card")
         try:
-            if isinstance(meta.get("card"), dict):
-                return ModelCard.from_metadata(meta["card"]).calibration
+            if isinstance(card, dict):
+                return ModelCard.from_metadata(card).calibration
         except (ValueError, TypeError):
             return None
         return None
@@ -427,35 +467,38 @@ class ReviewStore:
 
     def queue(self, selection: QueueFilter, offset: int = 0, limit: int = 100) -> list[QueueRow]:
         """One page of the queue, in review order, with each record's current decisions."""
-        where = _where(selection)
+        where = _where(selection, self._dialect)
+        regions = self._dialect.json_length.format(column="r.regions")
         query = (
-            "SELECT r.id, r.source, r.time, r.verdict, r.score, r.model_id, COALESCE(json_array_length(r.regions), 0),"
-            f" r.image_path, r.overlay_path, r.error FROM results r WHERE {where.sql} ORDER BY {_QUEUE_ORDER}"
-            " LIMIT ? OFFSET ?"
+            f"SELECT r.id, r.source, r.time, r.verdict, r.score, r.model_id, COALESCE({regions}, 0),"
+            f" r.image_path, r.overlay_path, r.error, r.line FROM results r WHERE {where.sql}"
+            f" ORDER BY {_queue_order(self._dialect)} LIMIT ? OFFSET ?"
         )
         rows = self._db.execute(query, (*where.params, limit, offset)).fetchall()
         labels = self._labels([row[0] for row in rows])
         return [
-            QueueRow(*row[:3], Verdict(row[3]), row[4], row[5], int(row[6]), *row[7:], tuple(labels.get(row[0], ())))
+            QueueRow(
+                *row[:3], Verdict(row[3]), *row[4:6], int(row[6]), *row[7:10], tuple(labels.get(row[0], ())), row[10]
+            )
             for row in rows
         ]
 
     def queue_ids(self, selection: QueueFilter) -> list[str]:
         """Every id of the queue, in review order (for next / previous)."""
-        where = _where(selection)
-        query = f"SELECT r.id FROM results r WHERE {where.sql} ORDER BY {_QUEUE_ORDER}"
+        where = _where(selection, self._dialect)
+        query = f"SELECT r.id FROM results r WHERE {where.sql} ORDER BY {_queue_order(self._dialect)}"
         return [r[0] for r in self._db.execute(query, where.params)]
 
     def queue_size(self, selection: QueueFilter) -> int:
-        where = _where(selection)
+        where = _where(selection, self._dialect)
         return int(self._db.execute(f"SELECT COUNT(*) FROM results r WHERE {where.sql}", where.params).fetchone()[0])
 
     def counts(self, selection: QueueFilter) -> dict[str, dict[str, int]]:
-        """Records and reviewed records per verdict, within the selection's time, source and model filters."""
-        where = _where(replace(selection, verdict="all", status="any"))
+        """Records and reviewed records per verdict, within the selection's time, source, model and line filters."""
+        where = _where(replace(selection, verdict="all", status="any"), self._dialect)
         query = (
             "SELECT r.verdict, COUNT(*),"
-            " SUM(EXISTS (SELECT 1 FROM review_decisions d WHERE d.result_id = r.id))"
+            " SUM(CASE WHEN EXISTS (SELECT 1 FROM review_decisions d WHERE d.result_id = r.id) THEN 1 ELSE 0 END)"
             f" FROM results r WHERE {where.sql} GROUP BY r.verdict"
         )
         found = {row[0]: (int(row[1]), int(row[2] or 0)) for row in self._db.execute(query, where.params)}
@@ -487,7 +530,7 @@ class ReviewStore:
         decisions = self.all_decisions()
         query = "SELECT id, verdict, model_id FROM results WHERE id IN (SELECT result_id FROM review_decisions)"
         found = []
-        for result_id, verdict, record_model in self._db.execute(query + " ORDER BY rowid"):
+        for result_id, verdict, record_model in self._db.execute(f"{query} ORDER BY {self._dialect.row_order}"):
             if model_id is None or record_model == model_id:
                 found.append((result_id, Verdict(verdict), decisions.get(result_id, [])))
         return found
@@ -511,16 +554,16 @@ def _mark(row: tuple) -> Mark:
     return Mark(int(row[0]), row[1], row[2], (int(row[3]), int(row[4]), int(row[5]), int(row[6])), row[7])
 
 
-def _where(selection: QueueFilter) -> Conditions:
+def _where(selection: QueueFilter, dialect: Dialect) -> Conditions:
     """The conditions (on ``results r``) of a queue filter, with their parameters."""
     scope = selection.scope()
     if selection.verdict not in ("queue", "all"):
         scope = replace(scope, verdicts=(Verdict(selection.verdict),))
-    conditions = record_conditions(scope, "r")
+    conditions = record_conditions(scope, "r", dialect)
     if selection.verdict == "queue":
-        # The OK sample is drawn within the time, source and model filters, before the status filter, so
+        # The OK sample is drawn within the time, source, model and line filters, before the status filter, so
         # reviewing a sampled item does not pull another one in.
-        sample = record_conditions(replace(scope, verdicts=(Verdict.OK,)), "o")
+        sample = record_conditions(replace(scope, verdicts=(Verdict.OK,)), "o", dialect)
         conditions = conditions.also(
             f"(r.verdict IN ('REVIEW', 'DEFECT') OR r.id IN (SELECT o.id FROM results o WHERE {sample.sql}"
             " ORDER BY o.id LIMIT ?))",
