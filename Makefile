@@ -5,7 +5,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.crackscope-installed
-EXTRAS ?= train,votes,review,dev
+EXTRAS ?= train,votes,review,plant,line,opcua,dev
 
 .PHONY: demo test lint format install benchmarks clean
 

@@ -424,7 +424,9 @@ def _add_inspect(subparsers) -> None:
         "inspected gets an ERROR record with the reason and the run goes on; folder entries that are not inputs "
         "(broken links, links to folders, the results folder) are listed. OUT is locked while the run writes it.",
         "crackscope inspect photos/ 'line3/*.png' --model model.int8.onnx --out runs/line3 --fail-on defect\n"
-        "  crackscope inspect photos/ --model model.onnx --mode dense --out runs/line3-dense",
+        "  crackscope inspect photos/ --model model.onnx --mode dense --out runs/line3-dense\n"
+        "  crackscope inspect /mnt/lot42/ --model model.onnx --out postgresql://qa@db/plant --artefacts /data/art "
+        "--line 3 --shard 0/4",
     )
     p.epilog = (
         "exit codes:\n"
@@ -435,7 +437,19 @@ def _add_inspect(subparsers) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder (recursive) or glob pattern")
     p.add_argument("--model", required=True, help="ONNX model written by crackscope export")
-    p.add_argument("--out", required=True, help="results folder (created; an existing one is resumed)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="results folder (created; an existing one is resumed), or postgresql://... a plant store many runs and "
+        "daemons write at once (needs --artefacts and --line)",
+    )
+    _add_plant_flags(p)
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="inspect only share I of N of the inputs (0 <= I < N; by a stable hash of each path), so N machines "
+        "given the same inputs split them, each input inspected once",
+    )
     p.add_argument("--config", help="YAML file of defaults (keys of BatchConfig, inspect: {overlap, roi, ...})")
     p.add_argument("--overlap", type=float, help="tile overlap share in [0, 1) (default 0.25)")
     p.add_argument("--batch-size", type=int, help="most tiles per model call (default 32)")
@@ -459,6 +473,21 @@ def _add_inspect(subparsers) -> None:
     _add_runtime_flags(p)
     _add_session_workers_flag(p)
     p.set_defaults(handler=_run_inspect)
+
+
+def _add_plant_flags(p: argparse.ArgumentParser) -> None:
+    """--artefacts, --line and --station: where a plant store's writer keeps its files, and what it tags records
+    with."""
+    p.add_argument(
+        "--artefacts",
+        metavar="DIR",
+        help="with a postgresql:// --out: local folder for saved images, the resolved config and the report (it may "
+        "be shared by many writers; record paths are relative to it)",
+    )
+    p.add_argument("--line", help="production line the records come from (required with a postgresql:// --out)")
+    p.add_argument(
+        "--station", help="station, camera or machine the records come from (postgresql:// default: host name)"
+    )
 
 
 def _add_part_scoring_flags(p: argparse.ArgumentParser) -> None:
@@ -496,6 +525,10 @@ def _run_inspect(args: argparse.Namespace) -> int:
         "inputs": list(args.inputs),
         "model": args.model,
         "out": args.out,
+        "artefacts": args.artefacts,
+        "line": args.line,
+        "station": args.station,
+        "shard": args.shard,
         "save_overlays": args.save_overlays,
         "fail_on": args.fail_on,
         "max_pixels": args.max_pixels,
@@ -646,7 +679,9 @@ def _add_daemon(subparsers) -> None:
         "batch runs), serving /healthz and Prometheus /metrics on 127.0.0.1.",
         "crackscope daemon --source 0 --model model.onnx --out line1 --metrics-port 9108\n"
         "  crackscope daemon --source 0 --model model.onnx --mode dense --out line1\n"
-        "  crackscope daemon --source inbox/ --model model.onnx --out line1 --config daemon.yaml",
+        "  crackscope daemon --source inbox/ --model model.onnx --out line1 --config daemon.yaml\n"
+        "  crackscope daemon --source 0 --policy every --model model.onnx --out line1 --mqtt-host broker "
+        "--mqtt-topic crackscope/line1/station3 --deadline-ms 150",
     )
     p.epilog = (
         "exit codes:\n"
@@ -656,7 +691,12 @@ def _add_daemon(subparsers) -> None:
     )
     p.add_argument("--source", help="camera index (0), video file, rtsp:// or http:// URL, or hot folder")
     p.add_argument("--model", help="ONNX model written by crackscope export")
-    p.add_argument("--out", help="results folder: results.sqlite, results.jsonl, review/ (flagged frames)")
+    p.add_argument(
+        "--out",
+        help="results folder: results.sqlite, results.jsonl, review/ (flagged frames); or postgresql://... a plant "
+        "store (needs --artefacts and --line)",
+    )
+    _add_plant_flags(p)
     p.add_argument("--config", help="YAML file of defaults (trigger:, reconnect:, hot_folder:, inspect: ...)")
     p.add_argument("--metrics-port", type=int, help="serve /healthz and /metrics on this port (0: any free one)")
     p.add_argument("--metrics-host", help="address to serve on (default 127.0.0.1)")
@@ -694,7 +734,44 @@ def _add_daemon(subparsers) -> None:
     p.add_argument("--providers", help="ONNX Runtime providers: auto (default), cpu, cuda, ...")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per session (default: one per core)")
     _add_session_workers_flag(p)
+    _add_line_flags(p)
     p.set_defaults(handler=_run_daemon)
+
+
+def _add_line_flags(p: argparse.ArgumentParser) -> None:
+    """The daemon's line outputs: MQTT, OPC UA and the deadline (the rest of their keys in --config)."""
+    line = p.add_argument_group(
+        "line outputs",
+        "Each verdict is also published to the line. More keys (credentials, TLS, outbox bounds, reconnect times, "
+        "OPC UA nodes) under mqtt: and opcua: in --config.",
+    )
+    line.add_argument(
+        "--mqtt-host",
+        help="MQTT broker to publish each verdict to (QoS 1, at least once: consumers dedupe by record_id); "
+        "unacknowledged messages wait in OUT/line-outbox-<topic>.sqlite, even across restarts",
+    )
+    line.add_argument("--mqtt-port", type=int, help="MQTT broker port (default 1883)")
+    line.add_argument(
+        "--mqtt-topic",
+        help="topic prefix: TOPIC/verdict, TOPIC/correction, retained TOPIC/status "
+        "(default crackscope/<line>/<station>)",
+    )
+    line.add_argument(
+        "--opcua-url",
+        help="OPC UA server to write each verdict to, opc.tcp://host:4840 (nodes under opcua.nodes in --config; "
+        "pip install 'crackscope[opcua]')",
+    )
+    line.add_argument(
+        "--deadline-ms",
+        type=float,
+        help="a frame whose verdict is not ready this long after it was read gets --fail-safe on the line at that "
+        "moment; its real verdict is stored and published on TOPIC/correction (needs --policy every)",
+    )
+    line.add_argument(
+        "--fail-safe",
+        choices=["DEFECT", "REVIEW"],
+        help="the line verdict of a frame that missed --deadline-ms (default DEFECT: eject)",
+    )
 
 
 def _run_daemon(args: argparse.Namespace) -> int:
@@ -707,6 +784,9 @@ def _run_daemon(args: argparse.Namespace) -> int:
         "source": args.source,
         "model": args.model,
         "out": args.out,
+        "artefacts": args.artefacts,
+        "line": args.line,
+        "station": args.station,
         "metrics_port": args.metrics_port,
         "metrics_host": args.metrics_host,
         "policy": args.policy,
@@ -717,6 +797,10 @@ def _run_daemon(args: argparse.Namespace) -> int:
         "threads": args.threads,
         "trigger": {"mode": args.trigger, "interval_s": args.interval, "motion_threshold": args.motion_threshold},
         "hot_folder": {"after": args.after},
+        "mqtt": {"host": args.mqtt_host, "port": args.mqtt_port, "topic": args.mqtt_topic},
+        "opcua": {"url": args.opcua_url},
+        "deadline_ms": args.deadline_ms,
+        "fail_safe": args.fail_safe,
         "inspect": {
             "part_scoring": args.part_scoring,
             "part_k": args.part_k,
@@ -808,13 +892,25 @@ def _add_review(subparsers) -> None:
         "127.0.0.1: the queue (REVIEW, DEFECT, a sample of OK), each item with its heatmap, decisions with keyboard "
         "shortcuts, and stats. 'crackscope review export' writes the reviewed items as a training dataset.",
         "crackscope review --results runs/line3\n"
+        "  crackscope review --results postgresql://qa@db/plant --artefacts /mnt/plant-artefacts\n"
         "  crackscope review export --results runs/line3 --out datasets/line3-reviewed",
     )
     p.usage = (
-        "crackscope review --results DIR [--host HOST] [--port N] [--token TOKEN] [--ok-sample N]\n"
-        "       crackscope review export --results DIR --out DATASET"
+        "crackscope review --results DIR|URL [--artefacts DIR] [--host HOST] [--port N] [--token TOKEN] "
+        "[--ok-sample N]\n"
+        "       crackscope review export --results DIR|URL [--artefacts DIR] --out DATASET"
     )
-    p.add_argument("--results", metavar="DIR", help="results folder holding results.sqlite")
+    p.add_argument(
+        "--results",
+        metavar="DIR|URL",
+        help="results folder holding results.sqlite, or postgresql://... a plant store (all lines, with a line filter)",
+    )
+    p.add_argument(
+        "--artefacts",
+        metavar="DIR",
+        help="with a postgresql:// --results: the folder the writers saved images in (--artefacts of inspect and "
+        "daemon; without it, no pictures are shown)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8765, metavar="N", help="port (default 8765; 0: any free one)")
     p.add_argument(
@@ -840,7 +936,15 @@ def _add_review(subparsers) -> None:
         "  crackscope train --data datasets/base --data datasets/line3-reviewed --out runs/line3-retrained",
     )
     export.prog = "crackscope review export"  # not the parent's two-line usage
-    export.add_argument("--results", dest="export_results", metavar="DIR", required=True, help="results folder")
+    export.add_argument(
+        "--results", dest="export_results", metavar="DIR|URL", required=True, help="results folder or postgresql:// URL"
+    )
+    export.add_argument(
+        "--artefacts",
+        dest="export_artefacts",
+        metavar="DIR",
+        help="with a postgresql:// --results: the folder the writers saved images in",
+    )
     export.add_argument(
         "--out", metavar="DATASET", required=True, help="dataset folder to write (new, empty, or an earlier export)"
     )
@@ -870,7 +974,14 @@ def _run_review(args: argparse.Namespace) -> int:
     from crackscope.inspect.review.app import ReviewConfig, serve
 
     serve(
-        ReviewConfig(results=args.results, host=args.host, port=args.port, token=args.token, ok_sample=args.ok_sample)
+        ReviewConfig(
+            results=args.results,
+            artefacts=args.artefacts,
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            ok_sample=args.ok_sample,
+        )
     )
     return 0
 
@@ -878,7 +989,7 @@ def _run_review(args: argparse.Namespace) -> int:
 def _run_review_export(args: argparse.Namespace) -> int:
     from crackscope.inspect.review.export import export_dataset
 
-    print(export_dataset(args.export_results, args.out).describe())
+    print(export_dataset(args.export_results, args.out, args.export_artefacts).describe())
     return 0
 
 

@@ -40,7 +40,8 @@ from typing import Any, Literal
 from crackscope.config import ConfigError, from_dict, merge, write_yaml
 from crackscope.inspect.bench import choose_layout
 from crackscope.inspect.database import is_database_url
-from crackscope.inspect.decision import describe_calibration, is_identity
+from crackscope.inspect.decision import Verdict, describe_calibration, is_identity
+from crackscope.inspect.line import LineOutputs, MqttConfig, OpcUaConfig, record_id_for
 from crackscope.inspect.model import Layout, RuntimeModel, open_model
 from crackscope.inspect.pipeline import FrameInspection, InspectConfig, describe_mode, inspect_frames
 from crackscope.inspect.results import InspectionResult, error_result
@@ -99,6 +100,14 @@ class DaemonConfig:
             is why a saved one was not used), else 1 (see :func:`~crackscope.inspect.bench.choose_layout`); unset
             with ``threads`` given: 1. ``daemon.yaml`` records the layout that ran.
         threads: ONNX Runtime intra-op threads per session (unset: ONNX Runtime's choice, or the saved layout's).
+        mqtt: publish each verdict to an MQTT broker (:class:`~crackscope.inspect.line.MqttConfig`: host, port,
+            topic, outbox bounds, ...); off while ``mqtt.host`` is unset.
+        opcua: write each verdict to OPC UA nodes (:class:`~crackscope.inspect.line.OpcUaConfig`: url, nodes);
+            off while ``opcua.url`` is unset.
+        deadline_ms: a frame whose verdict is not ready this long after it was read gets ``fail_safe`` on the line at
+            that moment; its real verdict is stored (with ``fail_safe`` in the record) and published as a correction.
+            Needs policy ``every`` and no trigger: every frame is a part. Unset: no deadline.
+        fail_safe: the verdict a late frame gets on the line: ``DEFECT`` (eject) or ``REVIEW``.
     """
 
     source: str | int | None = None
@@ -122,6 +131,10 @@ class DaemonConfig:
     providers: str = "auto"
     session_workers: int | None = None
     threads: int | None = None
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    opcua: OpcUaConfig = field(default_factory=OpcUaConfig)
+    deadline_ms: float | None = None
+    fail_safe: Literal["DEFECT", "REVIEW"] = "DEFECT"
 
     def __post_init__(self) -> None:
         for name in ("source", "model", "out"):
@@ -138,6 +151,7 @@ class DaemonConfig:
         Layout(1 if self.session_workers is None else self.session_workers, self.threads)  # raises, naming the key
         check_label("line", self.line)
         check_label("station", self.station)
+        _check_deadline(self)
 
     @property
     def folder(self) -> Path:
@@ -152,6 +166,22 @@ class DaemonConfig:
             backoff=self.reconnect,
             hot_folder=self.hot_folder,
         )
+
+
+def _check_deadline(config: DaemonConfig) -> None:
+    """A deadline promises a line verdict for every frame read: no frame may be dropped or skipped by design."""
+    if config.deadline_ms is None:
+        return
+    if not config.deadline_ms > 0:
+        raise ConfigError(f"deadline_ms must be above 0, got {config.deadline_ms}")
+    live = parse_source(config.source).kind in ("camera", "stream")
+    if (config.policy or ("latest" if live else "every")) != "every":
+        raise ConfigError(
+            "deadline_ms needs policy every (--policy every): with latest, a frame can be dropped unseen and its part "
+            "would get no verdict on the line"
+        )
+    if config.trigger.mode != "none":
+        raise ConfigError("deadline_ms needs trigger none: every frame read is a part that gets a verdict on the line")
 
 
 def daemon_config(file_values: Mapping[str, Any] | None, flags: Mapping[str, Any]) -> DaemonConfig:
@@ -199,12 +229,18 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
         # before the store: a second writer is refused before it writes (a plant store takes many: no lock)
         stack.enter_context(OutputLock(output.folder, shared=output.shared))
         store = stack.enter_context(ResultStore(output.store, line=output.line, station=output.station))
+        config = dataclasses.replace(config, mqtt=config.mqtt.for_station(config.line, config.station))
         _prepare_output(config, output, store, model)
         done = _resume_keys(store, spec)
-        source = stack.enter_context(
-            open_source(config.source, config.source_options(), done if done is not None else ())
-        )
+        line = stack.enter_context(_line_outputs(config, output.folder, model, done))
+        options = config.source_options()
+        if config.deadline_ms is not None:  # the deadline clock starts when a frame is read, not when it is taken
+            options = dataclasses.replace(options, on_read=line.track)
+        source = stack.enter_context(open_source(config.source, options, done if done is not None else ()))
         telemetry = Telemetry(source.status, model)
+        if line.enabled:
+            telemetry.line = line.counts
+            telemetry.registry.register(line.collector())
         if config.metrics_port is not None:
             stack.enter_context(HealthServer(telemetry, config.metrics_host, config.metrics_port))
         log.info(
@@ -215,7 +251,8 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
             model.providers[0],
             model.layout.describe(),
         )
-        _inspect_loop(source, model, store, config, telemetry, stop, done)
+        _inspect_loop(source, model, store, config, telemetry, stop, done, line)
+        line.stop_deadlines()  # frames still queued at a stop are not parts the line waits for
     summary = telemetry.summary()
     log.info("stopped: %s", summary.describe())
     return summary
@@ -245,6 +282,21 @@ def _prepare_output(config: DaemonConfig, output: Output, store: ResultStore, mo
     log.info("%s", describe_mode(model, config.inspect))
 
 
+def _line_outputs(
+    config: DaemonConfig, folder: Path, model: RuntimeModel, done: set[tuple[str, str]] | None
+) -> LineOutputs:
+    """The line outputs the config asks for (none: a LineOutputs that does nothing)."""
+    return LineOutputs(
+        out=folder,
+        model_id=model.model_id,
+        mqtt=config.mqtt,
+        opcua=config.opcua,
+        deadline_ms=config.deadline_ms,
+        fail_safe=Verdict(config.fail_safe),
+        ignore=lambda frame: done is not None and frame.key in done,
+    )
+
+
 def _resume_keys(store: ResultStore, spec: SourceSpec) -> set[tuple[str, str]] | None:
     """The stored keys of this source's inputs, for a video file or a hot folder; None for a live source.
 
@@ -268,6 +320,7 @@ def _inspect_loop(
     telemetry: Telemetry,
     stop: threading.Event,
     done: set[tuple[str, str]] | None,
+    line: LineOutputs,
 ) -> None:
     gate = FrameGate(config.trigger)
     policy = SavePolicy(config.save)
@@ -277,13 +330,17 @@ def _inspect_loop(
         for frame in batch:
             reason = "done" if done is not None and frame.key in done else _gate(gate, frame)
             if reason:
+                line.forget(frame)
                 telemetry.skipped(reason)
                 source.ack(frame)
             else:
+                line.track(frame)  # a hot-folder file is read here; a captured frame was tracked as it was read
                 wanted.append(frame)
         if not wanted:
             continue
-        records = _inspect(model, wanted, config, policy)
+        # the line hears first (its outbox is on disk): a crash before the store commits re-inspects the frame, and
+        # the record id, derived from the input, stays the same for the consumers' dedupe
+        records = line.deliver(wanted, _inspect(model, wanted, config, policy))
         store.add(records)
         stored = time.monotonic()
         for frame, record in zip(wanted, records, strict=True):
@@ -300,7 +357,11 @@ def _gate(gate: FrameGate, frame: Frame) -> str | None:
 def _inspect(
     model: RuntimeModel, frames: list[Frame], config: DaemonConfig, policy: SavePolicy
 ) -> list[InspectionResult]:
-    """One record per frame, in order; a frame that cannot be inspected gets an ERROR record, not an exception."""
+    """One record per frame, in order; a frame that cannot be inspected gets an ERROR record, not an exception.
+
+    Record ids come from the input (:func:`~crackscope.inspect.line.record_id_for`), so a line message sent before
+    the record existed (a fail-safe at the deadline) and the record share one.
+    """
     started = time.monotonic()
     images = [f.image for f in frames if f.image is not None]
     inspections = iter(_inspections(model, images, config.inspect))
@@ -326,7 +387,7 @@ def _inspect(
                 timings=timings,
             )
         )
-    return records
+    return [dataclasses.replace(r, id=record_id_for(r.source, r.sha256, r.model_id)) for r in records]
 
 
 def _inspections(model: RuntimeModel, images: list, config: InspectConfig) -> list[FrameInspection | str]:

@@ -53,6 +53,9 @@ class InspectionResult:
         line, station: the production line and the station (camera, machine) that wrote the record, as its run
             was told (``--line``, ``--station``); None when not told, and for records written before schema
             version 3. A plant store holds the records of many lines; the review filters by line.
+        fail_safe: the verdict the line was given instead of this one, because this one was not ready by the
+            daemon's deadline (``--deadline-ms``, ``--fail-safe``); None when it was in time, without a deadline, and
+            for records written before schema version 4.
     """
 
     id: str
@@ -75,10 +78,12 @@ class InspectionResult:
     reason: str | None = None
     line: str | None = None
     station: str | None = None
+    fail_safe: Verdict | None = None
 
     def to_json(self) -> dict:
         data = asdict(self)
         data["verdict"] = self.verdict.value
+        data["fail_safe"] = self.fail_safe.value if self.fail_safe is not None else None
         data["regions"] = [region.to_json() for region in self.regions]
         data["tiles"] = [list(t) for t in self.tiles]
         return data
@@ -87,6 +92,7 @@ class InspectionResult:
     def from_json(cls, data: dict) -> InspectionResult:
         values = dict(data)
         values["verdict"] = Verdict(values["verdict"])
+        values["fail_safe"] = Verdict(values["fail_safe"]) if values.get("fail_safe") else None
         values["regions"] = tuple(Region.from_json(region) for region in values.get("regions") or ())
         values["tiles"] = tuple(tuple(t) for t in values.get("tiles") or ())
         return cls(**values)

@@ -38,8 +38,9 @@ from crackscope.inspect.decision import Verdict
 from crackscope.inspect.results import InspectionResult
 
 # 2: ``reason`` (why a REVIEW frame is one); 3: ``line`` and ``station`` (which line and station wrote a record, for a
-# plant store many of them write). An older store gains the columns when it is opened (:data:`MIGRATIONS`).
-SCHEMA_VERSION = 3
+# plant store many of them write); 4: ``fail_safe`` (the verdict the line got when the real one missed the daemon's
+# deadline). An older store gains the columns when it is opened (:data:`MIGRATIONS`).
+SCHEMA_VERSION = 4
 RESULTS_TABLE = "results"
 
 
@@ -135,6 +136,7 @@ RESULT_COLUMNS = (
     Column("reason", "TEXT"),
     Column("line", "TEXT"),
     Column("station", "TEXT"),
+    Column("fail_safe", "TEXT"),
 )
 RESULT_COLUMN_NAMES = tuple(column.name for column in RESULT_COLUMNS)
 _JSON_COLUMNS = frozenset(column.name for column in RESULT_COLUMNS if column.json)
@@ -249,8 +251,15 @@ def migrate_v2(db: Database) -> None:
     db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
 
 
+def migrate_v3(db: Database) -> None:
+    """Bring a version-3 results store to version 4: the ``fail_safe`` column, NULL for the records already there
+    (none of them missed a deadline: there was none). Quick on any store size, like :func:`migrate_v1`."""
+    _add_columns(db, ("fail_safe",))
+    db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+
+
 # stored version -> the step to the next one
-MIGRATIONS = {1: migrate_v1, 2: migrate_v2}
+MIGRATIONS = {1: migrate_v1, 2: migrate_v2, 3: migrate_v3}
 
 
 def _add_columns(db: Database, names: Sequence[str]) -> None:

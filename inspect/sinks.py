@@ -169,8 +169,12 @@ class ResultStore:
         if not records:
             return 0
 
+        # Writers of a plant store insert in one order (by resume key), so two transactions that meet on the same
+        # inputs wait for each other in turn instead of in a circle (a deadlock).
+        ordered = sorted(records, key=lambda r: (r.source, r.sha256)) if self.shared else records
+
         def insert(db) -> list[InspectionResult]:  # run again in full after a lost connection: safe to repeat
-            return [record for record in records if db.execute(insert_sql(), encode(record)).rowcount]
+            return [record for record in ordered if db.execute(insert_sql(), encode(record)).rowcount]
 
         new = self._db.transact(insert)
         self._append_jsonl(new)

@@ -37,7 +37,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -186,6 +186,9 @@ class SourceOptions:
     realtime: bool = False  # video files: deliver frames at the file's frame rate, as a camera would
     backoff: Backoff = field(default_factory=Backoff)
     hot_folder: HotFolderConfig = field(default_factory=HotFolderConfig)
+    # Called (in the reader thread) with each captured frame as it is handed on, before it waits for room in the
+    # queue: the daemon starts a frame's deadline clock here. Hot-folder frames are read in the consumer's thread.
+    on_read: Callable[[Frame], None] | None = None
 
 
 class FrameSource(Protocol):
@@ -297,7 +300,12 @@ def open_source(value: str | int, options: SourceOptions, done: Collection[tuple
     live = spec.kind in ("camera", "stream")
     policy = options.policy or (Policy.LATEST if live else Policy.EVERY)
     return CaptureSource(
-        spec, policy=policy, queue_size=options.queue_size, backoff=options.backoff, realtime=options.realtime
+        spec,
+        policy=policy,
+        queue_size=options.queue_size,
+        backoff=options.backoff,
+        realtime=options.realtime,
+        on_read=options.on_read,
     )
 
 
@@ -326,6 +334,7 @@ class CaptureSource:
         queue_size: int = 8,
         backoff: Backoff | None = None,
         realtime: bool = False,
+        on_read: Callable[[Frame], None] | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
@@ -339,6 +348,7 @@ class CaptureSource:
         self.queue_size = 1 if self.policy is Policy.LATEST else queue_size
         self.backoff = backoff or Backoff()
         self.realtime = realtime and spec.kind == "video"
+        self._on_read = on_read
         self._cond = threading.Condition()
         self._queue: deque[Frame] = deque()
         self._closing = threading.Event()
@@ -507,6 +517,8 @@ class CaptureSource:
     def _publish(self, frame: Frame) -> None:
         if self._suspect is not None and frame.index == self._suspect.index:
             self._suspect = None  # read again, and the file went on after it: the whole frame
+        if self._on_read is not None:
+            self._on_read(frame)
         with self._cond:
             if self.policy is Policy.LATEST:
                 while self._queue:

@@ -21,7 +21,7 @@ import time
 from collections import Counter as Tally
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,6 +58,7 @@ class RunSummary:
     seconds: float
     latencies: tuple[float, ...]  # end-to-end seconds of the most recent frames (read from the source to stored)
     processing: tuple[float, ...]  # of those, the seconds from the loop taking the frame to its record stored
+    line: dict = field(default_factory=dict)  # what the line outputs did (LineOutputs.counts); empty without them
 
     @property
     def frames(self) -> int:
@@ -79,6 +80,7 @@ class RunSummary:
             "latency_p99_s": p99,
             "processing_p50_s": work50,
             "processing_p99_s": work99,
+            **({"deadline_missed": self.line.get("deadline_missed", 0), "line": self.line} if self.line else {}),
         }
 
 
@@ -136,6 +138,7 @@ class Telemetry:
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._processing_window: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._last_inspected: float | None = None
+        self.line: Callable[[], dict] | None = None  # the line outputs' counts, for /healthz and the summary
         self.registry = CollectorRegistry(auto_describe=True)
         self._inspected = Counter(
             "crackscope_frames_inspected", "Frames inspected, by verdict", ["verdict"], registry=self.registry
@@ -219,6 +222,7 @@ class Telemetry:
             "latency_p50_s": p50,
             "latency_p99_s": p99,
             "uptime_s": round(time.time() - self.started, 3),
+            **({"line": self.line()} if self.line is not None else {}),
         }
         return (HTTPStatus.OK if status.up else HTTPStatus.SERVICE_UNAVAILABLE), body
 
@@ -233,6 +237,7 @@ class Telemetry:
                 seconds=time.time() - self.started,
                 latencies=tuple(self._latencies),
                 processing=tuple(self._processing_window),
+                line=self.line() if self.line is not None else {},
             )
 
 

@@ -17,6 +17,10 @@ Pages (server-rendered Flask templates in ``templates``, one CSS and one JS file
 
 Decisions and marks go to their own tables in the same SQLite file; the records are never changed (:mod:`.store`).
 
+``--results`` may be the URL of a plant's PostgreSQL store (``postgresql://...``): the app then serves every line
+that writes there, with a line filter in the queue, and shows the images saved under ``--artefacts DIR`` (the folder
+the writers were given, e.g. a network folder they share; without it, pages show the scores but no pictures).
+
 Security: the server binds 127.0.0.1 unless told otherwise, and refuses to bind any other address without an
 access token (asked for once per browser, then kept in a cookie). Only image files inside the results folder are
 served (no ``..``, absolute paths, symlinks out or hard links), and pages show downsized copies of them
@@ -26,6 +30,7 @@ may not be framed.
 
 Example:
     $ crackscope review --results runs/line3
+    $ crackscope review --results postgresql://qa@db.plant/crackscope --artefacts /mnt/plant-artefacts
     $ crackscope review --results runs/line3 --host 0.0.0.0 --port 8765 --token "$(openssl rand -hex 16)"
 """
 
@@ -59,6 +64,7 @@ from flask import (
 )
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from crackscope.inspect.database import is_database_url, redact
 from crackscope.inspect.decision import Verdict, log_odds, readable_probability, review_reason
 from crackscope.inspect.review.stats import review_stats
 from crackscope.inspect.review.store import (
@@ -77,7 +83,7 @@ SERVED_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})  # what 
 REVIEWER_COOKIE, TOKEN_COOKIE = "crackscope_reviewer", "crackscope_token"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
 _KEYS = {Label.OK: "o", Label.DEFECT: "d", Label.AMBIGUOUS: "a"}
-_FILTER_KEYS = ("verdict", "status", "since", "until", "source", "model")
+_FILTER_KEYS = ("verdict", "status", "since", "until", "source", "model", "line")
 VIEW_SIDES = {"thumb": 360, "screen": 1600}  # longest side of the downsized copies pages show (px)
 VIEW_CACHE = 256  # downsized copies kept in memory (a 1600 px JPEG is about 0.3 MB, a thumbnail 20 kB)
 
@@ -86,7 +92,8 @@ VIEW_CACHE = 256  # downsized copies kept in memory (a 1600 px JPEG is about 0.3
 class ReviewConfig:
     """What ``crackscope review`` serves, and where."""
 
-    results: str = ""
+    results: str = ""  # a results folder, or the postgresql:// URL of a plant store
+    artefacts: str | None = None  # with a PostgreSQL store: the folder its writers saved images in
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT  # 0: any free port
     token: str | None = None  # required by every request when set; required to bind a non-loopback address
@@ -117,6 +124,10 @@ def check_config(config: ReviewConfig) -> None:
         raise ReviewError(f"--port must be a whole number from 0 (any free port) to 65535, got {config.port!r}")
     if config.ok_sample < 0 or config.page_size < 1:
         raise ReviewError("ok_sample must be at least 0 and page_size at least 1")
+    if config.artefacts and not is_database_url(config.results):
+        raise ReviewError("--artefacts is for a PostgreSQL --results; a results folder holds its own images")
+    if config.artefacts and not Path(config.artefacts).is_dir():
+        raise ReviewError(f"--artefacts {config.artefacts} is not a folder")
     with ReviewStore(config.results):  # a usable store (and the decision tables, created once here)
         pass
 
@@ -131,7 +142,8 @@ def create_app(config: ReviewConfig, port: int | None = None) -> Flask:
     app.url_map.merge_slashes = False  # "/files//etc/passwd" must reach the path check, not a redirect
     app.config.update(
         REVIEW=config,
-        RESULTS=Path(config.results).resolve(),
+        RESULTS=images_root(config),
+        STORE_NAME=redact(config.results) if is_database_url(config.results) else str(Path(config.results).resolve()),
         FORM_TOKEN=secrets.token_urlsafe(32),
         ALLOWED_HOSTS=_allowed_hosts(config.host, port if port is not None else config.port),
         MAX_CONTENT_LENGTH=64 * 1024,
@@ -162,6 +174,14 @@ def create_app(config: ReviewConfig, port: int | None = None) -> Flask:
         app.register_error_handler(code, lambda error, code=code, title=title: _message(code, title, error.description))
     _routes(app)
     return app
+
+
+def images_root(config: ReviewConfig) -> Path | None:
+    """The folder the records' image paths are relative to: the results folder, or a plant store's ``--artefacts``
+    (None: no images to serve)."""
+    if is_database_url(config.results):
+        return Path(config.artefacts).resolve() if config.artefacts else None
+    return Path(config.results).resolve()
 
 
 def _allowed_hosts(host: str, port: int) -> frozenset[str] | None:
@@ -267,6 +287,7 @@ def _selection() -> QueueFilter:
         source=(args.get("source") or "").strip(),
         model_id=(args.get("model") or "").strip(),
         ok_sample=current_config().ok_sample,
+        line=(args.get("line") or "").strip(),
     )
 
 
@@ -288,7 +309,7 @@ def _page_context() -> dict[str, Any]:
         "reviewer": _reviewer(),
         "csrf": current_app.config["FORM_TOKEN"],
         "filters": _filter_args(),
-        "results": current_app.config["RESULTS"],
+        "store_name": current_app.config["STORE_NAME"],
     }
 
 
@@ -307,6 +328,7 @@ def _queue_page() -> str:
         selection=selection,
         counts=store.counts(selection),
         models=store.model_ids(),
+        lines=store.lines(),
         last_rowid=store.last_rowid(),
     )
 
@@ -541,15 +563,15 @@ def transparent_heatmap(heat: np.ndarray) -> np.ndarray:
     return np.dstack([heat, (alpha * 255.0 + 0.5).astype(np.uint8)])
 
 
-def served_file(root: Path, relpath: str) -> Path | None:
-    """The image file ``relpath`` names inside ``root``, or None for anything else.
+def served_file(root: Path | None, relpath: str) -> Path | None:
+    """The image file ``relpath`` names inside ``root``, or None for anything else (and for no ``root``).
 
     Refused: absolute paths, ``..`` and empty segments, backslashes, NUL, paths that resolve (through symlinks)
     outside ``root``, files with more than one hard link (a hard link is another name for a file anywhere on the
     same disk, and nothing crackscope writes has one), and files that are not images (``results.sqlite`` stays
     private).
     """
-    if not relpath or relpath.startswith("/") or "\\" in relpath or "\x00" in relpath:
+    if root is None or not relpath or relpath.startswith("/") or "\\" in relpath or "\x00" in relpath:
         return None
     if any(part in ("", ".", "..") for part in relpath.split("/")):
         return None
@@ -640,7 +662,8 @@ def _placeholder(environ: dict, start_response: Any) -> list[bytes]:
 def serve(config: ReviewConfig) -> None:
     """Serve until Ctrl-C (``crackscope review``)."""
     server = ReviewServer(config)
-    print(f"crackscope review: {Path(config.results).resolve()} on {server.login_url}  (Ctrl-C stops)", flush=True)
+    name = redact(config.results) if is_database_url(config.results) else Path(config.results).resolve()
+    print(f"crackscope review: {name} on {server.login_url}  (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ reviewers' votes. The folder is a dataset ``crackscope train`` reads as it is (:
 the data the model was trained on::
 
     $ crackscope review export --results runs/line3 --out datasets/line3-reviewed
+    $ crackscope review export --results postgresql://qa@db/plant --artefacts /mnt/plant-artefacts --out reviewed
     $ crackscope train --data datasets/base --data datasets/line3-reviewed --out runs/line3-retrained
 
 Layout:
@@ -58,6 +59,7 @@ import cv2
 import numpy as np
 
 from crackscope.inspect.card import Calibration, ModelCard
+from crackscope.inspect.database import is_database_url
 from crackscope.inspect.images import ImageReadError, file_digest, read_image
 from crackscope.inspect.results import InspectionResult
 from crackscope.inspect.review.store import Decision, Label, Mark, ReviewError, ReviewStore, consensus
@@ -119,16 +121,26 @@ class _Tile:
     votes: bool  # whether the item's votes give it a soft target
 
 
-def export_dataset(results: str | os.PathLike, out: str | os.PathLike) -> ExportSummary:
-    """Write the reviewed items of ``results`` as a dataset in ``out`` (see the module docstring)."""
-    results, out = Path(results), Path(out)
-    _check_target(out, results)
+def export_dataset(
+    results: str | os.PathLike, out: str | os.PathLike, artefacts: str | os.PathLike | None = None
+) -> ExportSummary:
+    """Write the reviewed items of ``results`` as a dataset in ``out`` (see the module docstring).
+
+    ``results`` is a results folder, or the URL of a plant's PostgreSQL store whose writers saved their images in
+    ``artefacts`` (without it, only items whose original file is still in place are exported).
+    """
+    if artefacts and not is_database_url(results):
+        raise ReviewError("--artefacts is for a PostgreSQL --results; a results folder holds its own images")
+    images = Path(artefacts) if artefacts else None if is_database_url(results) else Path(results)
+    out = Path(out)
+    if images is not None:
+        _check_target(out, images)
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         with ReviewStore(results) as store:
-            summary = _Writer(store, results, staging).write()
+            summary = _Writer(store, images, staging).write()
         _replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -149,7 +161,7 @@ def _check_target(out: Path, results: Path) -> None:
 class _Writer:
     """One export into a staging folder."""
 
-    def __init__(self, store: ReviewStore, results: Path, staging: Path) -> None:
+    def __init__(self, store: ReviewStore, results: Path | None, staging: Path) -> None:
         self.store, self.results, self.staging = store, results, staging
         self.tile_size = _tile_size(store)
         self.frames: Counter[str] = Counter()
@@ -348,8 +360,10 @@ def _scale(frame: np.ndarray, record: InspectionResult) -> tuple[float, float]:
 
 
 def _tile_size(store: ReviewStore) -> int:
-    """The model's input size: from the card of the results folder, else its records' tiles, else the default."""
-    card = store.meta().get("card")
+    """The model's input size: from the card of the results folder (a plant store's first model card), else its
+    records' tiles, else the default."""
+    meta = store.meta()
+    card = meta.get("card") or next((value for key, value in sorted(meta.items()) if key.startswith("card:")), None)
     if isinstance(card, dict):
         try:
             return int(ModelCard.from_metadata(card).input_size)
@@ -361,7 +375,7 @@ def _tile_size(store: ReviewStore) -> int:
     return DEFAULT_TILE
 
 
-def _image_of(record: InspectionResult, results: Path) -> tuple[Path | None, str]:
+def _image_of(record: InspectionResult, results: Path | None) -> tuple[Path | None, str]:
     """The original file when unchanged, else the saved frame; or None and why."""
     original = Path(record.source)
     try:
@@ -369,6 +383,8 @@ def _image_of(record: InspectionResult, results: Path) -> tuple[Path | None, str
             return original, ""
     except (OSError, ValueError):
         pass
+    if record.image_path and results is None:
+        return None, f"its saved image {record.image_path} is in the writers' artefacts folder: give --artefacts"
     if record.image_path:
         saved = (results / record.image_path).resolve()
         if saved.is_relative_to(results.resolve()) and saved.is_file():

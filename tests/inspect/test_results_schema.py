@@ -67,3 +67,33 @@ def test_the_review_store_opens_a_version_1_store_too(tmp_path):
     _version_1_store(tmp_path / "old")
     with ReviewStore(tmp_path / "old") as store:
         assert store.record("old1").reason is None
+
+
+def _version_2_store(folder) -> None:
+    """A results folder as crackscope wrote it before records said which line and station wrote them."""
+    _version_1_store(folder)
+    db = sqlite3.connect(folder / DB_NAME)
+    with db:
+        db.execute("ALTER TABLE results ADD COLUMN reason TEXT")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.close()
+
+
+def test_a_version_2_store_gains_the_line_and_station_columns_and_keeps_its_records(tmp_path):
+    _version_2_store(tmp_path / "old")
+    with ResultStore(tmp_path / "old", line="3", station="cam1") as store:
+        store.add([_record("new.png", Verdict.OK)])
+        records = {r.source: r for r in store.records()}
+    assert (records["a.png"].line, records["a.png"].station) == (None, None)
+    assert (records["new.png"].line, records["new.png"].station) == ("3", "cam1")
+    db = sqlite3.connect(tmp_path / "old" / DB_NAME)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'results_line'").fetchone() == ("results_line",)
+    with ReviewStore(tmp_path / "old") as review:
+        assert review.lines() == ["3"]
+
+
+def test_the_review_store_brings_a_version_2_store_up_to_date_too(tmp_path):
+    _version_2_store(tmp_path / "old")
+    with ReviewStore(tmp_path / "old") as store:
+        assert store.record("old1").line is None

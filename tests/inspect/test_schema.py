@@ -17,6 +17,7 @@ from crackscope.inspect.schema import (
     POSTGRESQL,
     RESULT_COLUMN_NAMES,
     RESULTS_DDL,
+    SCHEMA_VERSION,
     SQLITE,
     RecordFilter,
     decode,
@@ -76,11 +77,12 @@ def test_both_stores_refuse_a_schema_version_they_do_not_know(tmp_path):
         pass
     db = sqlite3.connect(tmp_path / "run" / DB_NAME)
     with db:
-        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
     db.close()
-    with pytest.raises(StoreError, match="schema version 3, this crackscope writes 2"):
+    newer = f"schema version {SCHEMA_VERSION + 1}, this crackscope"
+    with pytest.raises(StoreError, match=f"{newer} writes {SCHEMA_VERSION}"):
         ResultStore(tmp_path / "run")
-    with pytest.raises(ReviewError, match="schema version 3, this crackscope reads 2"):
+    with pytest.raises(ReviewError, match=f"{newer} reads {SCHEMA_VERSION}"):
         ReviewStore(tmp_path / "run")
 
 
