@@ -49,7 +49,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import cv2
 from tqdm import tqdm
 
 from crackscope.config import write_yaml
@@ -64,12 +63,13 @@ from crackscope.inspect.images import (
     load_frame,
 )
 from crackscope.inspect.model import Layout, RuntimeModel, open_model
-from crackscope.inspect.pipeline import FrameInspection, InspectConfig, describe_mode, inspect_frames
+from crackscope.inspect.pipeline import InspectConfig, describe_mode
+from crackscope.inspect.records import Input, frames_to_records
 from crackscope.inspect.report import write_report
-from crackscope.inspect.results import InspectionResult, error_result
+from crackscope.inspect.results import InspectionResult
 from crackscope.inspect.runs import Output, OutputLock, check_label, check_output, stop_on_signals
 from crackscope.inspect.schema import RecordFilter
-from crackscope.inspect.sinks import REVIEW_DIR, ResultStore, SavePolicy, record_inspection, remove_partials
+from crackscope.inspect.sinks import REVIEW_DIR, ResultStore, SavePolicy, remove_partials
 from crackscope.inspect.tiling import stride_for
 
 log = logging.getLogger(__name__)
@@ -556,20 +556,6 @@ def _batches(loaded: Iterable[_Loaded | None], size: int, config: InspectConfig)
         yield batch, skipped
 
 
-def _with_inspections(
-    model: RuntimeModel, batch: list[_Loaded], config: InspectConfig
-) -> list[tuple[_Loaded, FrameInspection | None]]:
-    """Inspect the decoded inputs together; if that fails, one by one, so one bad frame costs only its own record."""
-    good = [item for item in batch if item.frame is not None]
-    try:
-        inspections = iter(inspect_frames(model, [item.frame.image for item in good], config) if good else [])
-        return [(item, next(inspections) if item.frame is not None else None) for item in batch]
-    except (ValueError, cv2.error, MemoryError) as error:  # a frame the pipeline cannot take: its own ERROR record
-        if len(batch) == 1:
-            return [(replace(batch[0], frame=None, error=f"cannot inspect this image ({error})"), None)]
-    return [pair for item in batch for pair in _with_inspections(model, [item], config)]
-
-
 def _tiles_along(length: int, size: int, stride: int) -> int:
     return 1 if length <= size else -(-(length - size) // stride) + 1
 
@@ -577,22 +563,14 @@ def _tiles_along(length: int, size: int, stride: int) -> int:
 def _inspect_batch(
     model: RuntimeModel, batch: list[_Loaded], folder: Path, policy: SavePolicy, config: InspectConfig
 ) -> list[InspectionResult]:
-    batch = _with_inspections(model, batch, config)
-    records = []
-    for item, inspection in batch:
-        if inspection is None:
-            records.append(error_result(str(item.path), item.sha256, model.model_id, item.error or "unreadable"))
-            continue
-        records.append(
-            record_inspection(
-                folder,
-                item.frame.image,
-                inspection,
-                source=str(item.path),
-                sha256=item.sha256,
-                model_id=model.model_id,
-                policy=policy,
-                timings={"read": item.seconds},
-            )
+    inputs = [
+        Input(
+            str(item.path),
+            item.sha256,
+            None if item.frame is None else item.frame.image,
+            item.error,
+            {"read": item.seconds},
         )
-    return records
+        for item in batch
+    ]
+    return frames_to_records(model, inputs, config, folder=folder, policy=policy)

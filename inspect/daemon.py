@@ -43,10 +43,11 @@ from crackscope.inspect.database import is_database_url
 from crackscope.inspect.decision import Verdict, describe_calibration, is_identity
 from crackscope.inspect.line import LineOutputs, MqttConfig, OpcUaConfig, record_id_for
 from crackscope.inspect.model import Layout, RuntimeModel, open_model
-from crackscope.inspect.pipeline import FrameInspection, InspectConfig, describe_mode, inspect_frames
-from crackscope.inspect.results import InspectionResult, error_result
+from crackscope.inspect.pipeline import InspectConfig, describe_mode
+from crackscope.inspect.records import Input, frames_to_records
+from crackscope.inspect.results import InspectionResult
 from crackscope.inspect.runs import Output, OutputLock, check_label, check_output, stop_on_signals
-from crackscope.inspect.sinks import ResultStore, SavePolicy, record_inspection, remove_partials
+from crackscope.inspect.sinks import ResultStore, SavePolicy, remove_partials
 from crackscope.inspect.sources import (
     Backoff,
     Frame,
@@ -363,45 +364,13 @@ def _inspect(
     the record existed (a fail-safe at the deadline) and the record share one.
     """
     started = time.monotonic()
-    images = [f.image for f in frames if f.image is not None]
-    inspections = iter(_inspections(model, images, config.inspect))
-    out = config.folder
-    records = []
-    for frame in frames:
-        timings = {"queue": started - frame.monotonic}
-        inspection = next(inspections) if frame.image is not None else None
-        if not isinstance(inspection, FrameInspection):
-            reason = frame.error or inspection or "not inspected"
-            records.append(error_result(frame.source, frame.sha256, model.model_id, reason, timings))
-            continue
-        records.append(
-            record_inspection(
-                out,
-                frame.image,
-                inspection,
-                source=frame.source,
-                sha256=frame.sha256,
-                model_id=model.model_id,
-                policy=policy,
-                save_frame=config.save_frame,
-                timings=timings,
-            )
-        )
+    inputs = [
+        Input(f.source, f.sha256, f.image, f.error or "not inspected", {"queue": started - f.monotonic}) for f in frames
+    ]
+    records = frames_to_records(
+        model, inputs, config.inspect, folder=config.folder, policy=policy, save_frame=config.save_frame
+    )
     return [dataclasses.replace(r, id=record_id_for(r.source, r.sha256, r.model_id)) for r in records]
-
-
-def _inspections(model: RuntimeModel, images: list, config: InspectConfig) -> list[FrameInspection | str]:
-    """The images inspected together; if that fails, one by one, so a bad frame costs only its own record (the
-    reason, as a string, in its place)."""
-    if not images:
-        return []
-    try:
-        return list(inspect_frames(model, images, config))
-    except Exception as error:  # one bad frame must not stop the line, nor spoil the others; its record says why
-        if len(images) == 1:
-            log.exception("inspection of a frame failed")
-            return [f"inspection failed: {error}"]
-    return [result for image in images for result in _inspections(model, [image], config)]
 
 
 def exit_code(summary: RunSummary) -> int:
