@@ -39,8 +39,9 @@ from crackscope.inspect.results import InspectionResult
 
 # 2: ``reason`` (why a REVIEW frame is one); 3: ``line`` and ``station`` (which line and station wrote a record, for a
 # plant store many of them write); 4: ``fail_safe`` (the verdict the line got when the real one missed the daemon's
-# deadline). An older store gains the columns when it is opened (:data:`MIGRATIONS`).
-SCHEMA_VERSION = 4
+# deadline); 5: the indexes the review's pages need on a plant store of a million records. An older store gains the
+# columns and indexes when it is opened (:data:`MIGRATIONS`).
+SCHEMA_VERSION = 5
 RESULTS_TABLE = "results"
 
 
@@ -144,6 +145,16 @@ _JSON_COLUMNS = frozenset(column.name for column in RESULT_COLUMNS if column.jso
 META_DDL = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 
+def queue_key(table: str = "") -> str:
+    """The review queue's order within one verdict (``table``: the alias of ``results``): REVIEW by uncertainty
+    (closest to 0.5 first), DEFECT and OK by score (highest first), records without a score (ERROR) last; ties go in
+    the order stored (the dialect's ``row_order``). The ``results_queue`` index holds it, so the text must stay
+    exactly this for the databases to match the two."""
+    prefix = f"{table}." if table else ""
+    verdict, score = f"{prefix}verdict", f"{prefix}score"
+    return f"COALESCE(CASE {verdict} WHEN 'REVIEW' THEN ABS({score} - 0.5) ELSE -{score} END, 2)"
+
+
 def results_ddl(dialect: Dialect = SQLITE) -> tuple[str, ...]:
     """The ``results`` table and its indexes (in PostgreSQL also the ``seq`` column that orders rows as stored)."""
     columns = [column.ddl for column in RESULT_COLUMNS] + ([dialect.row_order_ddl] if dialect.row_order_ddl else [])
@@ -151,12 +162,36 @@ def results_ddl(dialect: Dialect = SQLITE) -> tuple[str, ...]:
         f"CREATE TABLE IF NOT EXISTS {RESULTS_TABLE} ({', '.join(columns)})",
         # the resume key: a record per input, so a resumed run cannot store one twice
         f"CREATE UNIQUE INDEX IF NOT EXISTS results_input ON {RESULTS_TABLE} (source, sha256)",
-        f"CREATE INDEX IF NOT EXISTS results_verdict ON {RESULTS_TABLE} (verdict, score)",
-        f"CREATE INDEX IF NOT EXISTS results_line ON {RESULTS_TABLE} (line, station)",
+        *review_indexes(dialect),
     ]
     if dialect.row_order_ddl:
         statements.append(f"CREATE UNIQUE INDEX IF NOT EXISTS results_seq ON {RESULTS_TABLE} ({dialect.row_order})")
     return tuple(statements)
+
+
+def review_indexes(dialect: Dialect = SQLITE) -> tuple[str, ...]:
+    """The indexes that keep the review's pages quick on a store of a million records (schema version 5).
+
+    Counts per verdict (of the store, a line, a model) read an index of a few values per record instead of the
+    records; the model and line lists step from one value to the next through theirs; and the queue reads one verdict
+    at a time in ``results_queue``'s order, so a page, an item's neighbours and its position cost what they show,
+    not the store's size. ``results_queue`` holds the id too, so whether a record was reviewed is looked up without
+    reading the record: PostgreSQL keeps it (and the score) beside the keys, after the row order (``seq``); SQLite,
+    which ends every index with the ``rowid`` by itself, as the last key (ties in the order key, which the id would
+    then order, are sorted by ``rowid`` where they occur).
+    """
+    if dialect.row_order_ddl:  # PostgreSQL
+        queue = f"(verdict, ({queue_key()}), {dialect.row_order}) INCLUDE (id, score)"
+    else:  # SQLite sorts the rare ties in the key by rowid itself, and finds a record's review by the id held here
+        queue = f"(verdict, ({queue_key()}), id)"
+    return (
+        f"CREATE INDEX IF NOT EXISTS results_verdict ON {RESULTS_TABLE} (verdict)",
+        # the queue's OK sample: the lowest ids of OK records
+        f"CREATE INDEX IF NOT EXISTS results_sample ON {RESULTS_TABLE} (verdict, id)",
+        f"CREATE INDEX IF NOT EXISTS results_line ON {RESULTS_TABLE} (line, station, verdict)",
+        f"CREATE INDEX IF NOT EXISTS results_model ON {RESULTS_TABLE} (model_id, verdict)",
+        f"CREATE INDEX IF NOT EXISTS results_queue ON {RESULTS_TABLE} {queue}",
+    )
 
 
 RESULTS_DDL = results_ddl(SQLITE)
@@ -224,7 +259,7 @@ def open_schema(db: Database, *, create: bool, dialect: Dialect = SQLITE) -> Non
     if found is not None and found not in MIGRATIONS and found != SCHEMA_VERSION:
         raise SchemaError(str(found))
     while found is not None and found in MIGRATIONS:
-        MIGRATIONS[found](db)
+        MIGRATIONS[found](db, dialect)
         found += 1
     if create:
         for statement in results_ddl(dialect):
@@ -234,7 +269,7 @@ def open_schema(db: Database, *, create: bool, dialect: Dialect = SQLITE) -> Non
         )
 
 
-def migrate_v1(db: Database) -> None:
+def migrate_v1(db: Database, dialect: Dialect = SQLITE) -> None:
     """Bring a version-1 results store to version 2: the ``reason`` column, NULL for the records already there.
 
     Call inside a transaction; adding a nullable column rewrites no row, so this is quick on any store size.
@@ -243,7 +278,7 @@ def migrate_v1(db: Database) -> None:
     db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
 
 
-def migrate_v2(db: Database) -> None:
+def migrate_v2(db: Database, dialect: Dialect = SQLITE) -> None:
     """Bring a version-2 results store to version 3: the ``line`` and ``station`` columns, NULL for the records already
     there (they were written by one line, before records said which). Quick on any store size, like
     :func:`migrate_v1`; the index on them is made by the writers' :func:`open_schema`."""
@@ -251,15 +286,27 @@ def migrate_v2(db: Database) -> None:
     db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
 
 
-def migrate_v3(db: Database) -> None:
+def migrate_v3(db: Database, dialect: Dialect = SQLITE) -> None:
     """Bring a version-3 results store to version 4: the ``fail_safe`` column, NULL for the records already there
     (none of them missed a deadline: there was none). Quick on any store size, like :func:`migrate_v1`."""
     _add_columns(db, ("fail_safe",))
     db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
 
 
-# stored version -> the step to the next one
-MIGRATIONS = {1: migrate_v1, 2: migrate_v2, 3: migrate_v3}
+def migrate_v4(db: Database, dialect: Dialect = SQLITE) -> None:
+    """Bring a version-4 results store to version 5: the indexes of :func:`review_indexes` (``results_verdict`` and
+    ``results_line`` made again with the columns they now hold). Unlike the earlier steps this reads every record:
+    about 7 s for a million (PostgreSQL or SQLite), while writers wait for the schema lock; the review makes them
+    too when it is the first to open the store, so its pages are quick from the start."""
+    db.execute("DROP INDEX IF EXISTS results_verdict")
+    db.execute("DROP INDEX IF EXISTS results_line")
+    for statement in review_indexes(dialect):
+        db.execute(statement)
+    db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+
+
+# stored version -> the step to the next one (each is given the store's connection and dialect)
+MIGRATIONS = {1: migrate_v1, 2: migrate_v2, 3: migrate_v3, 4: migrate_v4}
 
 
 def _add_columns(db: Database, names: Sequence[str]) -> None:

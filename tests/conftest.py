@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,72 +56,6 @@ def shared_data() -> Path:
 # --- a throw-away PostgreSQL cluster (the plant store's tests) ---------------------------------------------------
 
 
-@dataclass
-class PostgresServer:
-    """A PostgreSQL cluster this test session made and runs (see :func:`postgres_server`)."""
-
-    bin: Path  # where initdb, pg_ctl and postgres are
-    root: Path  # the temporary folder: data/, the log and the unix socket
-    port: int
-    as_user: tuple[str, ...]  # the command prefix that runs them unprivileged (empty when not root)
-    databases: int = 0
-
-    @property
-    def url(self) -> str:
-        """The URL of the session's database ``crackscope``."""
-        return self.database_url("crackscope")
-
-    def database_url(self, name: str) -> str:
-        return f"postgresql://crackscope@127.0.0.1:{self.port}/{name}"
-
-    def pg_ctl(self, *args: str, check: bool = True) -> None:
-        import subprocess
-
-        command = [*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), *args]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-        if check and done.returncode != 0:
-            log = (self.root / "postgres.log").read_text(errors="replace")[-2000:] if self.root.exists() else ""
-            raise RuntimeError(f"{' '.join(command)} failed: {done.stdout}{done.stderr}\n{log}")
-
-    def start(self) -> None:
-        options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"
-            # a throw-away cluster need not survive a power cut, so no waiting for the disk; but it must survive its
-            # own crash (restart()): synchronous_commit stays on, so a commit is in the WAL (the OS's cache) first
-            " -c fsync=off -c full_page_writes=off"
-        )
-        self.pg_ctl("-l", str(self.root / "postgres.log"), "-w", "-t", "60", "-o", options, "start")
-
-    def restart(self) -> None:
-        """Stop the server at once (as a crash would) and start it again on the same port."""
-        self.pg_ctl("-m", "immediate", "-w", "stop")
-        self.start()
-
-    def new_database(self) -> str:
-        """The URL of a new, empty database (each test gets its own store)."""
-        import psycopg
-
-        self.databases += 1
-        name = f"test_{self.databases}"
-        with psycopg.connect(self.database_url("postgres"), autocommit=True) as db:
-            db.execute(f"CREATE DATABASE {name}")
-        return self.database_url(name)
-
-
-def _postgres_bin() -> Path | None:
-    """The folder of initdb and pg_ctl: on PATH, else Debian's /usr/lib/postgresql/<version>/bin (newest first)."""
-    import glob
-    import shutil
-
-    on_path = shutil.which("initdb")
-    if on_path and shutil.which("pg_ctl"):
-        return Path(on_path).resolve().parent
-    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda f: int(Path(f).parent.name), reverse=True):
-        if (Path(folder) / "initdb").is_file() and (Path(folder) / "pg_ctl").is_file():
-            return Path(folder)
-    return None
-
-
 def _missing(reason: str):
     """Skip, saying why; under CI (``CI`` set) fail instead: .ci/run installs what the plant tests need."""
     if os.environ.get("CI"):
@@ -128,64 +63,25 @@ def _missing(reason: str):
     pytest.skip(reason)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def postgres_server():
     """A throw-away PostgreSQL cluster for the whole session, stopped and removed at its end.
 
-    ``initdb`` makes it in a temporary folder (trust authentication, user ``crackscope``, UTF-8, C locale), and
-    ``pg_ctl`` starts it on a free port of 127.0.0.1 with its unix socket in that folder, so nothing outside the
-    folder is touched and several sessions can run side by side. The binaries are taken from PATH, else from Debian's
-    /usr/lib/postgresql/<version>/bin (the ``postgresql`` package does not put them on PATH).
-
-    PostgreSQL refuses to run as root, and the tests run as root here and in CI: then initdb and pg_ctl run as the
-    unprivileged user ``nobody`` through ``runuser -u nobody --`` (util-linux, on every Debian), in a folder made by
-    :func:`tempfile.mkdtemp` in /tmp (mode 0700) and handed to ``nobody`` with chown, outside pytest's own temporary
-    folders (which only root may enter). Without the binaries or psycopg the plant tests are skipped, saying why, except
-    under CI (``CI`` set), where they fail: .ci/run installs both.
+    ``benchmarks/pgcluster.py`` makes it (the plant benchmarks start theirs there too): ``initdb`` in a temporary
+    folder (trust authentication, user ``crackscope``, UTF-8, C locale), ``pg_ctl`` on a free port of 127.0.0.1 with
+    its unix socket in that folder, run as ``nobody`` when the tests run as root (here and in CI), since PostgreSQL
+    refuses root. Without the binaries or psycopg the plant tests are skipped, saying why, except under CI (``CI``
+    set), where they fail: .ci/run installs both.
     """
-    import shutil
-    import subprocess
-    import tempfile
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import pgcluster
 
-    bin_folder = _postgres_bin()
-    if bin_folder is None:
-        _missing("the plant store tests need PostgreSQL's initdb and pg_ctl (Debian: apt-get install postgresql)")
     try:
-        import psycopg
-    except ModuleNotFoundError:
-        _missing("the plant store tests need psycopg: pip install 'crackscope[plant]'")
-    # /tmp: a short path (a unix socket's is limited to 107 bytes) that nobody can reach, whatever TMPDIR says
-    root = Path(tempfile.mkdtemp(prefix="crackscope-pg-", dir="/tmp" if Path("/tmp").is_dir() else None))
-    as_user: tuple[str, ...] = ()
-    if os.geteuid() == 0:
-        import pwd
-
-        nobody = pwd.getpwnam("nobody")
-        os.chown(root, nobody.pw_uid, nobody.pw_gid)
-        as_user = ("runuser", "-u", "nobody", "--")
-    server = PostgresServer(bin_folder, root, _free_port(), as_user)
-    try:
-        initdb = [*as_user, str(bin_folder / "initdb"), "-D", str(root / "data"), "-A", "trust", "-U", "crackscope"]
-        initdb += ["-E", "UTF8", "--locale=C", "--no-sync"]
-        done = subprocess.run(initdb, capture_output=True, text=True, timeout=120, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"initdb failed: {done.stdout}{done.stderr}")
-        server.start()
-        with psycopg.connect(server.database_url("postgres"), autocommit=True) as db:
-            db.execute("CREATE DATABASE crackscope")
+        server = pgcluster.start_cluster()
+    except pgcluster.ClusterUnavailable as error:
+        _missing(f"the plant store tests need a PostgreSQL cluster: {error}")
+    with server:
         yield server
-    finally:
-        if (root / "data" / "postmaster.pid").exists():
-            server.pg_ctl("-m", "immediate", "-w", "stop", check=False)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

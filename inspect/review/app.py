@@ -315,10 +315,11 @@ def _page_context() -> dict[str, Any]:
 
 def _queue_page() -> str:
     store, selection = _store(), _selection()
-    size = store.queue_size(selection)
+    counts = store.counts(selection)
+    size = store.queue_size(selection, counts)
     pages = max(1, math.ceil(size / current_config().page_size))
     page = min(max(1, request.args.get("page", 1, type=int) or 1), pages)
-    rows = store.queue(selection, (page - 1) * current_config().page_size, current_config().page_size)
+    rows = store.queue(selection, (page - 1) * current_config().page_size, current_config().page_size, counts)
     return render_template(
         "queue.html",
         rows=rows,
@@ -326,7 +327,7 @@ def _queue_page() -> str:
         page=page,
         pages=pages,
         selection=selection,
-        counts=store.counts(selection),
+        counts=counts,
         models=store.model_ids(),
         lines=store.lines(),
         last_rowid=store.last_rowid(),
@@ -338,8 +339,7 @@ def _item_page(result_id: str) -> str:
     record = store.record(result_id)
     if record is None:
         abort(404, "No such record in this results folder.")
-    ids = store.queue_ids(_selection())
-    previous, following, position = _neighbours(ids, result_id)
+    around = store.neighbours(_selection(), result_id)
     reviewer = _reviewer()
     decisions = store.decisions(result_id)
     saved_id = request.args.get("saved")
@@ -355,10 +355,10 @@ def _item_page(result_id: str) -> str:
         history=store.history(result_id),
         calibration=calibration,
         reason=_reason(record, calibration),
-        previous=previous,
-        following=following,
-        position=position,
-        queue_size=len(ids),
+        previous=around.previous,
+        following=around.following,
+        position=around.position,
+        queue_size=around.size,
         saved=saved,
         saved_record=store.record(saved_id) if saved else None,
         tiles=[list(t) for t in record.tiles],
@@ -377,16 +377,6 @@ def _reason(record: Any, calibration: Any) -> str | None:
     return review_reason(record.score, [tile[4] for tile in record.tiles], calibration)
 
 
-def _neighbours(ids: list[str], result_id: str) -> tuple[str | None, str | None, int | None]:
-    """Previous and next ids in the queue, and the 1-based position (None when the item is not in it)."""
-    if result_id not in ids:
-        return None, ids[0] if ids else None, None
-    index = ids.index(result_id)
-    previous = ids[index - 1] if index > 0 else None
-    following = ids[index + 1] if index + 1 < len(ids) else None
-    return previous, following, index + 1
-
-
 def _decide(result_id: str) -> Response:
     reviewer = _reviewer()
     if reviewer is None:
@@ -396,10 +386,8 @@ def _decide(result_id: str) -> Response:
     except ValueError:
         raise ReviewError("A decision is ok, defect or ambiguous.") from None
     store = _store()
-    ids = store.queue_ids(_selection())  # before deciding: a status filter may drop this item from the queue
-    _, following, _ = _neighbours(ids, result_id)
-    if result_id not in ids:
-        following = None
+    around = store.neighbours(_selection(), result_id)  # before deciding: a status filter may drop it from the queue
+    following = around.following if around.position is not None else None
     store.decide(result_id, reviewer, label)
     target = following or result_id
     return redirect(url_for("item", result_id=target, saved=result_id, **_filter_args()), 303)

@@ -60,20 +60,17 @@ from crackscope.inspect.schema import (
     SchemaError,
     decode,
     open_schema,
+    queue_key,
     record_conditions,
     review_ddl,
     select_sql,
 )
 from crackscope.inspect.sinks import DB_NAME
 
-
-def _queue_order(dialect: Dialect) -> str:
-    """REVIEW by uncertainty (closest to 0.5 first: what labellers would split on), then DEFECT and OK by score, ties
-    in the order stored."""
-    return (
-        "CASE r.verdict WHEN 'REVIEW' THEN 0 WHEN 'DEFECT' THEN 1 WHEN 'OK' THEN 2 ELSE 3 END, "
-        f"CASE r.verdict WHEN 'REVIEW' THEN ABS(r.score - 0.5) ELSE -r.score END, r.{dialect.row_order}"
-    )
+# The queue's verdicts in turn: REVIEW by uncertainty (closest to 0.5 first: what labellers would split on), then
+# DEFECT and OK by score, then ERROR; within each, the order of schema.queue_key (ties in the order stored).
+VERDICT_ORDER = (Verdict.REVIEW, Verdict.DEFECT, Verdict.OK, Verdict.ERROR)
+QUEUE_KEY = queue_key("r")
 
 
 VERDICT_CHOICES = ("queue", "REVIEW", "DEFECT", "OK", "ERROR", "all")
@@ -185,6 +182,17 @@ class QueueRow:
     @property
     def consensus(self) -> Label | None:
         return consensus(self.labels)
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Where a record stands in the queue: the ids before and after it, its 1-based ``position`` and the queue's
+    ``size``. ``position`` is None when the record is not in the queue; ``following`` is then the queue's first."""
+
+    previous: str | None
+    following: str | None
+    position: int | None
+    size: int
 
 
 def consensus(labels: Iterable[Label]) -> Label | None:
@@ -428,11 +436,22 @@ class ReviewStore:
         return int(self._db.execute(query).fetchone()[0])
 
     def model_ids(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT DISTINCT model_id FROM results ORDER BY model_id")]
+        """The models that wrote records here, in order."""
+        return self._distinct("model_id")
 
     def lines(self) -> list[str]:
         """The lines that wrote records here (records of no line left out), for the queue's line filter."""
-        query = "SELECT DISTINCT line FROM results WHERE line IS NOT NULL ORDER BY line"
+        return self._distinct("line")
+
+    def _distinct(self, column: str) -> list[str]:
+        """The values of ``column`` (one that leads an index) in order, NULL left out: the smallest, then the
+        smallest above it, and so on, each one step down the index, where ``SELECT DISTINCT`` would read every record
+        (a few models and lines among a million records)."""
+        query = (
+            f"WITH RECURSIVE found (value) AS (SELECT MIN({column}) FROM results UNION ALL"
+            f" SELECT (SELECT MIN({column}) FROM results WHERE {column} > found.value) FROM found"
+            " WHERE found.value IS NOT NULL) SELECT value FROM found WHERE value IS NOT NULL"
+        )
         return [r[0] for r in self._db.execute(query)]
 
     def meta(self) -> dict[str, object]:
@@ -465,16 +484,41 @@ class ReviewStore:
 
     # --- the queue ----------------------------------------------------------------------------------------------
 
-    def queue(self, selection: QueueFilter, offset: int = 0, limit: int = 100) -> list[QueueRow]:
-        """One page of the queue, in review order, with each record's current decisions."""
-        where = _where(selection, self._dialect)
+    def queue(
+        self,
+        selection: QueueFilter,
+        offset: int = 0,
+        limit: int = 100,
+        counts: dict[str, dict[str, int]] | None = None,
+    ) -> list[QueueRow]:
+        """One page of the queue, in review order, with each record's current decisions (``counts``: as for
+        :meth:`queue_size`).
+
+        The queue is read a verdict at a time (:class:`_Segment`), each in the order of the ``results_queue`` index,
+        so a page costs the rows it shows (and, past the first page, the sizes of the verdicts it passes over), not
+        the size of the store.
+        """
         regions = self._dialect.json_length.format(column="r.regions")
-        query = (
-            f"SELECT r.id, r.source, r.time, r.verdict, r.score, r.model_id, COALESCE({regions}, 0),"
-            f" r.image_path, r.overlay_path, r.error, r.line FROM results r WHERE {where.sql}"
-            f" ORDER BY {_queue_order(self._dialect)} LIMIT ? OFFSET ?"
+        columns = (
+            f"r.id, r.source, r.time, r.verdict, r.score, r.model_id, COALESCE({regions}, 0),"
+            " r.image_path, r.overlay_path, r.error, r.line"
         )
-        rows = self._db.execute(query, (*where.params, limit, offset)).fetchall()
+        rows: list[tuple] = []
+        for segment in _segments(selection, self._dialect):
+            if len(rows) >= limit:
+                break
+            if offset:  # a later page: pass over the verdicts it starts after
+                size = self._sizes(selection, [segment], _tally_of(counts))[0]
+                if offset >= size:
+                    offset -= size
+                    continue
+            query = (
+                f"SELECT {columns} FROM results r WHERE r.id IN (SELECT r.id FROM results r"
+                f" WHERE {segment.conditions.sql} ORDER BY {self._order()} LIMIT ? OFFSET ?) ORDER BY {self._order()}"
+            )
+            params = (*segment.conditions.params, limit - len(rows), offset)
+            rows += self._db.execute(query, params).fetchall()
+            offset = 0
         labels = self._labels([row[0] for row in rows])
         return [
             QueueRow(
@@ -484,25 +528,112 @@ class ReviewStore:
         ]
 
     def queue_ids(self, selection: QueueFilter) -> list[str]:
-        """Every id of the queue, in review order (for next / previous)."""
-        where = _where(selection, self._dialect)
-        query = f"SELECT r.id FROM results r WHERE {where.sql} ORDER BY {_queue_order(self._dialect)}"
-        return [r[0] for r in self._db.execute(query, where.params)]
+        """Every id of the queue, in review order."""
+        ids = []
+        for segment in _segments(selection, self._dialect):
+            query = f"SELECT r.id FROM results r WHERE {segment.conditions.sql} ORDER BY {self._order()}"
+            ids += [r[0] for r in self._db.execute(query, segment.conditions.params)]
+        return ids
 
-    def queue_size(self, selection: QueueFilter) -> int:
-        where = _where(selection, self._dialect)
-        return int(self._db.execute(f"SELECT COUNT(*) FROM results r WHERE {where.sql}", where.params).fetchone()[0])
+    def queue_size(self, selection: QueueFilter, counts: dict[str, dict[str, int]] | None = None) -> int:
+        """How many records the queue holds; ``counts``: :meth:`counts` of the same selection, when the caller has
+        them already (the size of a whole verdict then follows from them without counting again)."""
+        return sum(self._sizes(selection, _segments(selection, self._dialect), _tally_of(counts)))
+
+    def neighbours(self, selection: QueueFilter, result_id: str) -> Neighbours:
+        """Where a record stands in the queue: the records before and after it, its position and the queue's size.
+
+        Read from the ``results_queue`` index around the record (keyset: its verdict, order key and row order), so
+        it costs the same on the first item as on the millionth.
+        """
+        segments = _segments(selection, self._dialect)
+        sizes = self._sizes(selection, segments)
+        key = self._db.execute(
+            f"SELECT r.verdict, {QUEUE_KEY}, r.{self._dialect.row_order} FROM results r WHERE r.id = ?", (result_id,)
+        ).fetchone()
+        at = next((i for i, s in enumerate(segments) if key is not None and s.verdict.value == key[0]), None)
+        if at is not None:
+            member = segments[at].conditions.also("r.id = ?", result_id)
+            if self._db.execute(f"SELECT 1 FROM results r WHERE {member.sql}", member.params).fetchone() is None:
+                at = None
+        if at is None:
+            return Neighbours(None, self._end(segments, sizes, last=False), None, sum(sizes))
+        order = f"r.{self._dialect.row_order}"
+        here = segments[at].conditions
+        before = here.also(f"{QUEUE_KEY} <= ? AND ({QUEUE_KEY} < ? OR {order} < ?)", key[1], key[1], key[2])
+        after = here.also(f"{QUEUE_KEY} >= ? AND ({QUEUE_KEY} > ? OR {order} > ?)", key[1], key[1], key[2])
+        ahead = self._db.execute(f"SELECT COUNT(*) FROM results r WHERE {before.sql}", before.params).fetchone()[0]
+        previous = self._edge(before, last=True) or self._end(segments[:at], sizes[:at], last=True)
+        following = self._edge(after, last=False) or self._end(segments[at + 1 :], sizes[at + 1 :], last=False)
+        return Neighbours(previous, following, sum(sizes[:at]) + int(ahead) + 1, sum(sizes))
 
     def counts(self, selection: QueueFilter) -> dict[str, dict[str, int]]:
         """Records and reviewed records per verdict, within the selection's time, source, model and line filters."""
-        where = _where(replace(selection, verdict="all", status="any"), self._dialect)
-        query = (
-            "SELECT r.verdict, COUNT(*),"
-            " SUM(CASE WHEN EXISTS (SELECT 1 FROM review_decisions d WHERE d.result_id = r.id) THEN 1 ELSE 0 END)"
-            f" FROM results r WHERE {where.sql} GROUP BY r.verdict"
-        )
-        found = {row[0]: (int(row[1]), int(row[2] or 0)) for row in self._db.execute(query, where.params)}
+        found = self._tally(selection.scope())
         return {v.value: dict(zip(("records", "reviewed"), found.get(v.value, (0, 0)), strict=True)) for v in Verdict}
+
+    def _tally(self, scope: RecordFilter) -> dict[str, tuple[int, int]]:
+        """``verdict -> (records, reviewed records)`` of the records ``scope`` picks.
+
+        Two counts rather than one pass that asks of every record whether it was reviewed: the records per verdict
+        come from an index alone (``results_verdict``, ``results_line``, ``results_model``), the reviewed ones from
+        the few records with decisions. A filter no index holds (source text, times) means reading every record:
+        then in the table's own order, summed per verdict, because SQLite would group them by walking an index and
+        fetching each record from it (ten times slower).
+        """
+        where = record_conditions(scope, "r", self._dialect)
+        if scope.source or scope.since or scope.until:
+            every = record_conditions(replace(scope, verdicts=()), "r", self._dialect)  # not by the verdict's index
+            sums = ", ".join(f"SUM(CASE WHEN r.verdict = '{v.value}' THEN 1 ELSE 0 END)" for v in Verdict)
+            row = self._db.execute(f"SELECT {sums} FROM results r WHERE {every.sql}", every.params).fetchone()
+            totals = {v.value: n or 0 for v, n in zip(Verdict, row, strict=True)}
+        else:
+            query = f"SELECT r.verdict, COUNT(*) FROM results r WHERE {where.sql} GROUP BY r.verdict"
+            totals = dict(self._db.execute(query, where.params).fetchall())
+        # from the reviewed ids to their records (CROSS JOIN: SQLite keeps that order, which it might otherwise turn
+        # round to walk a verdict's million records)
+        decided = (
+            "SELECT r.verdict, COUNT(*) FROM (SELECT DISTINCT result_id FROM review_decisions) d CROSS JOIN results r"
+            f" WHERE r.id = d.result_id AND {where.sql} GROUP BY r.verdict"
+        )
+        done = dict(self._db.execute(decided, where.params).fetchall())
+        return {verdict: (int(n), int(done.get(verdict, 0))) for verdict, n in totals.items()}
+
+    def _sizes(
+        self, selection: QueueFilter, segments: Sequence[_Segment], tally: dict[str, tuple[int, int]] | None = None
+    ) -> list[int]:
+        """How many records each segment holds: a whole verdict's from the records and reviewed records per verdict
+        (``tally``, else counted once for all of them), the OK sample's and disputed records counted."""
+        counted = selection.status != "disputed"
+        whole = tuple(s.verdict for s in segments if s.whole and counted)
+        if whole and tally is None:
+            tally = self._tally(replace(selection.scope(), verdicts=whole))
+        sizes = []
+        for segment in segments:
+            if segment.whole and counted:
+                records, reviewed = (tally or {}).get(segment.verdict.value, (0, 0))
+                sizes.append({"any": records, "reviewed": reviewed, "unreviewed": records - reviewed}[selection.status])
+            else:
+                query = f"SELECT COUNT(*) FROM results r WHERE {segment.conditions.sql}"
+                sizes.append(int(self._db.execute(query, segment.conditions.params).fetchone()[0]))
+        return sizes
+
+    def _order(self, descending: bool = False) -> str:
+        """The queue's order within a segment (that of the ``results_queue`` index), or its reverse."""
+        way = " DESC" if descending else ""
+        return f"{QUEUE_KEY}{way}, r.{self._dialect.row_order}{way}"
+
+    def _edge(self, where: Conditions, *, last: bool) -> str | None:
+        """The id of the first (or last) record in queue order of those that meet ``where``."""
+        query = f"SELECT r.id FROM results r WHERE {where.sql} ORDER BY {self._order(last)} LIMIT 1"
+        row = self._db.execute(query, where.params).fetchone()
+        return None if row is None else row[0]
+
+    def _end(self, segments: Sequence[_Segment], sizes: Sequence[int], *, last: bool) -> str | None:
+        """The id of the first (or last) record of these segments (``sizes``: how many records each holds)."""
+        pairs = list(zip(segments, sizes, strict=True))
+        segment = next((s for s, n in (pairs[::-1] if last else pairs) if n), None)
+        return None if segment is None else self._edge(segment.conditions, last=last)
 
     def _labels(self, ids: list[str]) -> dict[str, list[Label]]:
         found: dict[str, list[Label]] = defaultdict(list)
@@ -554,27 +685,58 @@ def _mark(row: tuple) -> Mark:
     return Mark(int(row[0]), row[1], row[2], (int(row[3]), int(row[4]), int(row[5]), int(row[6])), row[7])
 
 
-def _where(selection: QueueFilter, dialect: Dialect) -> Conditions:
-    """The conditions (on ``results r``) of a queue filter, with their parameters."""
-    scope = selection.scope()
-    if selection.verdict not in ("queue", "all"):
-        scope = replace(scope, verdicts=(Verdict(selection.verdict),))
-    conditions = record_conditions(scope, "r", dialect)
-    if selection.verdict == "queue":
-        # The OK sample is drawn within the time, source, model and line filters, before the status filter, so
-        # reviewing a sampled item does not pull another one in.
-        sample = record_conditions(replace(scope, verdicts=(Verdict.OK,)), "o", dialect)
-        conditions = conditions.also(
-            f"(r.verdict IN ('REVIEW', 'DEFECT') OR r.id IN (SELECT o.id FROM results o WHERE {sample.sql}"
-            " ORDER BY o.id LIMIT ?))",
-            *sample.params,
-            selection.ok_sample,
-        )
+@dataclass(frozen=True)
+class _Segment:
+    """The records of one verdict that a queue view shows (a view is one to four of them, in turn).
+
+    Attributes:
+        verdict: the verdict.
+        conditions: those (on ``results r``) of the records shown: the filters, the verdict, the status and, for the
+            queue's OK, the sample.
+        whole: every record of the verdict within the filters is in it before the status filter (it is not the OK
+            sample), so its size follows from the counts per verdict.
+    """
+
+    verdict: Verdict
+    conditions: Conditions
+    whole: bool
+
+
+def _tally_of(counts: dict[str, dict[str, int]] | None) -> dict[str, tuple[int, int]] | None:
+    """:meth:`ReviewStore.counts` as ``verdict -> (records, reviewed records)``."""
+    return None if counts is None else {v: (c["records"], c["reviewed"]) for v, c in counts.items()}
+
+
+def _segments(selection: QueueFilter, dialect: Dialect) -> list[_Segment]:
+    """The segments of a queue view in review order: ``queue`` is REVIEW, DEFECT and the OK sample; ``all`` every
+    verdict; a verdict itself alone."""
+    if selection.verdict in ("queue", "all"):
+        verdicts = VERDICT_ORDER if selection.verdict == "all" else VERDICT_ORDER[:3]
+    else:
+        verdicts = (Verdict(selection.verdict),)
     reviewed = "EXISTS (SELECT 1 FROM review_decisions d WHERE d.result_id = r.id)"
     status = {
         "any": None,
         "unreviewed": f"NOT {reviewed}",
         "reviewed": reviewed,
-        "disputed": "(SELECT COUNT(DISTINCT d.label) FROM review_decisions d WHERE d.result_id = r.id) > 1",
+        # the few disputed records first (a semi-join), rather than a count of labels for every record
+        "disputed": "r.id IN (SELECT d.result_id FROM review_decisions d GROUP BY d.result_id"
+        " HAVING COUNT(DISTINCT d.label) > 1)",
     }[selection.status]
-    return conditions.also(status) if status else conditions
+    segments = []
+    for verdict in verdicts:
+        conditions = record_conditions(replace(selection.scope(), verdicts=(verdict,)), "r", dialect)
+        sample = selection.verdict == "queue" and verdict is Verdict.OK
+        if sample:
+            # The OK sample is drawn within the time, source, model and line filters, before the status filter, so
+            # reviewing a sampled item does not pull another one in. Its ids alone pick its records (the filters
+            # are the sample's own), so the databases read those few by id.
+            drawn = record_conditions(replace(selection.scope(), verdicts=(Verdict.OK,)), "o", dialect)
+            conditions = Conditions(
+                (f"r.id IN (SELECT o.id FROM results o WHERE {drawn.sql} ORDER BY o.id LIMIT ?)",),
+                (*drawn.params, selection.ok_sample),
+            )
+        if status:
+            conditions = conditions.also(status)
+        segments.append(_Segment(verdict, conditions, whole=not sample))
+    return segments

@@ -182,6 +182,23 @@ def test_both_stores_refuse_a_plant_store_of_a_schema_version_they_do_not_know(p
     assert "crackscope:***@" in str(refused.value) and ":pw@" not in str(refused.value)
 
 
+def test_a_version_4_plant_store_gains_the_review_indexes_when_the_review_opens_it(postgres_url):
+    with ResultStore(postgres_url, line="1") as store:
+        store.add([_record("a.png", Verdict.REVIEW, 0.4), _record("b.png")])
+    for name in ("results_verdict", "results_line", "results_model", "results_sample", "results_queue"):
+        _psql(postgres_url, f"DROP INDEX {name}")
+    _psql(postgres_url, "CREATE INDEX results_verdict ON results (verdict, score)")  # as version 4 made them
+    _psql(postgres_url, "CREATE INDEX results_line ON results (line, station)")
+    _psql(postgres_url, "UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    with ReviewStore(postgres_url) as review:
+        assert [row.source for row in review.queue(QueueFilter(verdict="all"))] == ["a.png", "b.png"]
+    indexes = dict(_psql(postgres_url, "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'results'"))
+    assert indexes["results_line"].endswith("(line, station, verdict)")
+    assert indexes["results_verdict"].endswith("(verdict)")
+    assert "INCLUDE (id, score)" in indexes["results_queue"] and "results_model" in indexes
+    assert _psql(postgres_url, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
+
+
 def test_the_review_refuses_an_empty_database_and_a_server_it_cannot_reach(postgres_url, postgres_server):
     with pytest.raises(ReviewError, match="not a crackscope results store"):
         ReviewStore(postgres_url)

@@ -6,7 +6,7 @@ import sqlite3
 
 from crackscope.inspect.decision import Verdict
 from crackscope.inspect.results import InspectionResult, new_id, utc_now
-from crackscope.inspect.review.store import ReviewStore
+from crackscope.inspect.review.store import QueueFilter, ReviewStore
 from crackscope.inspect.schema import SCHEMA_VERSION
 from crackscope.inspect.sinks import DB_NAME, ResultStore
 
@@ -97,3 +97,16 @@ def test_the_review_store_brings_a_version_2_store_up_to_date_too(tmp_path):
     _version_2_store(tmp_path / "old")
     with ReviewStore(tmp_path / "old") as store:
         assert store.record("old1").line is None
+
+
+def test_an_older_store_gains_the_review_indexes_when_the_review_alone_opens_it(tmp_path):
+    _version_2_store(tmp_path / "old")
+    with ReviewStore(tmp_path / "old") as store:
+        assert store.record("old1").verdict is Verdict.REVIEW
+        assert store.queue_ids(QueueFilter()) == ["old1"]
+    db = sqlite3.connect(tmp_path / "old" / DB_NAME)
+    indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"results_verdict", "results_line", "results_model", "results_sample", "results_queue"} <= indexes
+    assert [row[2] for row in db.execute("PRAGMA index_info(results_line)")] == ["line", "station", "verdict"]
+    assert [row[2] for row in db.execute("PRAGMA index_info(results_verdict)")] == ["verdict"]
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)

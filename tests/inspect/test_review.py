@@ -27,9 +27,12 @@ from crackscope.inspect.review.app import ReviewConfig, ReviewServer, check_conf
 from crackscope.inspect.review.export import export_dataset
 from crackscope.inspect.review.stats import review_stats
 from crackscope.inspect.review.store import (
+    STATUS_CHOICES,
+    VERDICT_CHOICES,
     Decision,
     Label,
     Mark,
+    Neighbours,
     QueueFilter,
     ReviewError,
     ReviewStore,
@@ -186,6 +189,57 @@ def test_counts_give_records_and_reviewed_records_per_verdict_within_the_filters
             "DEFECT": {"records": 2, "reviewed": 1},
             "ERROR": {"records": 1, "reviewed": 0},
         }
+
+
+def _tied_records() -> list[InspectionResult]:
+    """Every verdict, with ties in the queue's order: REVIEW 0.4 and 0.6 are as uncertain, two DEFECT and two OK
+    records share a score, and ERROR records have none."""
+    scored = [("REVIEW", 0.4), ("REVIEW", 0.6), ("REVIEW", 0.45), ("DEFECT", 0.9), ("DEFECT", 0.9), ("DEFECT", 0.95)]
+    scored += [("OK", 0.1), ("OK", 0.1), ("OK", 0.2), ("OK", 0.05), ("OK", 0.15), ("ERROR", None), ("ERROR", None)]
+    time = "2025-11-29T08:00:00.000+00:00"
+    return [
+        InspectionResult(new_id(), f"in/{i:02d}.png", f"{i:064x}", time, Verdict(v), score, MODEL, 8, 8)
+        for i, (v, score) in enumerate(scored)
+    ]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_pages_neighbours_and_positions_follow_the_queue_order_in_every_view(backend, tmp_path, request):
+    target = str(tmp_path / "run") if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    with ResultStore(target) as writer:
+        writer.add(_tied_records())
+        stored = {record.id: (index, record) for index, record in enumerate(writer.records())}  # the order stored
+    rank = {"REVIEW": 0, "DEFECT": 1, "OK": 2, "ERROR": 3}
+
+    def order(result_id: str) -> tuple:
+        index, record = stored[result_id]
+        score = record.score
+        key = 2 if score is None else abs(score - 0.5) if record.verdict is Verdict.REVIEW else -score
+        return rank[record.verdict.value], key, index
+
+    with ReviewStore(target) as store:
+        by_score = sorted(stored, key=order)
+        store.decide(by_score[0], "alice", "defect")  # reviewed
+        store.decide(by_score[4], "alice", "ok")  # disputed
+        store.decide(by_score[4], "bob", "defect")
+        for view in VERDICT_CHOICES:
+            for status in STATUS_CHOICES:
+                selection = QueueFilter(verdict=view, status=status, ok_sample=3)
+                ids = store.queue_ids(selection)
+                assert ids == sorted(ids, key=order), (view, status)
+                pages = [row.id for offset in range(0, len(ids) + 2, 2) for row in store.queue(selection, offset, 2)]
+                assert pages == ids, (view, status)
+                assert store.queue_size(selection) == store.queue_size(selection, store.counts(selection)) == len(ids)
+                for index, result_id in enumerate(ids):
+                    previous, following = ids[index - 1] if index else None, ids[index + 1 : index + 2] or [None]
+                    assert store.neighbours(selection, result_id) == Neighbours(
+                        previous, following[0], index + 1, len(ids)
+                    ), (view, status, index)
+                for outside in set(stored) - set(ids):
+                    assert store.neighbours(selection, outside) == Neighbours(
+                        None, next(iter(ids), None), None, len(ids)
+                    )
+        assert len(store.queue_ids(QueueFilter(verdict="all", status="any"))) == len(stored)
 
 
 def test_a_bad_filter_value_is_a_clear_error():
