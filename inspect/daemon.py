@@ -47,7 +47,7 @@ from crackscope.inspect.pipeline import InspectConfig, describe_mode
 from crackscope.inspect.records import Input, frames_to_records
 from crackscope.inspect.results import InspectionResult
 from crackscope.inspect.runs import Output, OutputLock, check_label, check_output, stop_on_signals
-from crackscope.inspect.sinks import ResultStore, SavePolicy, remove_partials
+from crackscope.inspect.sinks import ResultStore, SavePolicy, StoreUnavailable, remove_partials
 from crackscope.inspect.sources import (
     Backoff,
     Frame,
@@ -229,7 +229,7 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
         )
         # before the store: a second writer is refused before it writes (a plant store takes many: no lock)
         stack.enter_context(OutputLock(output.folder, shared=output.shared))
-        store = stack.enter_context(ResultStore(output.store, line=output.line, station=output.station))
+        store = stack.enter_context(_open_store(output, config.reconnect, stop))
         config = dataclasses.replace(config, mqtt=config.mqtt.for_station(config.line, config.station))
         _prepare_output(config, output, store, model)
         done = _resume_keys(store, spec)
@@ -257,6 +257,25 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
     summary = telemetry.summary()
     log.info("stopped: %s", summary.describe())
     return summary
+
+
+def _open_store(output: Output, backoff: Backoff, stop: threading.Event) -> ResultStore:
+    """The results store. A plant store whose server does not answer yet (the line's PC booted before the database
+    server, or the server is restarting) is tried again with the ``reconnect`` backoff, as a source is, each failure
+    logged, until it answers, the backoff's attempts run out or the daemon is stopped (then the last error is
+    raised: one line, exit 2)."""
+    failures = 0
+    while True:
+        try:
+            return ResultStore(output.store, line=output.line, station=output.station)
+        except StoreUnavailable as error:
+            failures += 1
+            if backoff.attempts is not None and failures >= backoff.attempts:
+                raise
+            wait = backoff.delay(failures)
+            log.warning("%s; trying again in %.1f s (attempt %d)", error, wait, failures + 1)
+            if stop.wait(wait):
+                raise StoreUnavailable(f"{error}; stopped while waiting for it") from None
 
 
 def _settle_layout(config: DaemonConfig) -> DaemonConfig:

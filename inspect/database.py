@@ -53,6 +53,10 @@ class DatabaseError(RuntimeError):
     """A database that cannot be opened: no driver, the server cannot be reached, the login is refused."""
 
 
+class DatabaseUnreachable(DatabaseError):
+    """A PostgreSQL server that did not answer (down, restarting, not up yet): worth trying again later."""
+
+
 def is_database_url(target: object) -> bool:
     """Whether ``target`` names a PostgreSQL database (``postgresql://`` or ``postgres://``) rather than a folder."""
     return isinstance(target, str) and target.strip().lower().startswith(URL_SCHEMES)
@@ -91,7 +95,7 @@ class Connection:
             timeout = {} if "connect_timeout" in given else {"connect_timeout": CONNECT_TIMEOUT_S}
             return psycopg.connect(self.target, autocommit=True, **timeout)
         except psycopg.Error as error:
-            raise DatabaseError(f"{self.name}: cannot connect ({first_line(error)})") from None
+            raise DatabaseUnreachable(f"{self.name}: cannot connect ({first_line(error)})") from None
 
     @property
     def is_postgresql(self) -> bool:

@@ -43,7 +43,14 @@ import cv2
 import numpy as np
 
 from crackscope.inspect.card import ModelCard
-from crackscope.inspect.database import DatabaseError, connect, first_line, is_database_url, redact
+from crackscope.inspect.database import (
+    DatabaseError,
+    DatabaseUnreachable,
+    connect,
+    first_line,
+    is_database_url,
+    redact,
+)
 from crackscope.inspect.decision import Verdict
 from crackscope.inspect.frames import FrameInspection
 from crackscope.inspect.overlay import colour_heatmap, render_overlay
@@ -67,6 +74,11 @@ KEYS_PER_QUERY = 500  # sources asked for in one statement (SQLite allows 32766 
 
 class StoreError(RuntimeError):
     """A results store that cannot be used (foreign or newer schema, unwritable, unreachable)."""
+
+
+class StoreUnavailable(StoreError):
+    """A plant store whose server did not answer when opened: it may answer later (a server restarting, or not up
+    yet when a line's PC boots first)."""
 
 
 class ResultStore:
@@ -95,6 +107,8 @@ class ResultStore:
         self.name = str(self.db_path) if self.db_path else redact(str(target))
         try:
             self._db = connect(self.db_path or str(target), check_same_thread=check_same_thread)
+        except DatabaseUnreachable as error:
+            raise StoreUnavailable(str(error)) from None
         except DatabaseError as error:
             raise StoreError(str(error)) from None
         if not self._db.is_postgresql:

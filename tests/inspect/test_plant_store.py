@@ -3,6 +3,7 @@ read by the review with a line filter, and batch runs sharded over machines."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
 import os
@@ -417,3 +418,56 @@ def test_a_daemon_writes_to_the_plant_store_tagged_with_its_line_and_station(pos
     saved = (tmp_path / "art" / "daemon.5-cam2.yaml").read_text()
     assert "hunter2" not in saved and "crackscope:***@" in saved
     assert run_daemon(config).frames == 0  # restarted on the same video: every frame is stored already
+
+
+def test_a_daemon_started_before_the_server_waits_for_it_then_stores_every_frame(
+    postgres_server, brightness_model, tmp_path, caplog
+):
+    from crackscope.inspect.sources import Backoff
+
+    url = postgres_server.new_database()
+    frames = [np.full((32, 32, 3), level, np.uint8) for level in (40, 220, 40)]
+    config = DaemonConfig(
+        source=str(write_video(tmp_path / "line.avi", frames)),
+        model=str(brightness_model),
+        out=url,
+        artefacts=str(tmp_path / "art"),
+        line="7",
+        providers="cpu",
+        reconnect=Backoff(initial_s=0.2, max_s=0.5),
+    )
+    postgres_server.pg_ctl("-m", "fast", "-w", "stop")  # the line's PC booted first
+    try:
+        done: list = []
+        daemon = threading.Thread(target=lambda: done.append(run_daemon(config)))
+        daemon.start()
+        time.sleep(1.5)
+        assert daemon.is_alive() and not done  # waiting for its store, not gone with exit 2
+    finally:
+        postgres_server.start()
+    daemon.join(timeout=60)
+    assert done and done[0].frames == 3
+    assert len(_psql(url, "SELECT id FROM results")) == 3
+    assert "cannot connect" in caplog.text and "trying again in" in caplog.text
+
+
+def test_a_daemon_stopped_while_it_waits_for_its_store_says_so_in_one_line(brightness_model, tmp_path):
+    pytest.importorskip("psycopg", reason="the plant store needs psycopg: pip install 'crackscope[plant]'")
+    from crackscope.inspect.sinks import StoreUnavailable
+    from crackscope.inspect.sources import Backoff
+
+    config = DaemonConfig(
+        source=str(write_video(tmp_path / "line.avi", [np.zeros((32, 32, 3), np.uint8)])),
+        model=str(brightness_model),
+        out="postgresql://crackscope@127.0.0.1:1/nowhere",  # nothing listens on port 1
+        artefacts=str(tmp_path / "art"),
+        line="7",
+        providers="cpu",
+        reconnect=Backoff(initial_s=0.1, max_s=0.2, attempts=3),
+    )
+    with pytest.raises(StoreUnavailable, match="cannot connect"):  # attempts ran out: the error, as before
+        run_daemon(config)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(StoreUnavailable, match="stopped while waiting for it"):
+        run_daemon(dataclasses.replace(config, reconnect=Backoff(initial_s=5, max_s=5)), stop=stop)
