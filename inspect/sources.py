@@ -82,7 +82,8 @@ class Frame:
         image: uint8 BGR pixels, or None when the input could not be decoded (then ``error`` says why).
         source: ``<video or stream>#<index>`` (six digits) for captured frames, the file's path for hot-folder files.
         index: position in the video file, frames read since start for live sources, files seen for hot folders.
-        time: when it was read (Unix seconds), for records and health.
+        time: when the reader handed it on (Unix seconds): when it was read, or for a video file's frame, which
+            waits for the next one to be read, when it was released; for records and health.
         monotonic: the same moment on ``time.monotonic()``, for latency.
         sha256: of the raw pixels (captured frames) or of the file's bytes (hot-folder files).
         error: why ``image`` is None.
@@ -320,7 +321,9 @@ class CaptureSource:
     reopened file has no more frames the source ends, with a warning naming how far it got.
 
     The newest frame of a video file is held back until the next one has been read: a file cut inside a frame ends
-    with a half-decoded picture that OpenCV returns as a good frame. When the file stops short of its header's
+    with a half-decoded picture that OpenCV returns as a good frame. A held frame is stamped when it is handed on,
+    and a real-time replay reads each frame one frame early, so a held frame is handed on when it is due and its
+    latency counts from then, as a camera frame's does. When the file stops short of its header's
     frame count, that last frame is read again after the reopen (whole, if the writer has finished it); if nothing
     follows it, it is delivered as an ERROR frame. A file whose header gives no frame count cannot be judged so: its
     last frame is delivered as read.
@@ -480,8 +483,11 @@ class CaptureSource:
         start = time.monotonic() - self._read / fps if fps > 0 else 0.0
         got, held = 0, None
         while not self._closing.is_set():
-            if fps > 0 and self._closing.wait(max(0.0, start + self._read / fps - time.monotonic())):
-                break  # replaying in real time: the next frame is not due yet
+            # Replaying in real time, the frame handed on next is due first: a held video frame, handed on once the
+            # frame after it has been read (so that read comes one frame early), else the frame about to be read.
+            due = held.index if held is not None else self._read
+            if fps > 0 and self._closing.wait(max(0.0, start + due / fps - time.monotonic())):
+                break
             ok, image = capture.read()
             if not ok or image is None:
                 break
@@ -494,8 +500,8 @@ class CaptureSource:
                 self._publish(frame)
                 got += 1
                 continue
-            if held is not None:
-                self._publish(held)
+            if held is not None:  # handed on now: its time is now, as a camera's frame is stamped when it arrives
+                self._publish(dataclasses.replace(held, time=time.time(), monotonic=time.monotonic()))
                 got += 1
             held = frame
         if held is not None and not self._closing.is_set():
@@ -506,7 +512,7 @@ class CaptureSource:
         """Deliver a video file's last frame read if the file ended where its header says, else keep it as the
         suspect, to be read again after the reopen; returns 1 for progress, 0 for the same suspect read again."""
         if advertised <= 0 or self._read >= advertised:
-            self._publish(frame)
+            self._publish(dataclasses.replace(frame, time=time.time(), monotonic=time.monotonic()))
             return 1
         again = self._suspect is not None and self._suspect.index == frame.index
         with self._cond:

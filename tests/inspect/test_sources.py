@@ -173,6 +173,19 @@ def test_a_video_replayed_in_real_time_arrives_at_its_frame_rate(tmp_path):
     assert len(frames) == 6 and 0.2 <= frames[-1].monotonic - frames[0].monotonic < 2.0  # 5 gaps of 50 ms
 
 
+def test_a_replayed_video_frame_is_handed_on_when_it_is_due_not_one_frame_later(tmp_path):
+    """A video frame waits for the next one to be read (a file cut mid-frame ends in a half-decoded frame), so a
+    real-time replay reads one frame early: each frame reaches the inspector about when its stamp says, at its due
+    time, as a camera's frame would (held until the next frame was due, each arrived 250 ms after its stamp)."""
+    path = write_video(tmp_path / "paced.avi", _frames(5), fps=4.0)
+    stop, arrived = threading.Event(), []
+    with open_source(str(path), SourceOptions(realtime=True)) as source:
+        for batch in source.batches(stop):
+            arrived += [(frame, time.monotonic()) for frame in batch]
+    assert [frame.index for frame, _ in arrived] == list(range(5))
+    assert max(at - frame.monotonic for frame, at in arrived) < 0.125  # half of one frame interval (0.25 s)
+
+
 def test_closing_a_source_stops_its_reader_even_when_the_inspector_is_behind(video):
     with CaptureSource(parse_source(str(video)), policy=Policy.EVERY, queue_size=1) as source:
         time.sleep(0.1)
