@@ -354,10 +354,6 @@ def _records(results: Path) -> list[InspectionResult]:
         return list(store.records())
 
 
-def _overlaps(a, b) -> bool:
-    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
-
-
 def table(report: dict) -> str:
     before, after = report["before"], report["after"]
     rows = [

@@ -269,9 +269,11 @@ def choose_tiles(
     width, height = round(record.width * sx), round(record.height * sy)
     mark_boxes = [_scaled(m.box, sx, sy) for m in marks]
     tiles: list[_Tile] = []
+    taken: set[tuple[int, int, int, int]] = set()  # boxes already cut: a tile is written once
     for box in mark_boxes:
         for tile in _covering(box, size, width, height):
-            if tile not in [t.box for t in tiles]:
+            if tile not in taken:
+                taken.add(tile)
                 tiles.append(_Tile(tile, "mark", None, "crack", False))
     if label is None:
         return tiles
@@ -295,8 +297,9 @@ def choose_tiles(
         rest = [(box, p) for box, p in rest if not any(_overlaps(box, m) for m in mark_boxes)]
         candidates += [(box, "unmarked", p) for box, p in rest[: max(0, MAX_DRIVING - len(driving))]]
     for box, kind_of, probability in candidates:
-        if any(_overlaps(box, m) for m in mark_boxes) or box in [t.box for t in tiles]:
+        if any(_overlaps(box, m) for m in mark_boxes) or box in taken:
             continue
+        taken.add(box)
         tiles.append(_Tile(box, kind_of, probability, outside, outside == item_label))
     return tiles
 
